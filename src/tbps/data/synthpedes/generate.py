@@ -1,0 +1,156 @@
+"""Writes a SynthPedes data set in the CUHK-PEDES layout (``tbps synth``).
+
+Output: ``<out>/CUHK-PEDES/imgs/synth/<id>_<n>.png`` and ``<out>/CUHK-PEDES/reid_raw.json``
+(a list of per-image records with ``split``, ``captions``, ``file_path``, ``id`` (1-based),
+``processed_tokens``) plus SynthPedes' own fields: ``attribute_words`` (per caption),
+``caption_is_noisy`` (per caption), ``view`` and ``attributes`` (the identity). Every
+image draws from its own seeded generator, so the output is byte-identical for a seed
+whatever the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .attributes import identity_families
+from .captions import make_caption
+from .render import random_shot, render
+
+LAYOUT_DIR = "CUHK-PEDES"
+META_FILE = "synthpedes.json"
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Knobs of the generator; the defaults make the data set of ``make train``."""
+
+    identities: int = 800
+    images_per_identity: int = 4
+    captions_per_image: int = 2
+    noise_rate: float = 0.0  # share of training captions swapped to another identity
+    height: int = 192
+    width: int = 64
+    val_share: float = 0.08
+    test_share: float = 0.17
+    seed: int = 0
+
+
+def _tokens(caption: str) -> list[str]:
+    return re.findall(r"[a-z0-9\-]+", caption.lower())
+
+
+def _family_splits(n_families: int, cfg: SynthConfig, rng: np.random.Generator) -> list[str]:
+    """Assigns whole families to splits, so near-twins share a gallery."""
+    order = rng.permutation(n_families)
+    n_test = max(1, round(n_families * cfg.test_share))
+    n_val = max(1, round(n_families * cfg.val_share))
+    split = ["train"] * n_families
+    for k in order[:n_test]:
+        split[k] = "test"
+    for k in order[n_test:n_test + n_val]:
+        split[k] = "val"
+    return split
+
+
+def _render_one(job: tuple) -> tuple[dict, bytes]:
+    """Renders one image and its captions; pure in its arguments (seeded per image)."""
+    ident, pid, n, split, cfg = job
+    rng = np.random.default_rng([cfg.seed, pid, n])
+    shot = random_shot(rng)
+    img = render(ident, shot, (cfg.height, cfg.width), rng)
+    caps = [make_caption(ident, shot.view, rng) for _ in range(cfg.captions_per_image)]
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    rec = {
+        "split": split,
+        "captions": [c for c, _ in caps],
+        "file_path": f"synth/{pid:05d}_{n:02d}.png",
+        "id": pid,
+        "processed_tokens": [_tokens(c) for c, _ in caps],
+        "attribute_words": [w for _, w in caps],
+        "caption_is_noisy": [False] * len(caps),
+        "view": shot.view,
+    }
+    return rec, buf.getvalue()
+
+
+def _add_caption_noise(records: list[dict], rate: float, rng: np.random.Generator) -> int:
+    """RDE's noisy-correspondence protocol: a share of training captions is shuffled among
+    themselves so that it describes another identity; the flag is kept per caption."""
+    slots = [(r, k) for r in records if r["split"] == "train" for k in range(len(r["captions"]))]
+    n_noisy = int(round(rate * len(slots)))
+    if n_noisy < 2:
+        return 0
+    chosen = [slots[k] for k in rng.choice(len(slots), size=n_noisy, replace=False)]
+    texts = [(r["captions"][k], r["processed_tokens"][k], r["attribute_words"][k], r["id"])
+             for r, k in chosen]
+    perm = rng.permutation(n_noisy)
+    changed = 0
+    for (r, k), j in zip(chosen, perm):
+        cap, tok, words, src = texts[j]
+        r["captions"][k], r["processed_tokens"][k], r["attribute_words"][k] = cap, tok, words
+        r["caption_is_noisy"][k] = src != r["id"]
+        changed += src != r["id"]
+    return changed
+
+
+def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 1) -> dict:
+    """Writes the data set under ``out`` and returns a summary (counts, seconds, images/s)."""
+    start = time.perf_counter()
+    root = Path(out) / LAYOUT_DIR
+    (root / "imgs" / "synth").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    families = identity_families(rng, cfg.identities)
+    splits = _family_splits(len(families), cfg, rng)
+    jobs, attrs = [], {}
+    pid = 0
+    for fam, split in zip(families, splits):
+        for ident in fam:
+            pid += 1  # CUHK-PEDES ids are 1-based
+            attrs[pid] = ident
+            jobs += [(ident, pid, n, split, cfg) for n in range(cfg.images_per_identity)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_render_one, jobs, chunksize=32))
+    else:
+        results = [_render_one(j) for j in jobs]
+    records = []
+    for rec, png in results:
+        (root / "imgs" / rec["file_path"]).write_bytes(png)
+        rec["attributes"] = attrs[rec["id"]].to_dict()
+        records.append(rec)
+    noisy = _add_caption_noise(records, cfg.noise_rate, np.random.default_rng([cfg.seed, 7]))
+    (root / "reid_raw.json").write_text(json.dumps(records, indent=0, sort_keys=True))
+    seconds = time.perf_counter() - start
+    summary = {
+        "config": asdict(cfg),
+        "images": len(records),
+        "identities": pid,
+        "noisy_captions": noisy,
+        "per_split": {s: sum(r["split"] == s for r in records) for s in ("train", "val", "test")},
+        "seconds": round(seconds, 2),
+        "images_per_s": round(len(records) / seconds, 1),
+    }
+    # Written last: its presence marks a complete data set with these options.
+    (root / META_FILE).write_text(json.dumps({"config": asdict(cfg)}, indent=1, sort_keys=True))
+    return summary
+
+
+def is_complete(out: str | Path, cfg: SynthConfig) -> bool:
+    """True when ``out`` holds a finished data set generated with exactly ``cfg``."""
+    meta = Path(out) / LAYOUT_DIR / META_FILE
+    try:
+        return json.loads(meta.read_text())["config"] == asdict(cfg)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
