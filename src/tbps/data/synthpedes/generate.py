@@ -1,6 +1,6 @@
 """Writes a SynthPedes data set in the CUHK-PEDES layout (``tbps synth``).
 
-Output: ``<out>/CUHK-PEDES/imgs/synth/<id>_<n>.png`` and ``<out>/CUHK-PEDES/reid_raw.json``
+Output: ``<out>/CUHK-PEDES/imgs/synth/<id>_<n>.jpg`` and ``<out>/CUHK-PEDES/reid_raw.json``
 (a list of per-image records with ``split``, ``captions``, ``file_path``, ``id`` (1-based),
 ``processed_tokens``) plus SynthPedes' own fields: ``attribute_words`` (per caption),
 ``caption_is_noisy`` (per caption), ``view`` and ``attributes`` (the identity). Every
@@ -25,6 +25,8 @@ from .render import random_shot, render
 
 LAYOUT_DIR = "CUHK-PEDES"
 META_FILE = "synthpedes.json"
+# Bumped whenever the output for a given config changes, so stale data sets are regenerated.
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class SynthConfig:
     height: int = 192
     width: int = 64
     val_share: float = 0.08
-    test_share: float = 0.17
+    test_share: float = 0.13
     seed: int = 0
 
 
@@ -69,11 +71,11 @@ def _render_one(job: tuple) -> tuple[dict, bytes]:
     import io
 
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
+    img.save(buf, format="JPEG", quality=92)  # CUHK-PEDES ships JPEG and PNG; JPEG is 5x faster to write
     rec = {
         "split": split,
         "captions": [c for c, _ in caps],
-        "file_path": f"synth/{pid:05d}_{n:02d}.png",
+        "file_path": f"synth/{pid:05d}_{n:02d}.jpg",
         "id": pid,
         "processed_tokens": [_tokens(c) for c, _ in caps],
         "attribute_words": [w for _, w in caps],
@@ -141,7 +143,8 @@ def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 1
         "images_per_s": round(len(records) / seconds, 1),
     }
     # Written last: its presence marks a complete data set with these options.
-    (root / META_FILE).write_text(json.dumps({"config": asdict(cfg)}, indent=1, sort_keys=True))
+    meta = {"config": asdict(cfg), "version": GENERATOR_VERSION}
+    (root / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
     return summary
 
 
@@ -149,7 +152,8 @@ def is_complete(out: str | Path, cfg: SynthConfig) -> bool:
     """True when ``out`` holds a finished data set generated with exactly ``cfg``."""
     meta = Path(out) / LAYOUT_DIR / META_FILE
     try:
-        return json.loads(meta.read_text())["config"] == asdict(cfg)
+        found = json.loads(meta.read_text())
+        return found["config"] == asdict(cfg) and found.get("version") == GENERATOR_VERSION
     except (OSError, ValueError, KeyError):
         return False
 

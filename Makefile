@@ -1,0 +1,43 @@
+# tbps: the front door. `make train`, `make test`; see `make help`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+EXP    ?= synthetic
+ARGS   ?=
+CKPT   ?=
+
+# Nothing may wait on the network.
+export HF_HUB_OFFLINE ?= 1
+export NO_ALBUMENTATIONS_UPDATE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: help install train eval test synth clean-runs
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv if missing and install tbps with its extras (quick when nothing changed)
+
+train: $(STAMP)  ## train and test EXP (default: synthetic, generated on first use); ARGS='key=value ...'
+	$(BIN)/tbps train experiment=$(EXP) $(ARGS)
+
+eval: $(STAMP)  ## evaluate CKPT (default: newest best.ckpt of EXP); ARGS='key=value ...'
+	$(BIN)/tbps eval experiment=$(EXP) $(if $(CKPT),eval.ckpt=$(CKPT)) $(ARGS)
+
+test: $(STAMP)  ## run the test suite (CPU, no network)
+	WANDB_MODE=$${WANDB_MODE:-disabled} $(BIN)/python -m pytest -q
+
+synth: $(STAMP)  ## generate the default SynthPedes data set under data/synthpedes
+	$(BIN)/tbps synth --out data/synthpedes --workers 2
+
+clean-runs:  ## delete runs/
+	rm -rf runs

@@ -1,0 +1,70 @@
+"""Composing an experiment: `experiments/<name>.yaml` over the packaged base config.
+
+Experiments live in the repository (``./experiments`` or ``$TBPS_EXPERIMENTS``), the base
+config groups inside the package (``tbps/conf``), so an installed package still composes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+
+def experiments_dir() -> Path:
+    return Path(os.environ.get("TBPS_EXPERIMENTS", "experiments")).resolve()
+
+
+def known_experiments(folder: Path | None = None) -> list[str]:
+    folder = folder or experiments_dir()
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def known_heads() -> list[str]:
+    """Head names are the files of the packaged ``heads`` config group."""
+    folder = resources.files("tbps.conf") / "heads"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def split_experiment(overrides: list[str], default: str = "synthetic") -> tuple[str, list[str]]:
+    """Takes ``experiment=<name>`` out of the overrides; accepts W&B's ``--key=value`` form."""
+    name, rest = default, []
+    for o in overrides:
+        o = o[2:] if o.startswith("--") and "=" in o else o
+        if o.startswith("experiment="):
+            name = o.split("=", 1)[1]
+        else:
+            rest.append(o)
+    return name, rest
+
+
+def compose_experiment(name: str, overrides: list[str] = (), folder: Path | None = None) -> DictConfig:
+    """Returns the resolved config of experiment ``name`` with Hydra ``overrides`` applied."""
+    folder = folder or experiments_dir()
+    if not (folder / f"{name}.yaml").is_file():
+        known = ", ".join(known_experiments(folder)) or "none"
+        raise ConfigError(f"unknown experiment {name!r}: there is no {folder / (name + '.yaml')}. "
+                          f"Known experiments: {known}. Run from the repository root or set "
+                          "TBPS_EXPERIMENTS to the folder that holds them.")
+    try:
+        with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
+            cfg = compose(config_name=name,
+                          overrides=[*overrides, "hydra.searchpath=[pkg://tbps.conf]"])
+        cfg.experiment = name
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        head = re.search(r"Could not (?:load|find) 'heads/([^']+)'", str(exc))
+        if head:
+            raise ConfigError(f"unknown head {head.group(1)!r} in experiment {name!r}; known heads: "
+                              f"{', '.join(known_heads())}. Heads are chosen with "
+                              "heads=[sdm,id,mlm]") from exc
+        raise ConfigError(f"experiment {name!r}: {exc}".replace("\n\n", "\n").strip()) from exc
+    return cfg

@@ -1,0 +1,95 @@
+"""TBPSModule: the LightningModule that wires encoder, heads, optimiser and the metric.
+
+It holds no loss math and knows no head by name: it asks each head for extra inputs,
+encodes, sums the ``loss_*`` terms the heads return and logs everything else. It is built
+from the resolved config plus the tokenizer, both kept in the checkpoint, so
+``TBPSModule.load_from_checkpoint(path)`` rebuilds the whole model with no other file.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from ..data.tokenizer import CaptionTokenizer
+from ..heads.base import HeadContext
+from ..metrics import TextToImageRetrieval
+from .encoder import build_dual_encoder
+from .optim import param_groups, warmup_cosine
+
+
+class TBPSModule(L.LightningModule):
+    def __init__(self, cfg: dict, tokenizer_json: str, num_classes: int) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = cfg
+        self.tokenizer = CaptionTokenizer.from_json(tokenizer_json, cfg["tokenizer"]["context_length"])
+        tok = self.tokenizer
+        enc = cfg["encoder"]
+        self.encoder = build_dual_encoder(enc["vision"], enc["text"], enc["embed_dim"],
+                                          tok.vocab_size, tok.context_length, tok.eos_id,
+                                          tok.pad_id, tok.sos_id, enc.get("text_pool", "eos"))
+        ctx = HeadContext(embed_dim=enc["embed_dim"], num_classes=num_classes,
+                          vocab_size=tok.vocab_size, mask_id=tok.mask_id, pad_id=tok.pad_id,
+                          special_ids=tuple(tok.special_ids))
+        self.heads = nn.ModuleDict({name: instantiate(h, ctx=ctx) for name, h in cfg["heads"].items()})
+        self.val_metric, self.test_metric = TextToImageRetrieval(), TextToImageRetrieval()
+        self.best_val: dict[str, float] = {}
+
+    # --- training ------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        for head in self.heads.values():
+            batch.update(head.extra_inputs(batch))
+        extra = {k: v for k, v in batch.items() if k.endswith("_ids") and k != "caption_ids"}
+        encoded = self.encoder(batch["image"], batch["caption_ids"], extra)
+        terms: dict[str, torch.Tensor] = {}
+        for head in self.heads.values():
+            terms.update(head(encoded, batch))
+        loss = sum(v for k, v in terms.items() if k.startswith("loss_"))
+        bs = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=bs)
+        return loss
+
+    # --- evaluation: dataloader 0 = gallery images, 1 = query captions -------------------
+    def _eval_step(self, metric: TextToImageRetrieval, batch: dict, dataloader_idx: int) -> None:
+        if dataloader_idx == 0:
+            metric.update(self.encoder.encode_image(batch["image"]), batch["pid"], is_query=False)
+        else:
+            metric.update(self.encoder.encode_text(batch["caption_ids"]), batch["pid"], is_query=True)
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(self.val_metric, batch, dataloader_idx)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(self.test_metric, batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        values = {f"val/{k}": v for k, v in self.val_metric.compute().items()}
+        self.val_metric.reset()
+        if self.trainer.sanity_checking:
+            return
+        self.log("val/R1", values.pop("val/R1"), prog_bar=True)
+        self.log_dict(values)
+        values["val/R1"] = self.trainer.callback_metrics["val/R1"].item()
+        if values["val/R1"] > self.best_val.get("val/R1", -1.0):
+            self.best_val = dict(values, **{"val/epoch": float(self.current_epoch)})
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict({f"test/{k}": v for k, v in self.test_metric.compute().items()})
+        self.test_metric.reset()
+
+    # --- optimisation --------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.cfg["optim"]
+        groups = param_groups(self, o["lr"], o["weight_decay"], ("heads.",),
+                              o["new_module_lr_factor"], o["bias_lr_factor"])
+        optimizer = instantiate(o["optimizer"], groups)
+        total = self.trainer.estimated_stepping_batches
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        schedule = warmup_cosine(total, int(o["warmup_epochs"] * per_epoch), o["warmup_factor"],
+                                 o["min_lr_factor"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

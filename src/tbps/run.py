@@ -1,0 +1,113 @@
+"""Run folders, loggers and callbacks shared by `tbps train` and `tbps eval`."""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+METRIC_ORDER = ("R1", "R5", "R10", "mAP", "mINP", "rSum")
+
+
+def make_run_dir(cfg: DictConfig) -> Path:
+    """``runs/<experiment>/<timestamp>/``; the path is handed to DDP children through the
+    environment so that every process writes to the same folder."""
+    if cfg.run_dir:
+        path = Path(cfg.run_dir)
+    elif int(os.environ.get("LOCAL_RANK", "0")) > 0 and os.environ.get("TBPS_RUN_DIR"):
+        path = Path(os.environ["TBPS_RUN_DIR"])  # a DDP child: the launcher's folder
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(cfg.runs_dir) / cfg.experiment / stamp
+        n = 1
+        while path.exists():
+            n += 1
+            path = Path(cfg.runs_dir) / cfg.experiment / f"{stamp}-{n}"
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TBPS_RUN_DIR"] = str(path)
+    return path
+
+
+def _wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
+    """CSV always (if enabled); W&B offline unless logged in, off with WANDB_MODE=disabled."""
+    loggers: list[Logger] = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(run_dir, name="logs", version=""))
+    if cfg.logger.wandb and os.environ.get("WANDB_MODE") != "disabled":
+        offline = os.environ.get("WANDB_MODE") == "offline" or not _wandb_logged_in()
+        wb = WandbLogger(project=cfg.logger.project, save_dir=str(run_dir), offline=offline,
+                         name=f"{cfg.experiment}/{run_dir.name}")
+        wb.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        loggers.append(wb)
+    return loggers
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested config -> dotted keys, the form sweeps and overrides use."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+class TrainThroughput(Callback):
+    """Training samples per second over the epochs' training phases (validation excluded)."""
+
+    def __init__(self) -> None:
+        self.samples, self.seconds, self._start = 0, 0.0, 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.samples += batch["image"].shape[0] * trainer.world_size
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.seconds += time.perf_counter() - self._start
+        module.log("train/samples_per_s", self.samples / max(self.seconds, 1e-9))
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / max(self.seconds, 1e-9)
+
+
+def callbacks(run_dir: Path) -> tuple[list[Callback], ModelCheckpoint, TrainThroughput]:
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/R1",
+                           mode="max", save_last=True, auto_insert_metric_name=False)
+    speed = TrainThroughput()
+    return [ckpt, speed, TQDMProgressBar(refresh_rate=10)], ckpt, speed
+
+
+def write_metrics(path: Path, metrics: dict[str, float]) -> None:
+    path.write_text(json.dumps({k: round(float(v), 4) for k, v in sorted(metrics.items())}, indent=1))
+
+
+def print_table(metrics: dict[str, float], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("split")
+    for m in METRIC_ORDER:
+        table.add_column(m, justify="right")
+    for split in ("val", "test"):
+        if f"{split}/R1" in metrics:
+            table.add_row(split, *(f"{metrics[f'{split}/{m}']:.2f}" for m in METRIC_ORDER))
+    Console(width=100).print(table)

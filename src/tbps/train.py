@@ -1,0 +1,90 @@
+"""`tbps train` and `tbps eval`: build data and model from a config, fit, test, report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .data.datamodule import TBPSDataModule
+from .data.tokenizer import CaptionTokenizer
+from .errors import ConfigError
+from .model.module import TBPSModule
+from .run import callbacks, make_loggers, make_run_dir, print_table, write_metrics
+
+
+def build_data(cfg: DictConfig) -> TBPSDataModule:
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.prepare_data()
+    return dm
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Trains, tests the best checkpoint, writes the run folder; returns metrics.json's dict."""
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_data(cfg)
+    _ = dm.records  # read and check the annotations before a run folder exists
+    run_dir = make_run_dir(cfg)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    tok = CaptionTokenizer.train(dm.records["train"].captions, cfg.tokenizer.vocab_size,
+                                 cfg.tokenizer.context_length)
+    tok.save(run_dir / "tokenizer.json")
+    dm.set_tokenizer(tok)
+    module = TBPSModule(OmegaConf.to_container(cfg, resolve=True), tok.to_json(), dm.num_train_ids)
+    cbs, ckpt, speed = callbacks(run_dir)
+    trainer = L.Trainer(**cfg.trainer, default_root_dir=run_dir, logger=make_loggers(cfg, run_dir),
+                        callbacks=cbs)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    fit_seconds = time.perf_counter() - start
+    test = trainer.test(module, datamodule=dm, ckpt_path="best" if ckpt.best_model_path else None,
+                        verbose=False)[0]
+    metrics = {**module.best_val, **test, "train/samples_per_s": speed.samples_per_s,
+               "train/seconds": fit_seconds}
+    if trainer.is_global_zero:
+        write_metrics(run_dir / "metrics.json", metrics)
+        print_table(metrics, f"{cfg.experiment}: {run_dir}")
+        print(f"training {fit_seconds:.0f} s, {speed.samples_per_s:.0f} samples/s; "
+              f"run folder {run_dir}")
+    return metrics
+
+
+def find_checkpoint(cfg: DictConfig) -> Path:
+    if cfg.eval.ckpt:
+        path = Path(cfg.eval.ckpt)
+        if not path.is_file():
+            raise ConfigError(f"checkpoint {path} not found; pass CKPT=<path to a .ckpt file>")
+        return path
+    found = sorted(Path(cfg.runs_dir, cfg.experiment).glob("*/checkpoints/best.ckpt"))
+    if not found:
+        raise ConfigError(f"no checkpoint given and none under {cfg.runs_dir}/{cfg.experiment}/; "
+                          f"train first (make train EXP={cfg.experiment}) or pass CKPT=<path>")
+    return found[-1]
+
+
+def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
+    """Tests a checkpoint with the data config it was trained with (``data.*`` overrides
+    from the command line applied, e.g. a new ``data.root``)."""
+    path = find_checkpoint(cfg)
+    try:
+        module = TBPSModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except (KeyError, RuntimeError, TypeError, ValueError, EOFError, OSError) as exc:
+        raise ConfigError(f"{path} is not a tbps checkpoint ({type(exc).__name__}: {exc}); pass "
+                          "a checkpoints/best.ckpt or last.ckpt written by `tbps train`") from exc
+    data_cfg = OmegaConf.merge(OmegaConf.create({"data": module.cfg["data"]}),
+                               OmegaConf.from_dotlist([o for o in overrides if o.startswith("data.")]))
+    dm = build_data(data_cfg)
+    dm.set_tokenizer(module.tokenizer)
+    trainer_cfg = {**cfg.trainer, "logger": False, "enable_checkpointing": False}
+    trainer = L.Trainer(**trainer_cfg)
+    with torch.inference_mode():
+        test = trainer.test(module, datamodule=dm, verbose=False)[0]
+    out = path.parent.parent / "metrics_eval.json"
+    write_metrics(out, test)
+    print_table(test, f"eval {path}")
+    print(f"written {out}")
+    return test

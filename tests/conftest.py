@@ -1,0 +1,36 @@
+"""Shared fixtures: no network, tiny data sets written in the real on-disk format."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_SYNTH = {"identities": 48, "images_per_identity": 3, "captions_per_image": 2,
+              "height": 96, "width": 32, "val_share": 0.2, "test_share": 0.3, "seed": 3}
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory):
+    """A small SynthPedes data set in the CUHK-PEDES layout, shared by the session."""
+    from tbps.data.synthpedes.generate import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, SynthConfig(**TINY_SYNTH))
+    return root
+
+
+def tiny_overrides(root, run_dir) -> list[str]:
+    """Hydra overrides that make the synthetic experiment run in seconds."""
+    synth = [f"data.synth.{k}={v}" for k, v in TINY_SYNTH.items()]
+    return [f"data.root={root}", *synth, "data.num_workers=0", "data.batch_size=16",
+            "data.eval_batch_size=64", "encoder.embed_dim=32", "encoder.vision.embed_dim=32",
+            "encoder.vision.depth=1", "encoder.vision.num_heads=2", "encoder.text.hidden_size=32",
+            "encoder.text.intermediate_size=64", "encoder.text.num_hidden_layers=1",
+            "encoder.text.num_attention_heads=2", "heads.mlm.depth=1", "heads.mlm.num_heads=2",
+            "trainer.max_epochs=2", "logger.wandb=false", f"run_dir={run_dir}"]

@@ -1,0 +1,62 @@
+"""End to end on a tiny SynthPedes: the run folder, metrics.json, and eval of the checkpoint."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from tbps.cli import main
+from tbps.model.module import TBPSModule
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_synth, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    import os
+
+    os.environ["TBPS_EXPERIMENTS"] = str(EXPERIMENTS)
+    os.environ.pop("TBPS_RUN_DIR", None)
+    assert main(["train", "experiment=synthetic", *tiny_overrides(tiny_synth, run)]) == 0
+    return run
+
+
+def test_run_folder_contract(trained_run):
+    for f in ("config.yaml", "tokenizer.json", "metrics.json", "checkpoints/best.ckpt",
+              "checkpoints/last.ckpt", "logs/metrics.csv"):
+        assert (trained_run / f).is_file(), f
+    m = json.loads((trained_run / "metrics.json").read_text())
+    for split in ("val", "test"):
+        for k in ("R1", "R5", "R10", "mAP", "mINP", "rSum"):
+            assert 0.0 <= m[f"{split}/{k}"] <= 300.0
+    assert m["train/samples_per_s"] > 0
+    assert m["test/R1"] <= m["test/R5"] <= m["test/R10"]
+
+
+def test_checkpoint_rebuilds_model_alone(trained_run):
+    module = TBPSModule.load_from_checkpoint(trained_run / "checkpoints/best.ckpt",
+                                             map_location="cpu", weights_only=True)
+    assert set(module.heads) == {"sdm", "id", "mlm"}
+    ids = module.tokenizer.encode(["a man in a red coat"])
+    assert module.encoder.encode_text(ids).shape == (1, 32)
+    assert torch.isfinite(module.encoder.encode_image(torch.zeros(1, 3, 64, 32))).all()
+
+
+def test_eval_reproduces_test_metrics(trained_run, capsys):
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    assert main(["eval", "experiment=synthetic", f"eval.ckpt={ckpt}"]) == 0
+    again = json.loads((trained_run / "metrics_eval.json").read_text())
+    first = json.loads((trained_run / "metrics.json").read_text())
+    for k in ("test/R1", "test/mAP", "test/mINP"):
+        assert again[k] == pytest.approx(first[k], abs=1e-3)
+    assert "R1" in capsys.readouterr().out
+
+
+def test_eval_rejects_a_foreign_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "x.ckpt"
+    torch.save({"state_dict": {}}, bad)
+    assert main(["eval", "experiment=synthetic", f"eval.ckpt={bad}"]) == 2
+    assert "not a tbps checkpoint" in capsys.readouterr().err
