@@ -1,0 +1,67 @@
+"""Torch datasets over common records: training pairs, gallery images, query captions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..errors import DatasetError
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """Decodes an image file to an RGB uint8 array [H, W, 3]; names the file on failure."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read image {path}: {exc}. Check that the file exists and is "
+                           "a complete image; `tbps check-data` lists every such file.") from exc
+
+
+class PairDataset(Dataset):
+    """One item per (image, caption) pair, IRRA's unit of training."""
+
+    def __init__(self, image_paths: list[Path], pairs: list[tuple[int, int, int]],
+                 caption_ids: torch.Tensor, transform, noisy: list[bool]) -> None:
+        self.image_paths, self.pairs = image_paths, pairs  # (image index, caption index, label)
+        self.caption_ids, self.transform, self.noisy = caption_ids, transform, noisy
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> dict:
+        img_idx, cap_idx, label = self.pairs[k]
+        image = self.transform(image=load_rgb(self.image_paths[img_idx]))["image"]
+        return {"image": image, "caption_ids": self.caption_ids[cap_idx], "pid": label,
+                "image_id": img_idx, "noisy": self.noisy[cap_idx]}
+
+
+class ImageDataset(Dataset):
+    """Gallery images with their person ids."""
+
+    def __init__(self, image_paths: list[Path], pids: list[int], transform) -> None:
+        self.image_paths, self.pids, self.transform = image_paths, pids, transform
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, k: int) -> dict:
+        return {"image": self.transform(image=load_rgb(self.image_paths[k]))["image"],
+                "pid": self.pids[k]}
+
+
+class CaptionDataset(Dataset):
+    """Query captions (already tokenised) with their person ids."""
+
+    def __init__(self, caption_ids: torch.Tensor, pids: list[int]) -> None:
+        self.caption_ids, self.pids = caption_ids, pids
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def __getitem__(self, k: int) -> dict:
+        return {"caption_ids": self.caption_ids[k], "pid": self.pids[k]}
