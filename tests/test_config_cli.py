@@ -45,6 +45,13 @@ def test_missing_data_root(monkeypatch, tmp_path, capsys):
     assert code == 2 and "reid_raw.json not found" in err and "DATA_ROOT" in err
 
 
+def test_unset_data_root(monkeypatch, capsys):
+    monkeypatch.setenv("TBPS_EXPERIMENTS", str(EXPERIMENTS))
+    monkeypatch.delenv("DATA_ROOT", raising=False)
+    assert main(["train", "data=cuhk_pedes", "logger.wandb=false"]) == 2
+    assert "set DATA_ROOT" in capsys.readouterr().err
+
+
 def test_malformed_reid_raw_via_cli(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("TBPS_EXPERIMENTS", str(EXPERIMENTS))
     (tmp_path / "CUHK-PEDES").mkdir()

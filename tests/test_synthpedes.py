@@ -71,8 +71,9 @@ def test_identities_have_near_twins():
     twins = 0
     for f in fams:
         for v in f[1:]:
+            # One or two attributes change; a bag or hat that appears brings its colour along.
             diff = sum(a != b for a, b in zip(f[0].signature(), v.signature()))
-            assert 1 <= diff <= 2
+            assert 1 <= diff <= 4
             twins += 1
     assert twins > 100
 

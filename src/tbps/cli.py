@@ -42,6 +42,7 @@ def _synth(args: argparse.Namespace) -> None:
 
     cfg = SynthConfig(identities=args.identities, images_per_identity=args.images_per_identity,
                       captions_per_image=args.captions_per_image, noise_rate=args.noise_rate,
+                      omit_rate=args.omit_rate,
                       height=args.height, width=args.width, seed=args.seed)
     print(json.dumps(generate(args.out, cfg, workers=args.workers), indent=1))
     if args.grid:
@@ -66,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--captions-per-image", type=int, default=2)
     s.add_argument("--noise-rate", type=float, default=0.0,
                    help="share of training captions swapped to another identity (RDE protocol)")
+    s.add_argument("--omit-rate", type=float, default=0.12,
+                   help="chance that a caption leaves out each optional detail")
     s.add_argument("--height", type=int, default=192)
     s.add_argument("--width", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)

@@ -40,11 +40,14 @@ class TBPSDataModule(L.LightningDataModule):
     that is IRRA's ``id - 1``); evaluation keeps the raw ids, since only equality matters.
     """
 
-    def __init__(self, root: str, dataset: str = "cuhk-pedes", image_size: tuple = (384, 128),
+    def __init__(self, root: str | None, dataset: str = "cuhk-pedes", image_size: tuple = (384, 128),
                  batch_size: int = 64, eval_batch_size: int = 512, num_workers: int = 4,
                  augment: dict | None = None, synth: dict | None = None,
                  val_split: str = "val", pin_memory: bool = True) -> None:
         super().__init__()
+        if root is None:
+            raise ConfigError(f"no data root for {dataset!r}: set DATA_ROOT to the folder that "
+                              "holds the data set's folder, or pass data.root=<path>")
         if dataset not in READERS:
             raise ConfigError(f"unknown data set {dataset!r} in data.dataset; known: "
                               f"{sorted(READERS)}")

@@ -26,7 +26,7 @@ from .render import random_shot, render
 LAYOUT_DIR = "CUHK-PEDES"
 META_FILE = "synthpedes.json"
 # Bumped whenever the output for a given config changes, so stale data sets are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class SynthConfig:
     images_per_identity: int = 4
     captions_per_image: int = 2
     noise_rate: float = 0.0  # share of training captions swapped to another identity
+    omit_rate: float = 0.12  # chance that a caption leaves out each optional detail
     height: int = 192
     width: int = 64
     val_share: float = 0.08
@@ -67,7 +68,7 @@ def _render_one(job: tuple) -> tuple[dict, bytes]:
     rng = np.random.default_rng([cfg.seed, pid, n])
     shot = random_shot(rng)
     img = render(ident, shot, (cfg.height, cfg.width), rng)
-    caps = [make_caption(ident, shot.view, rng) for _ in range(cfg.captions_per_image)]
+    caps = [make_caption(ident, shot.view, rng, cfg.omit_rate) for _ in range(cfg.captions_per_image)]
     import io
 
     buf = io.BytesIO()
@@ -111,7 +112,7 @@ def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 1
     root = Path(out) / LAYOUT_DIR
     (root / "imgs" / "synth").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
-    families = identity_families(rng, cfg.identities)
+    families = identity_families(rng, cfg.identities, family_size=(2, 4))
     splits = _family_splits(len(families), cfg, rng)
     jobs, attrs = [], {}
     pid = 0
