@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
@@ -46,6 +46,15 @@ def split_experiment(overrides: list[str], default: str = "synthetic") -> tuple[
     return name, rest
 
 
+def _drop_unselected_heads(cfg: DictConfig) -> None:
+    """An experiment may tune a head (``heads.mlm.depth: 1``) that an override then leaves
+    out (``heads=[sdm,itc]``): such settings carry no ``_target_`` and are removed."""
+    for name in [n for n, h in cfg.heads.items() if "_target_" not in h]:
+        print(f"note: settings for head {name!r} ignored: it is not in the selected heads")
+        with open_dict(cfg.heads):
+            del cfg.heads[name]
+
+
 def compose_experiment(name: str, overrides: list[str] = (), folder: Path | None = None) -> DictConfig:
     """Returns the resolved config of experiment ``name`` with Hydra ``overrides`` applied."""
     folder = folder or experiments_dir()
@@ -59,6 +68,7 @@ def compose_experiment(name: str, overrides: list[str] = (), folder: Path | None
             cfg = compose(config_name=name,
                           overrides=[*overrides, "hydra.searchpath=[pkg://tbps.conf]"])
         cfg.experiment = name
+        _drop_unselected_heads(cfg)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         head = re.search(r"Could not (?:load|find) 'heads/([^']+)'", str(exc))

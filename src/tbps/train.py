@@ -7,18 +7,24 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .data.datamodule import TBPSDataModule
 from .data.tokenizer import CaptionTokenizer
-from .errors import ConfigError
+from .errors import ConfigError, TBPSError
 from .model.module import TBPSModule
 from .run import callbacks, make_loggers, make_run_dir, print_table, write_metrics
 
 
 def build_data(cfg: DictConfig) -> TBPSDataModule:
-    dm = instantiate(cfg.data, _convert_="all")
+    try:
+        dm = instantiate(cfg.data, _convert_="all")
+    except InstantiationException as exc:  # Hydra wraps our own clear errors: unwrap them
+        if isinstance(exc.__cause__, TBPSError):
+            raise exc.__cause__ from None
+        raise
     dm.prepare_data()
     return dm
 
