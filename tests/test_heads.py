@@ -9,7 +9,7 @@ from tbps.heads.base import HeadContext
 from tbps.heads.cmpm import CMPMHead, cmpm_loss
 from tbps.heads.id_loss import IDHead
 from tbps.heads.itc import ITCHead, itc_loss
-from tbps.heads.mlm import IGNORE, MLMHead, mask_tokens
+from tbps.heads.mlm import IGNORE, MLMHead, mask_tokens, replacement_ids
 from tbps.heads.sdm import SDMHead, sdm_loss
 from tbps.types import EncoderOutput
 
@@ -116,7 +116,8 @@ def test_mask_tokens_follows_irra_rules():
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 30, (400, 20), generator=g)
     ids[:, 0], ids[:, 15], ids[:, 16:] = 2, 3, 0  # [SOS] ... [EOS] padding
-    masked, labels = mask_tokens(ids, CTX.special_ids, 30, 4, prob=0.15, generator=g)
+    masked, labels = mask_tokens(ids, CTX.special_ids, replacement_ids(30, CTX.special_ids), 4,
+                                 prob=0.15, generator=g)
     sel = labels != IGNORE
     assert (labels[sel] == ids[sel]).all()
     assert not sel[:, 0].any() and not sel[:, 15:].any()  # specials never selected
@@ -128,6 +129,10 @@ def test_mask_tokens_follows_irra_rules():
     assert 0.75 < as_mask < 0.85 and 0.06 < kept < 0.16
     assert (masked[~sel] == ids[~sel]).all()
     assert not torch.isin(masked[sel & (masked != 4) & (masked != ids)], torch.tensor(CTX.special_ids)).any()
+
+
+def test_replacement_ids_exclude_specials():
+    assert replacement_ids(8, (0, 2, 5)).tolist() == [1, 3, 4, 6, 7]
 
 
 def test_mlm_head_predicts_only_masked_positions():

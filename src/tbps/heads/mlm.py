@@ -22,10 +22,18 @@ from .base import AlignmentHead, HeadContext
 IGNORE = -100
 
 
-def mask_tokens(ids: torch.Tensor, special_ids: tuple[int, ...], vocab_size: int, mask_id: int,
-                prob: float = 0.15, generator: torch.Generator | None = None
+def replacement_ids(vocab_size: int, special_ids: tuple[int, ...]) -> torch.Tensor:
+    """The ids a selected token may be replaced with at random: every non-special id."""
+    keep = torch.ones(vocab_size, dtype=torch.bool)
+    keep[list(special_ids)] = False
+    return keep.nonzero().squeeze(1)
+
+
+def mask_tokens(ids: torch.Tensor, special_ids: tuple[int, ...], replacements: torch.Tensor,
+                mask_id: int, prob: float = 0.15, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (masked ids, labels) for ids [B, L]; labels are IGNORE where not selected."""
+    """Returns (masked ids, labels) for ids [B, L]; labels are IGNORE where not selected.
+    ``replacements`` [V'] holds the ids used for the 10% random replacements."""
     special = torch.tensor(special_ids, device=ids.device)
     real = ~torch.isin(ids, special)
     draw = lambda: torch.rand(ids.shape, device=ids.device, generator=generator)  # noqa: E731
@@ -37,9 +45,8 @@ def mask_tokens(ids: torch.Tensor, special_ids: tuple[int, ...], vocab_size: int
         selected[none, forced[none]] = True
     labels = torch.where(selected, ids, torch.full_like(ids, IGNORE))
     roll = draw()
-    normal = [i for i in range(vocab_size) if i not in set(special_ids)]
-    normal = torch.tensor(normal, device=ids.device)
-    random_tok = normal[torch.randint(len(normal), ids.shape, device=ids.device, generator=generator)]
+    pick = torch.randint(len(replacements), ids.shape, device=ids.device, generator=generator)
+    random_tok = replacements.to(ids.device)[pick]
     masked = torch.where(selected & (roll < 0.8), torch.full_like(ids, mask_id), ids)
     masked = torch.where(selected & (roll >= 0.8) & (roll < 0.9), random_tok, masked)
     return masked, labels
@@ -51,6 +58,9 @@ class MLMHead(AlignmentHead):
         super().__init__(ctx, weight)
         d = ctx.embed_dim
         self.mask_prob = mask_prob
+        # Built once: a per-step Python loop over a 49,408-word vocabulary would cost real time.
+        self.register_buffer("replacements", replacement_ids(ctx.vocab_size, ctx.special_ids),
+                             persistent=False)
         self.ln_text, self.ln_image = nn.LayerNorm(d), nn.LayerNorm(d)
         self.cross_attn = nn.MultiheadAttention(d, num_heads, batch_first=True)
         layer = nn.TransformerEncoderLayer(d, num_heads, 4 * d, dropout=0.0, activation="gelu",
@@ -62,7 +72,7 @@ class MLMHead(AlignmentHead):
 
     def extra_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
         masked, labels = mask_tokens(batch["caption_ids"], self.ctx.special_ids,
-                                     self.ctx.vocab_size, self.ctx.mask_id, self.mask_prob)
+                                     self.replacements, self.ctx.mask_id, self.mask_prob)
         return {"mlm_ids": masked, "mlm_labels": labels}
 
     def cross_former(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
