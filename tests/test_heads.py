@@ -153,3 +153,13 @@ def test_mlm_head_predicts_only_masked_positions():
     assert out["loss_mlm"].item() == pytest.approx(ref.item(), rel=1e-5)
     out["loss_mlm"].backward()
     assert enc.image_tokens.grad.abs().sum() > 0  # the cross-attention reaches the image
+
+
+def test_a_head_without_forward_cannot_be_built():
+    from tbps.heads.base import AlignmentHead
+
+    class Incomplete(AlignmentHead):
+        pass
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete(CTX)

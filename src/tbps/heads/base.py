@@ -10,6 +10,7 @@ key ends in ``_ids`` are encoded by the text tower and reach ``forward`` in
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,7 @@ class HeadContext:
     special_ids: tuple[int, ...]
 
 
-class AlignmentHead(nn.Module):
+class AlignmentHead(nn.Module, metaclass=ABCMeta):
     """Base class: holds the loss weight; subclasses implement ``forward``."""
 
     def __init__(self, ctx: HeadContext, weight: float = 1.0) -> None:
@@ -41,5 +42,6 @@ class AlignmentHead(nn.Module):
         """Extra tensors this head needs, made on the batch's device; none by default."""
         return {}
 
+    @abstractmethod
     def forward(self, encoded: EncoderOutput, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError  # every concrete head overrides this
+        """Returns weighted ``loss_*`` terms and diagnostics for one batch."""
