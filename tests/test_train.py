@@ -42,7 +42,7 @@ def test_checkpoint_rebuilds_model_alone(trained_run):
     assert set(module.heads) == {"sdm", "id", "mlm"}
     ids = module.tokenizer.encode(["a man in a red coat"])
     assert module.encoder.encode_text(ids).shape == (1, 32)
-    assert torch.isfinite(module.encoder.encode_image(torch.zeros(1, 3, 64, 32))).all()
+    assert torch.isfinite(module.encoder.encode_image(torch.zeros(1, 3, 96, 32))).all()
 
 
 def test_eval_reproduces_test_metrics(trained_run, capsys):
