@@ -84,7 +84,7 @@ class TrainThroughput(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.seconds += time.perf_counter() - self._start
-        module.log("train/samples_per_s", self.samples / max(self.seconds, 1e-9))
+        module.log("train/samples_per_s", self.samples_per_s)
 
     @property
     def samples_per_s(self) -> float:

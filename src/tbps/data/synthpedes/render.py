@@ -123,7 +123,7 @@ def _draw_legs(dr: ImageDraw.ImageDraw, p: _Person, skin: tuple) -> None:
                     (p.cx + w1, p.y(0.7)), (p.cx - w1, p.y(0.7))], fill=lower)
 
 
-def _draw_torso(dr: ImageDraw.ImageDraw, p: _Person, rng: np.random.Generator) -> None:
+def _draw_torso(dr: ImageDraw.ImageDraw, p: _Person) -> None:
     i, s = p.i, p.s
     shoulder, waist = p.y(0.17), p.y(0.53 if i.upper_type in ("coat",) else 0.5)
     if i.upper_type == "coat":
@@ -300,7 +300,7 @@ def render(ident: Identity, shot: Shot, size: tuple[int, int], rng: np.random.Ge
     _draw_bag(dr, p, behind=True)
     _draw_legs(dr, p, skin)
     _draw_arms(dr, p, skin, front_layer=False)
-    _draw_torso(dr, p, rng)
+    _draw_torso(dr, p)
     _draw_head(dr, p, skin)
     _draw_bag(dr, p, behind=False)
     if shot.view == "side":
