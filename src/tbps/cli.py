@@ -1,4 +1,4 @@
-"""The `tbps` console script: train, eval and synth.
+"""The `tbps` console script: train, eval, synth and check-data.
 
 `tbps train [experiment=<name>] [key=value ...]` takes Hydra overrides (also in W&B's
 `--key=value` form); user mistakes print one clear paragraph and exit with status 2.
@@ -51,6 +51,15 @@ def _synth(args: argparse.Namespace) -> None:
         print(f"sample grid: {sample_grid(args.out, args.grid)}")
 
 
+def _check_data(args: argparse.Namespace) -> int:
+    from .data.check import check_dataset, format_report
+
+    report = check_dataset(args.dataset, args.root, verify_images=not args.no_decode,
+                           workers=args.workers)
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 0 if report["usable"] else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tbps", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -75,6 +84,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--grid", help="also draw a picture of test samples with captions to this PNG")
     s.set_defaults(func=_synth)
+    c = sub.add_parser("check-data", help="check a benchmark's files: layout, sizes, images, "
+                       "captions; exit 0 when usable")
+    c.add_argument("--dataset", required=True, choices=["cuhk-pedes", "icfg-pedes", "rstpreid"])
+    c.add_argument("--root", required=True, help="the folder that holds CUHK-PEDES/, "
+                   "ICFG-PEDES/ or RSTPReid/ (what DATA_ROOT points at)")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--no-decode", action="store_true",
+                   help="only check that images exist, do not decode them (faster)")
+    c.add_argument("--workers", type=int, default=8, help="threads that decode images")
+    c.set_defaults(func=_check_data)
     return p
 
 
@@ -82,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
     args = parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except TBPSError as exc:
         print(f"tbps {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

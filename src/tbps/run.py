@@ -91,8 +91,9 @@ class TrainThroughput(Callback):
         return self.samples / max(self.seconds, 1e-9)
 
 
-def callbacks(run_dir: Path) -> tuple[list[Callback], ModelCheckpoint, TrainThroughput]:
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/R1",
+def callbacks(run_dir: Path, val_prefix: str = "val"
+              ) -> tuple[list[Callback], ModelCheckpoint, TrainThroughput]:
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=f"{val_prefix}/R1",
                            mode="max", save_last=True, auto_insert_metric_name=False)
     speed = TrainThroughput()
     return [ckpt, speed, TQDMProgressBar(refresh_rate=10)], ckpt, speed
@@ -107,7 +108,7 @@ def print_table(metrics: dict[str, float], title: str) -> None:
     table.add_column("split")
     for m in METRIC_ORDER:
         table.add_column(m, justify="right")
-    for split in ("val", "test"):
+    for split in ("val", "val_on_test", "val_holdout", "test"):
         if f"{split}/R1" in metrics:
             table.add_row(split, *(f"{metrics[f'{split}/{m}']:.2f}" for m in METRIC_ORDER))
     Console(width=100).print(table)

@@ -41,7 +41,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     tok.save(run_dir / "tokenizer.json")
     dm.set_tokenizer(tok)
     module = TBPSModule(OmegaConf.to_container(cfg, resolve=True), tok.to_json(), dm.num_train_ids)
-    cbs, ckpt, speed = callbacks(run_dir)
+    cbs, ckpt, speed = callbacks(run_dir, dm.val_prefix)
     trainer = L.Trainer(**cfg.trainer, default_root_dir=run_dir, logger=make_loggers(cfg, run_dir),
                         callbacks=cbs)
     start = time.perf_counter()

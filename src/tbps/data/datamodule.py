@@ -5,59 +5,96 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import torch
+import numpy as np
 from torch.utils.data import DataLoader, default_collate
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetError
+from .benchmarks import BENCHMARKS
+from .cleaning import clean_captions
 from .datasets import CaptionDataset, ImageDataset, PairDataset
-from .records import SplitRecords, read_cuhk_pedes
-from .synthpedes.generate import LAYOUT_DIR, SynthConfig, generate, is_complete
+from .noise import inject_noisy_correspondence
+from .records import SplitRecords, read_benchmark
+from .samplers import IdentitySampler
+from .synthpedes.generate import SynthConfig, generate, is_complete
 from .tokenizer import CaptionTokenizer
 from .transforms import eval_transform, train_transform
 
-# Data-set name -> (folder under the root, reader). Real benchmarks add entries here.
-READERS = {
-    "synthpedes": (LAYOUT_DIR, read_cuhk_pedes),
-    "cuhk-pedes": ("CUHK-PEDES", read_cuhk_pedes),
-}
-
-
-def collate_trimmed(items: list[dict]) -> dict:
+def collate_trimmed(items: list[dict | None]) -> dict:
     """Stacks a batch and cuts caption ids after the batch's longest caption: padding after
-    every end-of-text token changes no feature (causal text attention) but costs compute."""
-    batch = default_collate(items)
+    every end-of-text token changes no feature (causal text attention) but costs compute.
+    Items that are ``None`` (skipped unreadable images) are dropped and counted."""
+    kept = [item for item in items if item is not None]
+    if not kept:
+        raise DatasetError(f"all {len(items)} images of a batch were unreadable; run "
+                           "`tbps check-data` on the data set and fix or remove them")
+    batch = default_collate(kept)
+    if len(kept) < len(items):
+        batch["skipped_images"] = len(items) - len(kept)
     if "caption_ids" in batch:
         ids = batch["caption_ids"]
         batch["caption_ids"] = ids[:, : int((ids != 0).sum(1).max())]
     return batch
 
 
+# How the validation split is chosen -> the prefix of its metric keys. ICFG-PEDES has no
+# val split: the published numbers select on test, and the key says so.
+VAL_SPLITS = {"val": "val", "test": "val_on_test", "holdout": "val_holdout"}
+
+
+def val_metric_prefix(val_split: str) -> str:
+    if val_split not in VAL_SPLITS:
+        raise ConfigError(f"data.val_split={val_split!r}; choose 'val' (the official split), "
+                          "'test' (select on test, as the published numbers do) or 'holdout' "
+                          "(data.holdout_ids training identities held out)")
+    return VAL_SPLITS[val_split]
+
+
 class TBPSDataModule(L.LightningDataModule):
     """Training pairs, and gallery images + query captions for validation and test.
 
-    Captions are tokenised once, when the tokenizer is attached, never per epoch. Training
-    person ids are mapped to contiguous classifier labels in sorted order (for CUHK-PEDES
-    that is IRRA's ``id - 1``); evaluation keeps the raw ids, since only equality matters.
+    Captions are cleaned (``caption_cleaning``) and tokenised once, when the tokenizer is
+    attached, never per epoch. Training person ids are mapped to contiguous classifier
+    labels in sorted order (for CUHK-PEDES that is IRRA's ``id - 1``); evaluation keeps the
+    raw ids, since only equality matters. ``noise_rate`` swaps that share of training
+    captions to other identities (RDE protocol) with ``noise_seed``.
     """
 
     def __init__(self, root: str | None, dataset: str = "cuhk-pedes", image_size: tuple = (384, 128),
                  batch_size: int = 64, eval_batch_size: int = 512, num_workers: int = 4,
                  augment: dict | None = None, synth: dict | None = None,
-                 val_split: str = "val", pin_memory: bool = True) -> None:
+                 val_split: str = "val", holdout_ids: int = 0, holdout_seed: int = 0,
+                 caption_cleaning: str = "none", noise_rate: float = 0.0, noise_seed: int = 0,
+                 sampler: str = "random", num_instances: int = 4,
+                 skip_bad_images: bool = False, pin_memory: bool = True, seed: int = 0) -> None:
         super().__init__()
         if root is None:
             raise ConfigError(f"no data root for {dataset!r}: set DATA_ROOT to the folder that "
                               "holds the data set's folder, or pass data.root=<path>")
-        if dataset not in READERS:
+        if dataset not in BENCHMARKS:
             raise ConfigError(f"unknown data set {dataset!r} in data.dataset; known: "
-                              f"{sorted(READERS)}")
-        self.root, self.dataset = Path(root), dataset
+                              f"{sorted(BENCHMARKS)}")
+        if sampler not in ("random", "identity"):
+            raise ConfigError(f"data.sampler={sampler!r}; choose 'random' (IRRA's default) or "
+                              "'identity' (P×K: batch_size/num_instances identities per batch)")
+        if not 0.0 <= noise_rate < 1.0:
+            raise ConfigError(f"data.noise_rate={noise_rate} must be in [0, 1)")
+        self.val_prefix = val_metric_prefix(val_split)
+        if val_split == "holdout" and holdout_ids <= 0:
+            raise ConfigError("data.val_split=holdout needs data.holdout_ids > 0 (how many "
+                              "training identities to hold out for validation)")
+        self.root, self.benchmark = Path(root), BENCHMARKS[dataset]
+        self.dataset = dataset
         self.image_size = tuple(image_size)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.augment = dict(augment or {})
         self.synth = SynthConfig(**synth) if synth is not None else None
-        self.val_split = val_split
+        self.val_split, self.holdout_ids, self.holdout_seed = val_split, holdout_ids, holdout_seed
+        self.caption_cleaning = caption_cleaning
+        clean_captions([], caption_cleaning)  # an unknown policy fails now, not after reading
+        self.noise_rate, self.noise_seed = noise_rate, noise_seed
+        self.sampler, self.num_instances = sampler, num_instances
+        self.skip_bad_images, self.seed = skip_bad_images, seed
         self._records: dict[str, SplitRecords] | None = None
         self.tokenizer: CaptionTokenizer | None = None
 
@@ -73,9 +110,27 @@ class TBPSDataModule(L.LightningDataModule):
     @property
     def records(self) -> dict[str, SplitRecords]:
         if self._records is None:
-            folder, reader = READERS[self.dataset]
-            self._records = reader(self.root / folder)
+            self._records = self._build_records()
         return self._records
+
+    def _build_records(self) -> dict[str, SplitRecords]:
+        splits = read_benchmark(self.root / self.benchmark.folder, self.benchmark)
+        if self.val_split == "holdout":
+            train = splits["train"]
+            ids = sorted(set(train.image_pids))
+            if self.holdout_ids >= len(ids):
+                raise ConfigError(f"data.holdout_ids={self.holdout_ids} leaves no training "
+                                  f"identity (the train split has {len(ids)})")
+            rng = np.random.default_rng(self.holdout_seed)
+            held = {ids[i] for i in rng.choice(len(ids), self.holdout_ids, replace=False)}
+            splits["holdout"] = train.select_identities(held)
+            splits["train"] = train.select_identities(set(ids) - held)
+        for rec in splits.values():
+            rec.captions = clean_captions(rec.captions, self.caption_cleaning)
+        if self.noise_rate > 0:
+            splits["train"] = inject_noisy_correspondence(splits["train"], self.noise_rate,
+                                                          self.noise_seed)
+        return splits
 
     @property
     def train_labels(self) -> dict[int, int]:
@@ -91,9 +146,9 @@ class TBPSDataModule(L.LightningDataModule):
                              for s, r in self.records.items()}
 
     # --- loaders -------------------------------------------------------------------------
-    def _loader(self, ds, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
-                          collate_fn=collate_trimmed,
+    def _loader(self, ds, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, drop_last=shuffle, collate_fn=collate_trimmed,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 
@@ -102,14 +157,22 @@ class TBPSDataModule(L.LightningDataModule):
         labels = self.train_labels
         pairs = [(img, k, labels[rec.image_pids[img]]) for k, img in enumerate(rec.caption_image)]
         ds = PairDataset(rec.image_paths, pairs, self._caption_ids["train"],
-                         train_transform(self.image_size, **self.augment), rec.caption_noisy)
-        return self._loader(ds, self.batch_size, shuffle=True)
+                         train_transform(self.image_size, **self.augment), rec.caption_noisy,
+                         self.skip_bad_images)
+        sampler = None
+        if self.sampler == "identity":
+            trainer = getattr(self, "trainer", None)
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+            sampler = IdentitySampler([p[2] for p in pairs], self.batch_size, self.num_instances,
+                                      num_replicas=world, rank=rank, seed=self.seed)
+        return self._loader(ds, self.batch_size, shuffle=True, sampler=sampler)
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
-        rec = self.records[split]
-        if not rec.image_paths:
-            raise ConfigError(f"the {split!r} split of {self.root} is empty; choose another "
-                              "split with data.val_split")
+        rec = self.records.get(split)
+        if rec is None or not rec.image_paths:
+            raise ConfigError(f"{self.dataset} under {self.root} has no {split!r} split "
+                              "(ICFG-PEDES never has one); choose another validation policy: "
+                              "data.val_split=test or data.val_split=holdout data.holdout_ids=N")
         gallery = ImageDataset(rec.image_paths, rec.image_pids, eval_transform(self.image_size))
         queries = CaptionDataset(self._caption_ids[split], rec.caption_pids)
         return [self._loader(gallery, self.eval_batch_size, False),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DatasetError
+
+log = logging.getLogger(__name__)
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -23,19 +26,33 @@ def load_rgb(path: Path) -> np.ndarray:
 
 
 class PairDataset(Dataset):
-    """One item per (image, caption) pair, IRRA's unit of training."""
+    """One item per (image, caption) pair, IRRA's unit of training.
+
+    An unreadable image stops training with its path, or, with ``skip_bad_images``, gives
+    ``None``: the collate function drops it and counts it (``train/skipped_images``). It is
+    never retried, unlike IRRA's endless retry loop.
+    """
 
     def __init__(self, image_paths: list[Path], pairs: list[tuple[int, int, int]],
-                 caption_ids: torch.Tensor, transform, noisy: list[bool]) -> None:
+                 caption_ids: torch.Tensor, transform, noisy: list[bool],
+                 skip_bad_images: bool = False) -> None:
         self.image_paths, self.pairs = image_paths, pairs  # (image index, caption index, label)
         self.caption_ids, self.transform, self.noisy = caption_ids, transform, noisy
+        self.skip_bad_images = skip_bad_images
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, k: int) -> dict:
         img_idx, cap_idx, label = self.pairs[k]
-        image = self.transform(image=load_rgb(self.image_paths[img_idx]))["image"]
+        try:
+            pixels = load_rgb(self.image_paths[img_idx])
+        except DatasetError as exc:
+            if not self.skip_bad_images:
+                raise
+            log.warning("skipping: %s", exc)
+            return None
+        image = self.transform(image=pixels)["image"]
         return {"image": image, "caption_ids": self.caption_ids[cap_idx], "pid": label,
                 "image_id": img_idx, "noisy": self.noisy[cap_idx]}
 

@@ -1,7 +1,10 @@
-"""Common records that every data-set adapter produces, and the CUHK-PEDES reader.
+"""Common records that every data-set adapter produces, and the reader of the original
+annotation files (one JSON list of per-image records per benchmark).
 
 The train unit is one (image, caption) pair as in IRRA; evaluation uses all images of a
-split as the gallery and all their captions as queries, matched by person id.
+split as the gallery and all their captions as queries, matched by person id. Ids stay raw
+here (CUHK-PEDES 1-based, the others 0-based); the data module maps training ids to
+classifier labels, which reproduces IRRA's ``id - 1`` shift for CUHK-PEDES.
 """
 
 from __future__ import annotations
@@ -11,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DatasetError
-
-_FIELDS = {"split": str, "captions": list, "file_path": str, "id": int}
+from .benchmarks import BENCHMARKS, CUHK_PEDES, Benchmark
 
 
 @dataclass
@@ -33,64 +35,108 @@ class SplitRecords:
         return {"identities": len(set(self.image_pids)), "images": len(self.image_paths),
                 "captions": len(self.captions)}
 
+    def select_identities(self, pids: set[int]) -> SplitRecords:
+        """The records of the given identities only (for a held-out validation split)."""
+        out = SplitRecords()
+        new_index: dict[int, int] = {}
+        for i, (path, pid) in enumerate(zip(self.image_paths, self.image_pids)):
+            if pid in pids:
+                new_index[i] = len(out.image_paths)
+                out.image_paths.append(path)
+                out.image_pids.append(pid)
+        for cap, img, noisy in zip(self.captions, self.caption_image, self.caption_noisy):
+            if img in new_index:
+                out.captions.append(cap)
+                out.caption_image.append(new_index[img])
+                out.caption_noisy.append(noisy)
+        return out
 
-def _check_record(rec: object, k: int, path: Path) -> dict:
+
+def _check_record(rec: object, k: int, path: Path, spec: Benchmark) -> dict:
+    fields = {"split": str, "captions": list, spec.path_field: str, "id": int}
     if not isinstance(rec, dict):
         raise DatasetError(f"{path}: record {k} is a {type(rec).__name__}, not an object. Each "
-                           "entry of reid_raw.json must be an object with the fields "
-                           f"{sorted(_FIELDS)}; re-export the annotation file.")
-    for name, kind in _FIELDS.items():
+                           f"entry of {spec.annotation} must be an object with the fields "
+                           f"{sorted(fields)}; re-export the annotation file.")
+    where = f"record {k} ({rec.get(spec.path_field, 'no ' + spec.path_field)})"
+    for name, kind in fields.items():
         if name not in rec:
+            hint = ""
+            if name == spec.path_field and "file_path" in rec and spec.path_field == "img_path":
+                hint = " RSTPReid's data_captions.json names the image path 'img_path'."
+            elif name == spec.path_field and "img_path" in rec:
+                hint = " This looks like RSTPReid's format; did you mean --dataset rstpreid?"
+            elif name == "split":
+                hint = (" Without 'split' this is not the split annotation file"
+                        + (": use reid_raw.json, not caption_all.json." if spec is CUHK_PEDES
+                           else "."))
+            raise DatasetError(f"{path}: {where} has no field '{name}'. {spec.name} records "
+                               f"need {sorted(fields)}.{hint}")
+        value = rec[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise DatasetError(
-                f"{path}: record {k} ({rec.get('file_path', 'no file_path')}) has no field "
-                f"'{name}'. CUHK-PEDES records need {sorted(_FIELDS)}; if this is "
-                "caption_all.json (the raw release without splits), use reid_raw.json instead.")
-        if not isinstance(rec[name], kind) or (kind is int and isinstance(rec[name], bool)):
-            raise DatasetError(
-                f"{path}: record {k} ({rec.get('file_path', '?')}) field '{name}' is "
-                f"{type(rec[name]).__name__} {rec[name]!r:.60}, expected {kind.__name__}; "
-                "fix that record or re-export the annotation file.")
+                f"{path}: {where} field '{name}' is {type(value).__name__} {value!r:.60}, "
+                f"expected {kind.__name__}; fix that record or re-export the annotation file.")
     if not all(isinstance(c, str) for c in rec["captions"]):
-        raise DatasetError(f"{path}: record {k} ({rec['file_path']}) field 'captions' must be a "
-                           "list of strings; fix that record.")
-    if rec["split"] not in ("train", "val", "test"):
-        raise DatasetError(f"{path}: record {k} ({rec['file_path']}) field 'split' is "
-                           f"{rec['split']!r}; it must be 'train', 'val' or 'test'.")
+        raise DatasetError(f"{path}: {where} field 'captions' must be a list of strings; fix "
+                           "that record.")
+    if rec["split"] not in spec.splits:
+        raise DatasetError(f"{path}: {where} field 'split' is {rec['split']!r}; {spec.name} "
+                           f"splits are {list(spec.splits)}.")
     return rec
 
 
-def read_cuhk_pedes(dataset_dir: str | Path) -> dict[str, SplitRecords]:
-    """Reads ``<dataset_dir>/reid_raw.json`` (CUHK-PEDES format) into train/val/test records.
+def annotation_path(dataset_dir: Path, spec: Benchmark) -> Path:
+    """The annotation file, or a DatasetError that recognises the usual wrong files."""
+    path = dataset_dir / spec.annotation
+    if path.is_file():
+        return path
+    for wrong, fix in spec.wrong_annotations.items():
+        if (dataset_dir / wrong).is_file():
+            raise DatasetError(f"{path} not found, but {dataset_dir / wrong} is there: {fix}.")
+    where = ("the folder does not exist" if not dataset_dir.is_dir() else
+             f"it holds {sorted(p.name for p in dataset_dir.iterdir())[:8]}")
+    raise DatasetError(
+        f"{path} not found ({where}). The {spec.name} layout is <root>/{spec.folder}/"
+        f"{spec.annotation} with images under <root>/{spec.folder}/imgs/; set data.root (or "
+        f"DATA_ROOT, or --root) to the folder that holds {spec.folder}/.")
 
-    Image paths are ``<dataset_dir>/imgs/<file_path>``. Person ids are kept raw here; the
-    data module maps training ids to classifier indices.
-    """
-    root = Path(dataset_dir)
-    path = root / "reid_raw.json"
-    if not path.is_file():
-        hint = (" Found caption_all.json, the raw release without splits: ask the authors "
-                "for reid_raw.json or use the split version that IRRA documents."
-                if (root / "caption_all.json").is_file() else "")
-        raise DatasetError(
-            f"{path} not found. The CUHK-PEDES layout is <root>/CUHK-PEDES/reid_raw.json with "
-            f"images under <root>/CUHK-PEDES/imgs/; set data.root (or DATA_ROOT) to the folder "
-            f"that holds CUHK-PEDES/.{hint}")
+
+def load_annotation(path: Path) -> list:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"{path} is not valid JSON ({exc}); re-download or re-export it.") from exc
     if not isinstance(data, list) or not data:
         raise DatasetError(f"{path} must hold a non-empty JSON list of per-image records, found "
                            f"{type(data).__name__}; re-export the annotation file.")
-    splits = {s: SplitRecords() for s in ("train", "val", "test")}
-    for k, raw in enumerate(data):
-        rec = _check_record(raw, k, path)
+    return data
+
+
+def read_benchmark(dataset_dir: str | Path, spec: Benchmark | str = CUHK_PEDES
+                   ) -> dict[str, SplitRecords]:
+    """Reads ``<dataset_dir>/<annotation>`` into per-split records, as IRRA does: one
+    gallery image per record, every caption kept (some CUHK-PEDES images have 10), image
+    paths ``<dataset_dir>/imgs/<file_path or img_path>``."""
+    spec = BENCHMARKS[spec] if isinstance(spec, str) else spec
+    root = Path(dataset_dir)
+    path = annotation_path(root, spec)
+    imgs = root / "imgs"
+    splits = {s: SplitRecords() for s in spec.splits}
+    for k, raw in enumerate(load_annotation(path)):
+        rec = _check_record(raw, k, path, spec)
         sp = splits[rec["split"]]
-        sp.image_paths.append(root / "imgs" / rec["file_path"])
+        index = len(sp.image_paths)
+        sp.image_paths.append(imgs / rec[spec.path_field])
         sp.image_pids.append(rec["id"])
-        noisy = rec.get("caption_is_noisy") or [False] * len(rec["captions"])
-        for cap, flag in zip(rec["captions"], noisy):
-            sp.captions.append(cap)
-            sp.caption_image.append(len(sp.image_paths) - 1)
-            sp.caption_noisy.append(bool(flag))
+        captions = rec["captions"]
+        sp.captions.extend(captions)
+        sp.caption_image.extend([index] * len(captions))
+        # SynthPedes' ground truth; real files have no such field
+        noisy = rec.get("caption_is_noisy") or [False] * len(captions)
+        sp.caption_noisy.extend(bool(f) for f in noisy)
     return splits
+
+
+def read_cuhk_pedes(dataset_dir: str | Path) -> dict[str, SplitRecords]:
+    return read_benchmark(dataset_dir, CUHK_PEDES)

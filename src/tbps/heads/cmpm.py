@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..distributed import gather_with_grad
 from ..types import EncoderOutput
-from .base import AlignmentHead, HeadContext
+from .base import AlignmentHead
 
 
 def cmpm_loss(image: torch.Tensor, text: torch.Tensor, pid: torch.Tensor,

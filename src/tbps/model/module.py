@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from ..data.datamodule import val_metric_prefix
 from ..data.tokenizer import CaptionTokenizer
 from ..heads.base import HeadContext
 from ..metrics import TextToImageRetrieval
@@ -37,9 +38,16 @@ class TBPSModule(L.LightningModule):
         self.heads = nn.ModuleDict({name: instantiate(h, ctx=ctx) for name, h in cfg["heads"].items()})
         self.val_metric, self.test_metric = TextToImageRetrieval(), TextToImageRetrieval()
         self.best_val: dict[str, float] = {}
+        # 'val', or 'val_on_test' / 'val_holdout' when validation is not the official split
+        self.val_prefix = val_metric_prefix(cfg["data"].get("val_split", "val"))
+        self.count_skipped = bool(cfg["data"].get("skip_bad_images", False))
 
     # --- training ------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        skipped = batch.pop("skipped_images", 0)
+        if self.count_skipped:
+            self.log("train/skipped_images", float(skipped), reduce_fx="sum", on_step=False,
+                     on_epoch=True, batch_size=1)
         for head in self.heads.values():
             batch.update(head.extra_inputs(batch))
         extra = {k: v for k, v in batch.items() if k.endswith("_ids") and k != "caption_ids"}
@@ -67,15 +75,16 @@ class TBPSModule(L.LightningModule):
         self._eval_step(self.test_metric, batch, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
-        values = {f"val/{k}": v for k, v in self.val_metric.compute().items()}
+        p = self.val_prefix
+        values = {f"{p}/{k}": v for k, v in self.val_metric.compute().items()}
         self.val_metric.reset()
         if self.trainer.sanity_checking:
             return
-        self.log("val/R1", values.pop("val/R1"), prog_bar=True)
+        self.log(f"{p}/R1", values.pop(f"{p}/R1"), prog_bar=True)
         self.log_dict(values)
-        values["val/R1"] = self.trainer.callback_metrics["val/R1"].item()
-        if values["val/R1"] > self.best_val.get("val/R1", -1.0):
-            self.best_val = dict(values, **{"val/epoch": float(self.current_epoch)})
+        values[f"{p}/R1"] = self.trainer.callback_metrics[f"{p}/R1"].item()
+        if values[f"{p}/R1"] > self.best_val.get(f"{p}/R1", -1.0):
+            self.best_val = dict(values, **{f"{p}/epoch": float(self.current_epoch)})
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({f"test/{k}": v for k, v in self.test_metric.compute().items()})

@@ -1,0 +1,106 @@
+"""Caption cleaning, noisy correspondence, the P×K identity sampler under DDP, and the
+stop-or-skip rule for unreadable training images."""
+
+import numpy as np
+import pytest
+import torch
+
+from tbps.data.cleaning import clean_captions
+from tbps.data.datamodule import collate_trimmed
+from tbps.data.datasets import PairDataset
+from tbps.data.noise import inject_noisy_correspondence
+from tbps.data.records import SplitRecords
+from tbps.data.samplers import IdentitySampler
+from tbps.errors import ConfigError, DatasetError
+
+RAW = 'A Woman (young) wears a "red" T-shirt; black/white shoes... She\'s carrying a bag!'
+
+
+def test_cleaning_policies():
+    assert clean_captions([RAW], "none") == [RAW]
+    assert clean_captions([RAW], "tbps-clip") == [
+        "a woman young wears a red t-shirt black/white shoes she's carrying a bag"]
+    assert clean_captions([RAW], "rasa") == [
+        "a woman young wears a red t shirt black white shoes shes carrying a bag"]
+    assert clean_captions([" ".join(["w"] * 90)], "tbps-clip")[0].count("w") == 77
+    with pytest.raises(ConfigError, match="caption_cleaning"):
+        clean_captions([RAW], "bert")
+
+
+def _records(ids=40, images=2, caps=2):
+    rec = SplitRecords()
+    for pid in range(ids):
+        for j in range(images):
+            rec.image_paths.append(f"{pid}_{j}.jpg")
+            rec.image_pids.append(pid)
+            for k in range(caps):
+                rec.captions.append(f"caption {pid} {j} {k}")
+                rec.caption_image.append(len(rec.image_paths) - 1)
+                rec.caption_noisy.append(False)
+    return rec
+
+
+def test_noisy_correspondence_rde_protocol():
+    rec = _records()
+    noisy = inject_noisy_correspondence(rec, 0.3, seed=5)
+    n = len(rec.captions)
+    moved = [a != b for a, b in zip(rec.captions, noisy.captions)]
+    assert sum(noisy.caption_noisy) == sum(moved) == round(0.3 * n)
+    # a flagged caption now describes another identity; the rest are untouched
+    for cap, img, flag, orig in zip(noisy.captions, noisy.caption_image, noisy.caption_noisy,
+                                    rec.captions):
+        owner = int(cap.split()[1])
+        assert (owner != noisy.image_pids[img]) == flag
+        assert flag or cap == orig
+    assert sorted(noisy.captions) == sorted(rec.captions)  # swapped, not invented
+    assert noisy.image_pids == rec.image_pids and noisy.caption_image == rec.caption_image
+    assert inject_noisy_correspondence(rec, 0.3, seed=5).captions == noisy.captions
+    assert inject_noisy_correspondence(rec, 0.3, seed=6).captions != noisy.captions
+    assert inject_noisy_correspondence(rec, 0.0, seed=5).captions == rec.captions
+
+
+def test_identity_sampler_pk_and_ddp():
+    labels = np.repeat(np.arange(30), [3 + i % 5 for i in range(30)]).tolist()
+    p, k = 4, 2
+    ranks = [IdentitySampler(labels, p * k, k, num_replicas=2, rank=r, seed=1) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) and len(ranks[0]) % (p * k) == 0
+    epoch0 = [list(s) for s in ranks]
+    assert all(len(e) == len(ranks[0]) for e in epoch0)
+    for step in range(len(ranks[0]) // (p * k)):
+        ids = []
+        for r in range(2):
+            batch = epoch0[r][step * p * k:(step + 1) * p * k]
+            by_id = [labels[i] for i in batch]
+            assert sorted(set(by_id)) == sorted(set(by_id[::k]))  # groups of K
+            assert all(by_id.count(x) == k for x in set(by_id)) and len(set(by_id)) == p
+            ids.append(set(by_id))
+        assert not ids[0] & ids[1]  # distinct identities on the two ranks in each step
+    for s in ranks:
+        s.set_epoch(1)
+    epoch1 = [list(s) for s in ranks]
+    assert epoch1[0] != epoch0[0] and len(epoch1[0]) == len(epoch0[0])  # reshuffled
+    assert [list(s) for s in ranks] == epoch1  # same epoch, same order (all ranks agree)
+    with pytest.raises(ValueError, match="multiple of num_instances"):
+        IdentitySampler(labels, 10, 4)
+
+
+class _Identity:
+    def __call__(self, image):
+        return {"image": torch.from_numpy(image.copy())}
+
+
+def test_unreadable_training_image_stops_or_is_skipped(tmp_path):
+    from PIL import Image
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.new("RGB", (4, 8)).save(good)
+    bad.write_bytes(b"\x89PNG broken")
+    ids = torch.ones(2, 5, dtype=torch.long)
+    args = ([good, bad], [(0, 0, 0), (1, 1, 1)], ids, _Identity(), [False, False])
+    with pytest.raises(DatasetError, match=str(bad)):
+        PairDataset(*args)[1]
+    ds = PairDataset(*args, skip_bad_images=True)
+    batch = collate_trimmed([ds[0], ds[1]])
+    assert batch["image"].shape[0] == 1 and batch["skipped_images"] == 1
+    with pytest.raises(DatasetError, match="all 1 images of a batch"):
+        collate_trimmed([ds[1]])
