@@ -1,0 +1,5 @@
+"""tbps: text-based person search with PyTorch Lightning."""
+
+from .model.encoder import DualEncoder
+
+__all__ = ["DualEncoder"]

@@ -9,11 +9,12 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .data.datamodule import TBPSDataModule
 from .data.tokenizer import CaptionTokenizer
 from .errors import ConfigError, TBPSError
+from .model.encoder import DualEncoder
 from .model.module import TBPSModule
 from .run import callbacks, make_loggers, make_run_dir, print_table, write_metrics
 
@@ -29,18 +30,45 @@ def build_data(cfg: DictConfig) -> TBPSDataModule:
     return dm
 
 
+def build_tokenizer_and_weights(cfg: DictConfig, dm: TBPSDataModule
+                                ) -> tuple[CaptionTokenizer, DualEncoder | None]:
+    """CLIP runs (``encoder.pretrained``): the CLIP tokenizer and the loaded encoder, whose
+    architecture is written into ``cfg.encoder`` so that checkpoints rebuild without the
+    weights file. From-scratch runs: a BPE tokenizer trained on the training captions."""
+    if "pretrained" not in cfg.encoder:
+        tok = CaptionTokenizer.train(dm.records["train"].captions, cfg.tokenizer.vocab_size,
+                                     cfg.tokenizer.context_length)
+        return tok, None
+    source = cfg.encoder.pretrained
+    if not source:
+        raise ConfigError(f"experiment {cfg.experiment!r} starts from CLIP weights: set "
+                          "CLIP_WEIGHTS (or encoder.pretrained=) to OpenAI's ViT-B-16.pt, an "
+                          "open_clip checkpoint or a Hugging Face CLIP folder")
+    enc = DualEncoder.from_pretrained(source, tuple(cfg.data.image_size),
+                                      cfg.encoder.pos_interpolation, cfg.encoder.act,
+                                      cfg.encoder.text_pool)
+    with open_dict(cfg):
+        cfg.encoder.vision = enc.arch["vision"]
+        cfg.encoder.text = enc.arch["text"]
+        cfg.encoder.embed_dim = enc.arch["embed_dim"]
+        cfg.tokenizer.context_length = enc.arch["context_length"]
+        cfg.tokenizer.vocab_size = enc.arch["vocab_size"]
+    return enc.tokenizer, enc
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Trains, tests the best checkpoint, writes the run folder; returns metrics.json's dict."""
     L.seed_everything(cfg.seed, workers=True)
     dm = build_data(cfg)
     _ = dm.records  # read and check the annotations before a run folder exists
+    tok, pretrained = build_tokenizer_and_weights(cfg, dm)  # and the CLIP weights
     run_dir = make_run_dir(cfg)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    tok = CaptionTokenizer.train(dm.records["train"].captions, cfg.tokenizer.vocab_size,
-                                 cfg.tokenizer.context_length)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))  # with the CLIP architecture
     tok.save(run_dir / "tokenizer.json")
     dm.set_tokenizer(tok)
     module = TBPSModule(OmegaConf.to_container(cfg, resolve=True), tok.to_json(), dm.num_train_ids)
+    if pretrained is not None:
+        module.encoder.load_state_dict(pretrained.state_dict())
     cbs, ckpt, speed = callbacks(run_dir, dm.val_prefix)
     trainer = L.Trainer(**cfg.trainer, default_root_dir=run_dir, logger=make_loggers(cfg, run_dir),
                         callbacks=cbs)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, default_collate
 
 from ..errors import ConfigError, DatasetError
@@ -31,8 +32,12 @@ def collate_trimmed(items: list[dict | None]) -> dict:
     if len(kept) < len(items):
         batch["skipped_images"] = len(items) - len(kept)
     if "caption_ids" in batch:
+        # the last non-zero id is each caption's end token (CLIP's "!" is also 0, so the
+        # number of non-zero ids would undercount)
         ids = batch["caption_ids"]
-        batch["caption_ids"] = ids[:, : int((ids != 0).sum(1).max())]
+        nonzero = ids != 0
+        last = (nonzero * torch.arange(1, ids.shape[1] + 1)).amax()
+        batch["caption_ids"] = ids[:, : int(last)]
     return batch
 
 

@@ -14,7 +14,12 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from .clip_bpe import EOT, MASK, SOT, build_clip_tokenizer, clip_clean
+
 SPECIALS = ["[PAD]", "[UNK]", "[SOS]", "[EOS]", "[MASK]"]
+# CLIP pads with id 0 (which is also the token "!", as in every CLIP codebase) and has no
+# unknown token (byte-level BPE covers every input).
+CLIP_SPECIALS = {"pad": "!", "unk": None, "sos": SOT, "eos": EOT, "mask": MASK}
 
 
 class CaptionTokenizer:
@@ -23,15 +28,21 @@ class CaptionTokenizer:
     def __init__(self, tokenizer: Tokenizer, context_length: int) -> None:
         self.tok = tokenizer
         self.context_length = context_length
-        ids = {s: tokenizer.token_to_id(s) for s in SPECIALS}
-        missing = [s for s, i in ids.items() if i is None]
-        if missing:
-            raise ValueError(f"tokenizer lacks the special tokens {missing}; train it with "
-                             f"CaptionTokenizer.train so that it has {SPECIALS}")
-        self.pad_id, self.unk_id = ids["[PAD]"], ids["[UNK]"]
-        self.sos_id, self.eos_id, self.mask_id = ids["[SOS]"], ids["[EOS]"], ids["[MASK]"]
-        self.tok.enable_truncation(max_length=context_length)  # the post-processor keeps [EOS]
-        self.tok.enable_padding(pad_id=self.pad_id, pad_token="[PAD]", length=context_length)
+        self.is_clip = tokenizer.token_to_id(SOT) is not None
+        if self.is_clip:
+            names = CLIP_SPECIALS
+        else:
+            names = dict(zip(("pad", "unk", "sos", "eos", "mask"), SPECIALS))
+            missing = [s for s in SPECIALS if tokenizer.token_to_id(s) is None]
+            if missing:
+                raise ValueError(f"tokenizer lacks the special tokens {missing}; train it with "
+                                 f"CaptionTokenizer.train so that it has {SPECIALS}")
+        ids = {k: None if v is None else tokenizer.token_to_id(v) for k, v in names.items()}
+        self.pad_id, self.unk_id = ids["pad"], ids["unk"]
+        self.sos_id, self.eos_id, self.mask_id = ids["sos"], ids["eos"], ids["mask"]
+        # The post-processor adds [SOS]/[EOS] after truncation, so the end token stays last.
+        self.tok.enable_truncation(max_length=context_length)
+        self.tok.enable_padding(pad_id=self.pad_id, pad_token=names["pad"], length=context_length)
 
     @property
     def vocab_size(self) -> int:
@@ -39,7 +50,14 @@ class CaptionTokenizer:
 
     @property
     def special_ids(self) -> list[int]:
-        return [self.pad_id, self.unk_id, self.sos_id, self.eos_id, self.mask_id]
+        return [i for i in (self.pad_id, self.unk_id, self.sos_id, self.eos_id, self.mask_id)
+                if i is not None]
+
+    @classmethod
+    def clip(cls, folder: str | Path | None = None, context_length: int = 77) -> "CaptionTokenizer":
+        """CLIP's BPE with ``<|mask|>`` at 49405 (see ``clip_bpe``), from a checkpoint
+        folder's vocab.json + merges.txt or from open_clip_torch's copy."""
+        return cls(build_clip_tokenizer(folder), context_length)
 
     @classmethod
     def train(cls, captions: Iterable[str], vocab_size: int = 1024,
@@ -58,9 +76,14 @@ class CaptionTokenizer:
 
     def encode(self, captions: list[str]) -> torch.Tensor:
         """Token ids [len(captions), context_length], int64, padded with 0."""
+        if self.is_clip:
+            captions = [clip_clean(c) for c in captions]
         return torch.tensor([e.ids for e in self.tok.encode_batch(captions)], dtype=torch.long)
 
     def decode(self, ids: list[int]) -> str:
+        ids = list(ids)
+        if self.eos_id in ids:  # what follows is padding (for CLIP, id 0 is also "!")
+            ids = ids[:ids.index(self.eos_id)]
         return self.tok.decode(ids, skip_special_tokens=True)
 
     def to_json(self) -> str:

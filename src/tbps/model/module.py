@@ -32,6 +32,7 @@ class TBPSModule(L.LightningModule):
         self.encoder = build_dual_encoder(enc["vision"], enc["text"], enc["embed_dim"],
                                           tok.vocab_size, tok.context_length, tok.eos_id,
                                           tok.pad_id, tok.sos_id, enc.get("text_pool", "eos"))
+        self.encoder.tokenizer = tok  # encode_text(list of str) works on a loaded checkpoint
         ctx = HeadContext(embed_dim=enc["embed_dim"], num_classes=num_classes,
                           vocab_size=tok.vocab_size, mask_id=tok.mask_id, pad_id=tok.pad_id,
                           special_ids=tuple(tok.special_ids))
@@ -96,9 +97,13 @@ class TBPSModule(L.LightningModule):
         groups = param_groups(self, o["lr"], o["weight_decay"], ("heads.",),
                               o["new_module_lr_factor"], o["bias_lr_factor"])
         optimizer = instantiate(o["optimizer"], groups)
-        total = self.trainer.estimated_stepping_batches
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        interval = o.get("interval", "step")
+        if interval == "epoch":  # IRRA steps its scheduler once per epoch
+            total, per_epoch = self.trainer.max_epochs, 1
+        else:
+            total = self.trainer.estimated_stepping_batches
+            per_epoch = max(1, total // max(1, self.trainer.max_epochs))
         schedule = warmup_cosine(total, int(o["warmup_epochs"] * per_epoch), o["warmup_factor"],
                                  o["min_lr_factor"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
