@@ -14,8 +14,12 @@ from hydra.utils import instantiate
 from torch import nn
 
 from ..data.datamodule import val_metric_prefix
+from ..components.momentum import FeatureMemory, MomentumEncoder
+from ..components.text_augment import CaptionAugment
 from ..data.tokenizer import CaptionTokenizer
+from ..errors import ConfigError
 from ..heads.base import HeadContext
+from ..heads.mlm import replacement_ids
 from ..metrics import TextToImageRetrieval
 from .encoder import build_dual_encoder
 from .optim import param_groups, warmup_cosine
@@ -37,6 +41,22 @@ class TBPSModule(L.LightningModule):
                           vocab_size=tok.vocab_size, mask_id=tok.mask_id, pad_id=tok.pad_id,
                           special_ids=tuple(tok.special_ids))
         self.heads = nn.ModuleDict({name: instantiate(h, ctx=ctx) for name, h in cfg["heads"].items()})
+        # Optional shared parts, built when the config asks for them (CRUE does):
+        # a momentum encoder with feature queues, and augmentation of the online caption.
+        self.momentum, self.memory, self.text_augment = None, None, None
+        mem = cfg.get("memory")
+        if mem:
+            self.momentum = MomentumEncoder(self.encoder, mem["momentum"])
+            self.memory = FeatureMemory(mem["size"], enc["embed_dim"])
+        needing = [n for n, h in self.heads.items() if getattr(h, "needs_memory", False)]
+        if needing and self.memory is None:
+            raise ConfigError(f"heads {needing} need a momentum encoder and feature memory: "
+                              "set memory.size and memory.momentum (see experiments/crue_*.yaml)")
+        aug = cfg.get("text_augment")
+        if aug:
+            self.text_augment = CaptionAugment(ctx.special_ids, tok.mask_id, tok.pad_id,
+                                               replacement_ids(tok.vocab_size, ctx.special_ids),
+                                               **aug)
         self.val_metric, self.test_metric = TextToImageRetrieval(), TextToImageRetrieval()
         self.best_val: dict[str, float] = {}
         # 'val', or 'val_on_test' / 'val_holdout' when validation is not the official split
@@ -49,6 +69,11 @@ class TBPSModule(L.LightningModule):
         if self.count_skipped:
             self.log("train/skipped_images", float(skipped), reduce_fx="sum", on_step=False,
                      on_epoch=True, batch_size=1)
+        batch["progress"] = self.current_epoch + batch_idx / max(1, self.trainer.num_training_batches)
+        if self.memory is not None:
+            view = self._momentum_view(batch)
+        if self.text_augment is not None:  # the momentum encoder above saw the clean caption
+            batch["caption_ids"] = self.text_augment(batch["caption_ids"])
         for head in self.heads.values():
             batch.update(head.extra_inputs(batch))
         extra = {k: v for k, v in batch.items() if k.endswith("_ids") and k != "caption_ids"}
@@ -56,11 +81,25 @@ class TBPSModule(L.LightningModule):
         terms: dict[str, torch.Tensor] = {}
         for head in self.heads.values():
             terms.update(head(encoded, batch))
+        if self.memory is not None:
+            self.memory.enqueue(view)
         loss = sum(v for k, v in terms.items() if k.startswith("loss_"))
         bs = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=bs)
         return loss
+
+    @torch.no_grad()
+    def _momentum_view(self, batch: dict):
+        """EMA step (after the last optimizer step), momentum features of the batch, and the
+        keys heads score against; ``batch['memory']`` carries them to the heads."""
+        self.momentum.update(self.encoder)
+        m = self.momentum.encoder
+        image = m.encode_image(batch["image"])
+        text = m.encode_text(batch["caption_ids"])
+        view = self.memory.view(image, text, batch["pid"])
+        batch["memory"] = view
+        return view
 
     # --- evaluation: dataloader 0 = gallery images, 1 = query captions -------------------
     def _eval_step(self, metric: TextToImageRetrieval, batch: dict, dataloader_idx: int) -> None:
