@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tbps.components.gaussian import GaussianEmbedding, kl_to_standard_normal
-from tbps.components.momentum import EMPTY, FeatureMemory, MemoryView, MomentumEncoder
+from tbps.components.momentum import EMPTY, FeatureMemory, MomentumEncoder
 from tbps.components.text_augment import augment_caption_ids
 from tbps.heads.base import HeadContext
 from tbps.heads.ire import ire_loss
