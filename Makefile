@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install train eval test synth clean-runs
+.PHONY: help install train eval test synth bench clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ test: $(STAMP)  ## run the test suite (CPU, no network)
 
 synth: $(STAMP)  ## generate the default SynthPedes data set under data/synthpedes
 	$(BIN)/tbps synth --out data/synthpedes --workers 2
+
+bench: $(STAMP)  ## throughput/MFU/memory/loader/eval benchmark as JSON (ARGS='--compile' ...)
+	$(BIN)/tbps bench $(ARGS)
 
 clean-runs:  ## delete runs/
 	rm -rf runs

@@ -1,4 +1,4 @@
-"""The `tbps` console script: train, eval, synth and check-data.
+"""The `tbps` console script: train, eval, synth, check-data and bench.
 
 `tbps train [experiment=<name>] [key=value ...]` takes Hydra overrides (also in W&B's
 `--key=value` form); user mistakes print one clear paragraph and exit with status 2.
@@ -60,6 +60,19 @@ def _check_data(args: argparse.Namespace) -> int:
     return 0 if report["usable"] else 1
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from .bench.run import run_benchmarks
+
+    result = run_benchmarks(args.device, args.batch_size, args.steps, args.compile,
+                            args.peak_tflops, args.loader_images, args.workers)
+    text = json.dumps(result, indent=1)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(text)
+    print(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tbps", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -94,6 +107,17 @@ def parser() -> argparse.ArgumentParser:
                    help="only check that images exist, do not decode them (faster)")
     c.add_argument("--workers", type=int, default=8, help="threads that decode images")
     c.set_defaults(func=_check_data)
+    b = sub.add_parser("bench", help="training throughput, MFU, memory, loader, encoding and "
+                       "evaluation timings as JSON (small CPU version without a GPU)")
+    b.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    b.add_argument("--batch-size", type=int, help="default 128 on a GPU, 8 on the CPU")
+    b.add_argument("--steps", type=int, help="timed training steps")
+    b.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    b.add_argument("--peak-tflops", type=float, help="bf16 peak for MFU if the GPU is not known")
+    b.add_argument("--loader-images", type=int, help="JPEG files for the loader benchmark")
+    b.add_argument("--workers", type=int, help="loader worker processes (default: all cores)")
+    b.add_argument("--out", help="also write the JSON to this file")
+    b.set_defaults(func=_bench)
     return p
 
 

@@ -118,7 +118,8 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     with torch.inference_mode():
         test = trainer.test(module, datamodule=dm, verbose=False)[0]
     out = path.parent.parent / "metrics_eval.json"
-    write_metrics(out, test)
-    print_table(test, f"eval {path}")
-    print(f"written {out}")
+    if trainer.is_global_zero:
+        write_metrics(out, test)
+        print_table(test, f"eval {path}")
+        print(f"written {out}")
     return test

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, default_collate
 
 from ..errors import ConfigError, DatasetError
@@ -166,11 +167,23 @@ class TBPSDataModule(L.LightningDataModule):
                          self.skip_bad_images)
         sampler = None
         if self.sampler == "identity":
-            trainer = getattr(self, "trainer", None)
-            world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+            world, rank = self._world()
             sampler = IdentitySampler([p[2] for p in pairs], self.batch_size, self.num_instances,
                                       num_replicas=world, rank=rank, seed=self.seed)
         return self._loader(ds, self.batch_size, shuffle=True, sampler=sampler)
+
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _eval_sampler(self, ds):
+        """Under DDP each rank scores a disjoint slice of the gallery and the queries, with
+        no sample repeated: Lightning's default evaluation sampler pads the last slice with
+        repeats, which would count duplicated gallery images and queries in the metrics."""
+        world, rank = self._world()
+        if world == 1:
+            return None
+        return UnrepeatedDistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         rec = self.records.get(split)
@@ -180,8 +193,8 @@ class TBPSDataModule(L.LightningDataModule):
                               "data.val_split=test or data.val_split=holdout data.holdout_ids=N")
         gallery = ImageDataset(rec.image_paths, rec.image_pids, eval_transform(self.image_size))
         queries = CaptionDataset(self._caption_ids[split], rec.caption_pids)
-        return [self._loader(gallery, self.eval_batch_size, False),
-                self._loader(queries, self.eval_batch_size, False)]
+        return [self._loader(gallery, self.eval_batch_size, False, self._eval_sampler(gallery)),
+                self._loader(queries, self.eval_batch_size, False, self._eval_sampler(queries))]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders(self.val_split)

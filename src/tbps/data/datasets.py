@@ -54,7 +54,7 @@ class PairDataset(Dataset):
             return None
         image = self.transform(image=pixels)["image"]
         return {"image": image, "caption_ids": self.caption_ids[cap_idx], "pid": label,
-                "image_id": img_idx, "noisy": self.noisy[cap_idx]}
+                "image_id": img_idx, "index": k, "noisy": self.noisy[cap_idx]}
 
 
 class ImageDataset(Dataset):

@@ -24,23 +24,25 @@ def retrieval_metrics(query: torch.Tensor, query_pids: torch.Tensor, gallery: to
     if (n_rel == 0).any():
         raise ValueError(f"{int((n_rel == 0).sum())} of {len(query_pids)} queries have no image "
                          "of their person in the gallery; every query needs at least one match")
-    hits = torch.zeros(len(ks), dtype=torch.float64)
-    ap_sum = inp_sum = 0.0
+    # Per-query values are kept and summed once at the end, so the result does not depend
+    # on the chunk size (not even in the last bit), and nothing syncs with the host per chunk.
+    hit_rows, ap_rows, inp_rows = [], [], []
     rank = torch.arange(1, gallery.shape[0] + 1, device=gallery.device, dtype=torch.float64)
     for s in range(0, query.shape[0], chunk):
         sim = query[s:s + chunk] @ gallery.t()
         order = sim.argsort(dim=1, descending=True, stable=True)
         match = (gallery_pids[order] == query_pids[s:s + chunk, None]).double()
         cum = match.cumsum(dim=1)
-        for j, k in enumerate(ks):
-            hits[j] += (cum[:, min(k, cum.shape[1]) - 1] > 0).sum().item()
+        hit_rows.append(torch.stack([cum[:, min(k, cum.shape[1]) - 1] > 0 for k in ks], 1))
         rel = n_rel[s:s + chunk].double()
-        ap_sum += ((cum / rank * match).sum(1) / rel).sum().item()
+        ap_rows.append((cum / rank * match).sum(1) / rel)
         last = (match * rank).max(dim=1).values  # rank of the hardest match
-        inp_sum += (rel / last).sum().item()
+        inp_rows.append(rel / last)
     n = query.shape[0]
-    out = {f"R{k}": 100.0 * hits[j].item() / n for j, k in enumerate(ks)}
-    out["mAP"], out["mINP"] = 100.0 * ap_sum / n, 100.0 * inp_sum / n
+    hits = torch.cat(hit_rows).double().sum(0).tolist()
+    out = {f"R{k}": 100.0 * hits[j] / n for j, k in enumerate(ks)}
+    out["mAP"] = 100.0 * torch.cat(ap_rows).sum().item() / n
+    out["mINP"] = 100.0 * torch.cat(inp_rows).sum().item() / n
     out["rSum"] = sum(out[f"R{k}"] for k in ks)
     return out
 

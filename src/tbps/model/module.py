@@ -69,7 +69,18 @@ class TBPSModule(L.LightningModule):
         if self.count_skipped:
             self.log("train/skipped_images", float(skipped), reduce_fx="sum", on_step=False,
                      on_epoch=True, batch_size=1)
-        batch["progress"] = self.current_epoch + batch_idx / max(1, self.trainer.num_training_batches)
+        progress = self.current_epoch + batch_idx / max(1, self.trainer.num_training_batches)
+        loss, terms = self.compute_losses(batch, progress)
+        bs = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=bs)
+        return loss
+
+    def compute_losses(self, batch: dict, progress: float = 0.0
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One training step's loss and its terms, without logging (the benchmark times
+        exactly this). ``progress`` is the fractional epoch, for heads that ramp."""
+        batch["progress"] = progress
         if self.memory is not None:
             view = self._momentum_view(batch)
         if self.text_augment is not None:  # the momentum encoder above saw the clean caption
@@ -84,10 +95,7 @@ class TBPSModule(L.LightningModule):
         if self.memory is not None:
             self.memory.enqueue(view)
         loss = sum(v for k, v in terms.items() if k.startswith("loss_"))
-        bs = batch["image"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=bs)
-        return loss
+        return loss, terms
 
     @torch.no_grad()
     def _momentum_view(self, batch: dict):

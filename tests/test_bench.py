@@ -1,0 +1,23 @@
+"""`tbps bench` runs its small CPU version end to end and reports every figure the GPU
+version reports; MFU is FLOPs per sample x samples/s / peak."""
+
+import json
+
+from tbps.cli import main
+
+
+def test_bench_cpu_version(capsys, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--device", "cpu", "--steps", "2", "--loader-images", "16",
+                 "--workers", "0", "--peak-tflops", "1.0", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert printed["device"].startswith("cpu") and printed["torch"]
+    t = printed["train"]
+    assert t["samples_per_s"] > 0 and t["gflop_per_sample"] > 0 and t["peak_memory_gib"] > 0
+    assert abs(t["mfu"] - t["gflop_per_sample"] * 1e9 * t["samples_per_s"] / 1e12) < 1e-3
+    assert t["heads"] == ["id", "mlm", "sdm"] and t["context_length"] == 77
+    assert printed["encode"]["images_per_s"] > 0
+    assert printed["loader"]["images_per_s"] > 0
+    for e in printed["eval"]:
+        assert e["identical_to_unchunked"] and e["ms"] > 0 and 0 < e["R1"] <= 100
