@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import random
 import time
 from datetime import datetime
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -47,11 +50,13 @@ def _wandb_logged_in() -> bool:
         return False
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
-    """CSV always (if enabled); W&B offline unless logged in, off with WANDB_MODE=disabled."""
+def make_loggers(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> list[Logger]:
+    """CSV always (if enabled); W&B offline unless logged in, off with WANDB_MODE=disabled.
+    A resumed run logs CSV to ``logs/resumed-<time>/`` so that nothing is overwritten."""
     loggers: list[Logger] = []
     if cfg.logger.csv:
-        loggers.append(CSVLogger(run_dir, name="logs", version=""))
+        version = f"resumed-{datetime.now():%Y%m%d-%H%M%S}" if resumed else ""
+        loggers.append(CSVLogger(run_dir, name="logs", version=version))
     if cfg.logger.wandb and os.environ.get("WANDB_MODE") != "disabled":
         offline = os.environ.get("WANDB_MODE") == "offline" or not _wandb_logged_in()
         wb = WandbLogger(project=cfg.logger.project, save_dir=str(run_dir), offline=offline,
@@ -68,6 +73,30 @@ def flatten(d: dict, prefix: str = "") -> dict:
         key = f"{prefix}{k}"
         out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
     return out
+
+
+class RandomStates(Callback):
+    """Saves the Python, NumPy and torch random states with every checkpoint and restores
+    them on resume, so that a resumed run draws the same masks, samples and augmentations
+    as an uninterrupted one (exactly so with data.num_workers=0; worker processes start
+    fresh random streams)."""
+
+    def state_dict(self) -> dict:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        # plain types and tensors only, so that checkpoints load with weights_only=True
+        states = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                  "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+        if torch.cuda.is_available():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+        return states
+
+    def load_state_dict(self, state: dict) -> None:
+        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class TrainThroughput(Callback):
@@ -96,7 +125,7 @@ def callbacks(run_dir: Path, val_prefix: str = "val"
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=f"{val_prefix}/R1",
                            mode="max", save_last=True, auto_insert_metric_name=False)
     speed = TrainThroughput()
-    return [ckpt, speed, TQDMProgressBar(refresh_rate=10)], ckpt, speed
+    return [ckpt, speed, RandomStates(), TQDMProgressBar(refresh_rate=10)], ckpt, speed
 
 
 def write_metrics(path: Path, metrics: dict[str, float]) -> None:

@@ -56,12 +56,53 @@ def build_tokenizer_and_weights(cfg: DictConfig, dm: TBPSDataModule
     return enc.tokenizer, enc
 
 
+def find_resume(cfg: DictConfig) -> Path:
+    """``resume=true``: the newest run of the experiment that has a last.ckpt;
+    ``resume=<run folder or .ckpt>``: that one."""
+    if cfg.resume is not True:
+        path = Path(str(cfg.resume))
+        path = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"resume={cfg.resume}: no {path}; pass a run folder that holds "
+                              "checkpoints/last.ckpt, a .ckpt file, or resume=true")
+        return path
+    found = sorted(Path(cfg.runs_dir, cfg.experiment).glob("*/checkpoints/last.ckpt"),
+                   key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"resume=true but no run of {cfg.experiment!r} under {cfg.runs_dir}/"
+                          f"{cfg.experiment}/ has checkpoints/last.ckpt; train without resume")
+    return found[-1]
+
+
+def resumed_config(cfg: DictConfig, ckpt: Path) -> DictConfig:
+    """The interrupted run's own config, with this command's trainer settings (so that a
+    resumed run may change devices or max_epochs) and its run folder."""
+    run_dir = ckpt.parent.parent
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    with open_dict(saved):
+        saved.trainer = cfg.trainer
+        saved.run_dir = str(run_dir)
+        saved.resume = str(ckpt)
+    return saved
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Trains, tests the best checkpoint, writes the run folder; returns metrics.json's dict."""
+    """Trains, tests the best checkpoint, writes the run folder; returns metrics.json's dict.
+    With ``resume``, continues an interrupted run in its own folder from its last.ckpt
+    (weights, optimizer, scheduler, epoch, queues, random states)."""
+    resume = find_resume(cfg) if cfg.get("resume") else None
+    if resume is not None:
+        cfg = resumed_config(cfg, resume)
+        print(f"resuming {resume}", flush=True)
     L.seed_everything(cfg.seed, workers=True)
     dm = build_data(cfg)
     _ = dm.records  # read and check the annotations before a run folder exists
-    tok, pretrained = build_tokenizer_and_weights(cfg, dm)  # and the CLIP weights
+    if resume is None:
+        tok, pretrained = build_tokenizer_and_weights(cfg, dm)  # and the CLIP weights
+    else:  # everything learnt, CLIP weights included, comes from the checkpoint
+        tok = CaptionTokenizer.from_json((resume.parent.parent / "tokenizer.json").read_text(),
+                                         cfg.tokenizer.context_length)
+        pretrained = None
     run_dir = make_run_dir(cfg)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))  # with the CLIP architecture
     tok.save(run_dir / "tokenizer.json")
@@ -70,10 +111,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if pretrained is not None:
         module.encoder.load_state_dict(pretrained.state_dict())
     cbs, ckpt, speed = callbacks(run_dir, dm.val_prefix)
-    trainer = L.Trainer(**cfg.trainer, default_root_dir=run_dir, logger=make_loggers(cfg, run_dir),
-                        callbacks=cbs)
+    trainer = L.Trainer(**cfg.trainer, default_root_dir=run_dir, callbacks=cbs,
+                        logger=make_loggers(cfg, run_dir, resumed=resume is not None))
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
     fit_seconds = time.perf_counter() - start
     test = trainer.test(module, datamodule=dm, ckpt_path="best" if ckpt.best_model_path else None,
                         verbose=False)[0]

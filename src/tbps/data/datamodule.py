@@ -8,7 +8,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
 from ..errors import ConfigError, DatasetError
 from .benchmarks import BENCHMARKS
@@ -165,11 +165,15 @@ class TBPSDataModule(L.LightningDataModule):
         ds = PairDataset(rec.image_paths, pairs, self._caption_ids["train"],
                          train_transform(self.image_size, **self.augment), rec.caption_noisy,
                          self.skip_bad_images)
-        sampler = None
+        world, rank = self._world()
         if self.sampler == "identity":
-            world, rank = self._world()
             sampler = IdentitySampler([p[2] for p in pairs], self.batch_size, self.num_instances,
                                       num_replicas=world, rank=rank, seed=self.seed)
+        else:
+            # Shuffled by (seed, epoch), also in one process: a resumed run sees the same
+            # order as an uninterrupted one, and every rank its own share under DDP.
+            sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
+                                         seed=self.seed, drop_last=True)
         return self._loader(ds, self.batch_size, shuffle=True, sampler=sampler)
 
     def _world(self) -> tuple[int, int]:

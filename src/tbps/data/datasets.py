@@ -52,6 +52,11 @@ class PairDataset(Dataset):
                 raise
             log.warning("skipping: %s", exc)
             return None
+        # albumentations keeps its own generators, seeded from OS entropy; drawing their seed
+        # from NumPy's global state (seeded by seed_everything, per worker by Lightning's
+        # worker_init_fn, saved with checkpoints) makes augmentation follow the run's seed.
+        if hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(int(np.random.randint(2**31)))
         image = self.transform(image=pixels)["image"]
         return {"image": image, "caption_ids": self.caption_ids[cap_idx], "pid": label,
                 "image_id": img_idx, "index": k, "noisy": self.noisy[cap_idx]}

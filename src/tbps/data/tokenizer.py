@@ -8,11 +8,12 @@ Ids follow CLIP's conventions where it matters to the heads: padding is 0, each 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from .clip_bpe import EOT, MASK, SOT, build_clip_tokenizer, clip_clean
 
@@ -62,14 +63,20 @@ class CaptionTokenizer:
     @classmethod
     def train(cls, captions: Iterable[str], vocab_size: int = 1024,
               context_length: int = 64) -> "CaptionTokenizer":
-        """Learns a byte-pair vocabulary of at most ``vocab_size`` from ``captions``."""
+        """Learns a byte-pair vocabulary of at most ``vocab_size`` from ``captions``.
+
+        The merges are learnt here, deterministically (ties go to the lexicographically
+        smallest pair), and handed to a `tokenizers` BPE model that does the encoding:
+        the library's own trainer breaks ties in hash-map order, so the same captions gave
+        different ids in different processes, and runs with the same seed diverged."""
         tok = Tokenizer(models.BPE(unk_token="[UNK]", end_of_word_suffix="</w>"))  # as CLIP
         tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        vocab, merges = _learn_merges(captions, tok, vocab_size)
+        tok.model = models.BPE(vocab={v: i for i, v in enumerate(vocab)}, merges=merges,
+                               unk_token="[UNK]", end_of_word_suffix="</w>")
+        tok.add_special_tokens(SPECIALS)
         tok.decoder = decoders.BPEDecoder(suffix="</w>")
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                      end_of_word_suffix="</w>", show_progress=False)
-        tok.train_from_iterator(captions, trainer=trainer)
         tok.post_processor = processors.TemplateProcessing(
             single="[SOS] $A [EOS]", special_tokens=[("[SOS]", 2), ("[EOS]", 3)])
         return cls(tok, context_length)
@@ -95,3 +102,40 @@ class CaptionTokenizer:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json())
+
+
+def _learn_merges(captions: Iterable[str], tok: Tokenizer, vocab_size: int
+                  ) -> tuple[list[str], list[tuple[str, str]]]:
+    """Classic BPE over word counts (Sennrich et al.), with CLIP's end-of-word mark."""
+    words: Counter = Counter()
+    for caption in captions:
+        text = tok.normalizer.normalize_str(caption)
+        words.update(w for w, _ in tok.pre_tokenizer.pre_tokenize_str(text))
+    splits = {w: (*w[:-1], w[-1] + "</w>") for w in words}
+    vocab = SPECIALS + sorted({s for parts in splits.values() for s in parts})
+    merges: list[tuple[str, str]] = []
+    while len(vocab) < vocab_size:
+        pairs: Counter = Counter()
+        for w, n in words.items():
+            parts = splits[w]
+            for pair in zip(parts, parts[1:]):
+                pairs[pair] += n
+        if not pairs:
+            break
+        best = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        joined = best[0] + best[1]
+        for w, parts in splits.items():
+            if len(parts) < 2 or best[0] not in parts:
+                continue
+            out, i = [], 0
+            while i < len(parts):
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    out.append(joined)
+                    i += 2
+                else:
+                    out.append(parts[i])
+                    i += 1
+            splits[w] = tuple(out)
+        merges.append(best)
+        vocab.append(joined)
+    return vocab, merges

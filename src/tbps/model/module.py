@@ -138,6 +138,13 @@ class TBPSModule(L.LightningModule):
         self.log_dict({f"test/{k}": v for k, v in self.test_metric.compute().items()})
         self.test_metric.reset()
 
+    # --- checkpoints: the best validation result travels with them (for resumed runs) ---
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tbps_best_val"] = dict(self.best_val)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.best_val = dict(checkpoint.get("tbps_best_val", {}))
+
     # --- optimisation --------------------------------------------------------------------
     def configure_optimizers(self):
         o = self.cfg["optim"]
