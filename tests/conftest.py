@@ -34,3 +34,18 @@ def tiny_overrides(root, run_dir) -> list[str]:
             "encoder.text.intermediate_size=64", "encoder.text.num_hidden_layers=1",
             "encoder.text.num_attention_heads=2", "heads.mlm.depth=1", "heads.mlm.num_heads=2",
             "trainer.max_epochs=2", "logger.wandb=false", f"run_dir={run_dir}"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_synth, tmp_path_factory):
+    """One tiny trained run of the synthetic experiment (run folder with checkpoints),
+    shared by the tests that need a trained model."""
+    from pathlib import Path
+
+    from tbps.cli import main
+
+    run = tmp_path_factory.mktemp("run")
+    os.environ["TBPS_EXPERIMENTS"] = str(Path(__file__).resolve().parent.parent / "experiments")
+    os.environ.pop("TBPS_RUN_DIR", None)
+    assert main(["train", "experiment=synthetic", *tiny_overrides(tiny_synth, run)]) == 0
+    return run

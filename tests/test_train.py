@@ -14,14 +14,8 @@ EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_synth, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    import os
-
-    os.environ["TBPS_EXPERIMENTS"] = str(EXPERIMENTS)
-    os.environ.pop("TBPS_RUN_DIR", None)
-    assert main(["train", "experiment=synthetic", *tiny_overrides(tiny_synth, run)]) == 0
-    return run
+def trained_run(tiny_run):
+    return tiny_run
 
 
 def test_run_folder_contract(trained_run):

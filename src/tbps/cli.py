@@ -1,4 +1,4 @@
-"""The `tbps` console script: train, eval, synth, check-data and bench.
+"""The `tbps` console script: train, eval, synth, check-data, search and bench.
 
 `tbps train [experiment=<name>] [key=value ...]` takes Hydra overrides (also in W&B's
 `--key=value` form); user mistakes print one clear paragraph and exit with status 2.
@@ -60,6 +60,17 @@ def _check_data(args: argparse.Namespace) -> int:
     return 0 if report["usable"] else 1
 
 
+def _search(args: argparse.Namespace) -> None:
+    from .search import draw_results, format_results, read_queries, search, to_json
+
+    queries = list(args.query or []) + (read_queries(args.queries) if args.queries else [])
+    result = search(args.ckpt, args.gallery, queries, args.topk, args.cache_dir, args.device,
+                    args.batch_size, args.workers)
+    if args.out:
+        result["picture"] = str(draw_results(result, args.out))
+    print(to_json(result) if args.json else format_results(result))
+
+
 def _bench(args: argparse.Namespace) -> None:
     from .bench.run import run_benchmarks
 
@@ -107,6 +118,20 @@ def parser() -> argparse.ArgumentParser:
                    help="only check that images exist, do not decode them (faster)")
     c.add_argument("--workers", type=int, default=8, help="threads that decode images")
     c.set_defaults(func=_check_data)
+    q = sub.add_parser("search", help="rank the images of a folder for one or more sentences")
+    q.add_argument("--ckpt", required=True, help="a checkpoints/best.ckpt from tbps train")
+    q.add_argument("--gallery", required=True, help="folder of images (searched recursively)")
+    q.add_argument("--query", action="append", help="a sentence; repeat for several")
+    q.add_argument("--queries", help="a text file with one sentence per line")
+    q.add_argument("--topk", type=int, default=10)
+    q.add_argument("--out", help="draw the top-k of every query into this PNG")
+    q.add_argument("--json", action="store_true", help="print the results as JSON")
+    q.add_argument("--cache-dir", help="where gallery features are cached (default: next to "
+                   "the checkpoint)")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--batch-size", type=int, default=64)
+    q.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    q.set_defaults(func=_search)
     b = sub.add_parser("bench", help="training throughput, MFU, memory, loader, encoding and "
                        "evaluation timings as JSON (small CPU version without a GPU)")
     b.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")

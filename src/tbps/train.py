@@ -15,6 +15,7 @@ from .data.datamodule import TBPSDataModule
 from .data.tokenizer import CaptionTokenizer
 from .errors import ConfigError, TBPSError
 from .model.encoder import DualEncoder
+from .model.checkpoint import load_checkpoint
 from .model.module import TBPSModule
 from .run import callbacks, make_loggers, make_run_dir, print_table, write_metrics
 
@@ -145,11 +146,7 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     """Tests a checkpoint with the data config it was trained with (``data.*`` overrides
     from the command line applied, e.g. a new ``data.root``)."""
     path = find_checkpoint(cfg)
-    try:
-        module = TBPSModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except (KeyError, RuntimeError, TypeError, ValueError, EOFError, OSError) as exc:
-        raise ConfigError(f"{path} is not a tbps checkpoint ({type(exc).__name__}: {exc}); pass "
-                          "a checkpoints/best.ckpt or last.ckpt written by `tbps train`") from exc
+    module = load_checkpoint(path)
     data_cfg = OmegaConf.merge(OmegaConf.create({"data": module.cfg["data"]}),
                                OmegaConf.from_dotlist([o for o in overrides if o.startswith("data.")]))
     dm = build_data(data_cfg)
