@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_overrides
 from tbps.cli import main
 from tbps.model.module import TBPSModule
 

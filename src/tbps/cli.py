@@ -148,7 +148,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
-    args = parser().parse_args(argv)
+    p = parser()
+    args, unknown = p.parse_known_args(argv)
+    if unknown:  # W&B's --key=value overrides, which argparse will not leave to REMAINDER
+        if args.command not in ("train", "eval") or not all(u.startswith("--") and "=" in u
+                                                              for u in unknown):
+            p.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.overrides = unknown + list(args.overrides)
     try:
         status = args.func(args)
     except TBPSError as exc:
