@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install train eval test synth bench sweep clean-runs
+.PHONY: help install train eval test synth bench sweep notebooks clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ sweep: $(STAMP)  ## create the W&B sweep SWEEP=experiments/sweeps/<name>.yaml an
 	@test -n "$(SWEEP)" || { echo "make sweep: set SWEEP=experiments/sweeps/<name>.yaml" >&2; exit 2; }
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/wandb sweep --project tbps $(SWEEP) 2>&1 | tee .sweep.log
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/wandb agent $$(grep -o 'wandb agent [^ ]*' .sweep.log | tail -1 | cut -d' ' -f3)
+
+notebooks: $(STAMP)  ## run notebooks/*.ipynb headless on the newest synthetic run; figures to docs/
+	$(BIN)/python -m tbps.analysis.notebooks docs
 
 clean-runs:  ## delete runs/
 	rm -rf runs

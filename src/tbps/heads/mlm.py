@@ -81,6 +81,14 @@ class MLMHead(AlignmentHead):
         x = self.cross_attn(self.ln_text(text), kv, kv, need_weights=False)[0]
         return self.ln_post(self.transformer(x))
 
+    @torch.no_grad()
+    def cross_attention(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Where each text token looks among the image tokens: [B, L, N] weights of the
+        cross-attention layer, averaged over heads (for attention maps in notebooks)."""
+        kv = self.ln_image(image)
+        return self.cross_attn(self.ln_text(text), kv, kv, need_weights=True,
+                               average_attn_weights=True)[1]
+
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         x = self.cross_former(encoded.extra_text["mlm_ids"], encoded.image_tokens)
         labels = batch["mlm_labels"]

@@ -1,0 +1,84 @@
+"""Where the model looks. Attention rollout (Abnar & Zuidema, 2020) over the image
+encoder's patch grid, and, for words of a caption, the image regions that the cross-modal
+attention of the IRR/MLM head picks (or, for models without one, the patches whose
+features are most similar to the words' token features)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..model.module import TBPSModule
+
+
+def grid_size(module: TBPSModule) -> tuple[int, int]:
+    return tuple(module.encoder.vision.patch_embed.grid_size)
+
+
+@torch.no_grad()
+def attention_rollout(module: TBPSModule, images: torch.Tensor, residual: float = 0.5
+                      ) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, gh, gw]: how much the class token draws from each patch through
+    all layers; each layer's head-averaged attention is mixed with the identity (the
+    residual path) and renormalised."""
+    vit = module.encoder.vision
+    maps: list[torch.Tensor] = []
+    hooks, fused = [], []
+    for block in vit.blocks:  # timm's fused kernel never forms the attention matrix
+        fused.append(block.attn.fused_attn)
+        block.attn.fused_attn = False
+        hooks.append(block.attn.attn_drop.register_forward_hook(
+            lambda _m, _i, out: maps.append(out.mean(1))))
+    try:
+        vit.forward_features(images)
+    finally:
+        for h in hooks:
+            h.remove()
+        for block, f in zip(vit.blocks, fused):
+            block.attn.fused_attn = f
+    n = maps[0].shape[-1]
+    rollout = torch.eye(n).expand(images.shape[0], n, n).to(images.device)
+    for a in maps:
+        a = residual * a + (1 - residual) * torch.eye(n, device=a.device)
+        rollout = (a / a.sum(-1, keepdim=True)) @ rollout
+    gh, gw = grid_size(module)
+    prefix = n - gh * gw  # class (and register) tokens
+    cls = rollout[:, 0, prefix:]
+    return (cls / cls.amax(1, keepdim=True)).reshape(-1, gh, gw)
+
+
+def phrase_positions(module: TBPSModule, caption: str, phrase: str) -> list[int]:
+    """Token positions of ``phrase`` inside the tokenised ``caption`` ([] if absent)."""
+    tok = module.tokenizer
+    specials = set(tok.special_ids)
+    ids = tok.encode([caption])[0].tolist()
+    want = [i for i in tok.encode([phrase])[0].tolist() if i not in specials]
+    for s in range(len(ids) - len(want) + 1):
+        if want and ids[s:s + len(want)] == want:
+            return list(range(s, s + len(want)))
+    return []
+
+
+@torch.no_grad()
+def word_regions(module: TBPSModule, image: torch.Tensor, caption: str, phrase: str
+                 ) -> tuple[torch.Tensor, str]:
+    """[3, H, W] image, its caption and a word or phrase of it -> ([gh, gw] map, source):
+    the cross-modal attention of the phrase's tokens over the image patches when the model
+    has an IRR/MLM head, else the similarity of the phrase's token features to the patches."""
+    positions = phrase_positions(module, caption, phrase)
+    if not positions:
+        raise ValueError(f"{phrase!r} is not in the caption {caption!r}")
+    ids = module.tokenizer.encode([caption]).to(image.device)
+    image_tokens = module.encoder.encode_image_tokens(image[None])
+    text_tokens = module.encoder.encode_text_tokens(ids)
+    gh, gw = grid_size(module)
+    mlm = next((h for h in module.heads.values() if hasattr(h, "cross_attention")), None)
+    if mlm is not None:
+        weights = mlm.cross_attention(text_tokens, image_tokens)[0]       # [L, 1 + N]
+        heat, source = weights[positions, -gh * gw:].mean(0), "cross-attention (IRR head)"
+    else:
+        patches = F.normalize(image_tokens[0, -gh * gw:], dim=-1)
+        words = F.normalize(text_tokens[0, positions].mean(0), dim=-1)
+        heat, source = (patches @ words).clamp(min=0), "token similarity"
+    heat = heat - heat.min()
+    return (heat / heat.max().clamp(min=1e-8)).reshape(gh, gw), source
