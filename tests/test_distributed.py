@@ -180,8 +180,12 @@ def test_ranks_see_disjoint_data_reshuffled_per_epoch(tiny_synth, tmp_path, samp
 def test_multi_node_configuration_instantiates(monkeypatch):
     """Two nodes of two processes as torchrun would start the last one: Lightning reads the
     cluster from the environment, we add no process-group code of our own."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from tbps.config import compose_experiment
 
+    # The Trainer sets the process-wide rank for rank-zero-only logging; put it back after.
+    monkeypatch.setattr(rank_zero_only, "rank", getattr(rank_zero_only, "rank", 0))
     for k, v in {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "WORLD_SIZE": "4",
                  "RANK": "3", "LOCAL_RANK": "1", "GROUP_RANK": "1", "LOCAL_WORLD_SIZE": "2",
                  "TORCHELASTIC_RUN_ID": "tbps-test"}.items():
