@@ -75,7 +75,8 @@ def _bench(args: argparse.Namespace) -> None:
     from .bench.run import run_benchmarks
 
     result = run_benchmarks(args.device, args.batch_size, args.steps, args.compile,
-                            args.peak_tflops, args.loader_images, args.workers)
+                            args.peak_tflops, args.loader_images, args.workers,
+                            args.experiment, args.only)
     text = json.dumps(result, indent=1)
     if args.out:
         from pathlib import Path
@@ -141,6 +142,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--peak-tflops", type=float, help="bf16 peak for MFU if the GPU is not known")
     b.add_argument("--loader-images", type=int, help="JPEG files for the loader benchmark")
     b.add_argument("--workers", type=int, help="loader worker processes (default: all cores)")
+    b.add_argument("--experiment", default="synthetic", help="whose heads the training step "
+                   "runs (the encoder is IRRA's ViT-B/16 on a GPU, the tiny one on the CPU)")
+    b.add_argument("--only", choices=["train"], help="only the training-step benchmark")
     b.add_argument("--out", help="also write the JSON to this file")
     b.set_defaults(func=_bench)
     return p

@@ -16,7 +16,7 @@ from .common import device_name, peak_tflops
 from .encode import bench_encode
 from .evaluation import bench_eval
 from .loader import bench_loader
-from .train_step import IRRA_GPU, TINY_CPU, bench_train, build_module
+from .train_step import IRRA_GPU, IRRA_HEADS, TINY_CPU, bench_train, build_module
 
 GPU_EVAL_SIZES = [(6156, 3074), (18468, 9222), (19848, 19848)]  # CUHK, 3x CUHK, ICFG
 CPU_EVAL_SIZES = [(1539, 769), (2000, 1000)]
@@ -24,19 +24,22 @@ CPU_EVAL_SIZES = [(1539, 769), (2000, 1000)]
 
 def run_benchmarks(device: str = "auto", batch_size: int | None = None, steps: int | None = None,
                    compile: bool = False, peak: float | None = None,
-                   loader_images: int | None = None, workers: int | None = None) -> dict:
+                   loader_images: int | None = None, workers: int | None = None,
+                   experiment: str = "synthetic", only: str | None = None) -> dict:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     gpu = dev.type == "cuda"
     name = device_name(dev)
-    overrides = IRRA_GPU if gpu else TINY_CPU
+    overrides = (IRRA_GPU + (IRRA_HEADS if experiment == "synthetic" else [])) if gpu else TINY_CPU
     batch_size = batch_size or (128 if gpu else 8)
     precision = "bf16" if gpu else "fp32"
     out = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda if gpu else None,
            "mode": "gpu" if gpu else "cpu-small"}
     out["train"] = bench_train(dev, batch_size, steps or (20 if gpu else 3), overrides,
                                precision=precision, compile=compile, peak=peak or peak_tflops(name),
-                               name=name)
+                               name=name, experiment=experiment)
+    if only == "train":
+        return out
     module = build_module(overrides, 11003, dev)
     out["encode"] = bench_encode(module, dev, 256 if gpu else 16, 10 if gpu else 2, precision)
     image_size = tuple(module.cfg["data"]["image_size"])

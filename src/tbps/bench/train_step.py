@@ -16,8 +16,8 @@ from .common import peak_gib, peak_tflops, reset_peak, sync, timed
 
 # IRRA's model: CLIP ViT-B/16 architecture at 384x128, 77-token captions, SDM + ID + MLM
 # (4-layer cross-modal transformer), 11,003 identities (CUHK-PEDES).
-IRRA_GPU = ["encoder=vit_b16", "data.image_size=[384,128]", "heads.sdm.temperature=0.02",
-            "heads.mlm.depth=4", "heads.mlm.num_heads=8"]
+IRRA_GPU = ["encoder=vit_b16", "data.image_size=[384,128]"]
+IRRA_HEADS = ["heads.sdm.temperature=0.02", "heads.mlm.depth=4", "heads.mlm.num_heads=8"]
 TINY_CPU = ["data.image_size=[96,32]"]
 
 
@@ -36,8 +36,9 @@ def synthetic_batch(batch_size: int, image_size, tok: CaptionTokenizer, num_clas
             "pid": torch.randint(0, num_classes, (batch_size,), generator=generator).to(device)}
 
 
-def build_module(overrides: list[str], num_classes: int, device: torch.device) -> TBPSModule:
-    cfg = compose_experiment("synthetic", ["tokenizer.context_length=77", *overrides])
+def build_module(overrides: list[str], num_classes: int, device: torch.device,
+                 experiment: str = "synthetic") -> TBPSModule:
+    cfg = compose_experiment(experiment, ["tokenizer.context_length=77", *overrides])
     tok = CaptionTokenizer.clip(context_length=77)
     module = TBPSModule(OmegaConf.to_container(cfg, resolve=True), tok.to_json(), num_classes)
     return module.to(device).train()
@@ -45,8 +46,8 @@ def build_module(overrides: list[str], num_classes: int, device: torch.device) -
 
 def bench_train(device: torch.device, batch_size: int, steps: int, overrides: list[str],
                 num_classes: int = 11003, precision: str = "bf16", compile: bool = False,
-                peak: float | None = None, name: str = "") -> dict:
-    module = build_module(overrides, num_classes, device)
+                peak: float | None = None, name: str = "", experiment: str = "synthetic") -> dict:
+    module = build_module(overrides, num_classes, device, experiment)
     image_size = tuple(module.cfg["data"]["image_size"])
     tok = module.tokenizer
     groups = param_groups(module, 1e-5, 4e-5, ("heads.",), 5.0, 2.0)
@@ -56,15 +57,16 @@ def bench_train(device: torch.device, batch_size: int, steps: int, overrides: li
     batches = [synthetic_batch(batch_size, image_size, tok, num_classes, device, g) for _ in range(2)]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
-    def loss_of(batch: dict) -> torch.Tensor:
-        with autocast:
-            return module.compute_losses(dict(batch))[0]
+    def loss_of(batch: dict, n: int = 0) -> torch.Tensor:
+        with autocast:  # progress past any warm-up ramp, as in the bulk of training
+            return module.compute_losses(dict(batch), progress=1.0 + n * 1e-3)[0]
 
     step_loss = torch.compile(loss_of) if compile else loss_of
     counter = iter(range(10**9))
 
     def step() -> None:
-        loss = step_loss(batches[next(counter) % 2])
+        n = next(counter)
+        loss = step_loss(batches[n % 2], n)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -78,7 +80,7 @@ def bench_train(device: torch.device, batch_size: int, steps: int, overrides: li
     seconds = timed(lambda: [step() for _ in range(steps)], device, repeats=1, warmup=1)
     samples_per_s = batch_size * steps / seconds
     peak = peak or peak_tflops(name)
-    return {"batch_size": batch_size, "image_size": list(image_size), "context_length": 77,
+    return {"experiment": experiment, "batch_size": batch_size, "image_size": list(image_size), "context_length": 77,
             "heads": sorted(module.heads), "precision": precision, "compile": compile,
             "fused_optimizer": fused, "steps": steps, "samples_per_s": round(samples_per_s, 1),
             "gflop_per_sample": round(flops_per_sample / 1e9, 2),
