@@ -39,7 +39,7 @@ def plot_topk(split: EncodedSplit, result: PerQuery, queries: list[int], k: int 
         ax = axes[row, 0]
         ax.axis("off")
         ax.text(0, 0.5, wrap(split.captions[q], 22, 8), fontsize=7, va="center")
-        ax.set_title(f"query {q}: first match at {int(result.first_match[q])}", fontsize=7)
+        ax.set_title(f"first match: {int(result.first_match[q])}", fontsize=7, loc="left")
         for j in range(k):
             ax = axes[row, j + 1]
             g = int(result.topk[q, j])
