@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..metrics.retrieval import rank_gallery
 from .features import EncodedSplit
 
 
@@ -20,11 +21,8 @@ class PerQuery:
 
 
 def per_query(split: EncodedSplit, k: int = 10) -> PerQuery:
-    sim = split.queries @ split.gallery.t()
-    order = sim.argsort(dim=1, descending=True, stable=True)
-    match = split.gallery_pids[order] == split.query_pids[:, None]
-    cum = match.double().cumsum(1)
-    rank = torch.arange(1, match.shape[1] + 1, dtype=torch.float64)
-    ap = (cum / rank * match).sum(1) / match.sum(1).clamp(min=1)
+    order, match, ap = rank_gallery(split.queries @ split.gallery.t(), split.query_pids,
+                                    split.gallery_pids)
+    match = match.bool()
     first = match.int().argmax(1) + 1
     return PerQuery(order[:, :k], match[:, :k], first, match[:, 0], ap)

@@ -12,19 +12,10 @@ import sys
 
 import torch
 from omegaconf import OmegaConf
+from torchmetrics.functional.classification import binary_auroc
 
 from ..model.checkpoint import load_checkpoint
 from ..train import build_data
-
-
-def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
-    """Probability that a random positive scores above a random negative (ties count ½)."""
-    pos, neg = scores[positive], scores[~positive]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).double().mean()
-    ties = (pos[:, None] == neg[None, :]).double().mean()
-    return float(greater + 0.5 * ties)
 
 
 @torch.inference_mode()
@@ -49,7 +40,7 @@ def sigma_by_noise(ckpt: str) -> dict:
             "noisy": int(noisy.sum()),
             "text_sigma_clean": round(float(sigma[~noisy].mean()), 5),
             "text_sigma_noisy": round(float(sigma[noisy].mean()), 5),
-            "auc_sigma_flags_noisy": round(auc(sigma, noisy), 4)}
+            "auc_sigma_flags_noisy": round(float(binary_auroc(sigma, noisy.long())), 4)}
 
 
 if __name__ == "__main__":

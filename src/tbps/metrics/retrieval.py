@@ -15,6 +15,17 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 
+def rank_gallery(sim: torch.Tensor, query_pids: torch.Tensor, gallery_pids: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Similarities [Q, G] -> (gallery order [Q, G] best first, match [Q, G] as float64 in
+    that order, AP [Q]); the ranking every metric and every per-query view is built on."""
+    order = sim.argsort(dim=1, descending=True, stable=True)
+    match = (gallery_pids[order] == query_pids[:, None]).double()
+    rank = torch.arange(1, sim.shape[1] + 1, device=sim.device, dtype=torch.float64)
+    ap = (match.cumsum(dim=1) / rank * match).sum(1) / match.sum(1).clamp(min=1)
+    return order, match, ap
+
+
 def retrieval_metrics(query: torch.Tensor, query_pids: torch.Tensor, gallery: torch.Tensor,
                       gallery_pids: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),
                       chunk: int = 1024) -> dict[str, float]:
@@ -29,13 +40,12 @@ def retrieval_metrics(query: torch.Tensor, query_pids: torch.Tensor, gallery: to
     hit_rows, ap_rows, inp_rows = [], [], []
     rank = torch.arange(1, gallery.shape[0] + 1, device=gallery.device, dtype=torch.float64)
     for s in range(0, query.shape[0], chunk):
-        sim = query[s:s + chunk] @ gallery.t()
-        order = sim.argsort(dim=1, descending=True, stable=True)
-        match = (gallery_pids[order] == query_pids[s:s + chunk, None]).double()
+        _, match, ap = rank_gallery(query[s:s + chunk] @ gallery.t(), query_pids[s:s + chunk],
+                                    gallery_pids)
         cum = match.cumsum(dim=1)
         hit_rows.append(torch.stack([cum[:, min(k, cum.shape[1]) - 1] > 0 for k in ks], 1))
         rel = n_rel[s:s + chunk].double()
-        ap_rows.append((cum / rank * match).sum(1) / rel)
+        ap_rows.append(ap)
         last = (match * rank).max(dim=1).values  # rank of the hardest match
         inp_rows.append(rel / last)
     n = query.shape[0]

@@ -24,10 +24,6 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
 # --- reading files -------------------------------------------------------------------------
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):

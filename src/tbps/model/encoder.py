@@ -88,8 +88,8 @@ class DualEncoder(nn.Module):
         ``arch`` (the ``encoder`` config that rebuilds it).
         """
         from ..data.tokenizer import CaptionTokenizer
-        from .clip_weights import (CLIP_MEAN, CLIP_STD, infer_architecture, read_clip_source,
-                                   to_dual_encoder_state)
+        from ..data.transforms import CLIP_MEAN, CLIP_STD
+        from .clip_weights import infer_architecture, read_clip_source, to_dual_encoder_state
 
         sd, facts, folder = read_clip_source(source)
         if act is not None:
