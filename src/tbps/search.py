@@ -78,7 +78,7 @@ def encode_folder(module, paths: list[Path], device: torch.device, batch_size: i
     for idx, images, failed in loader:
         bad += failed
         if images is not None:
-            feats.append(F.normalize(module.encoder.encode_image(images.to(device)).float(), dim=-1).cpu())
+            feats.append(F.normalize(module.embed_images(images.to(device)).float(), dim=-1).cpu())
             kept += idx
     if not feats:
         raise ConfigError(f"none of the {len(paths)} images could be read; first failure: "
@@ -111,7 +111,7 @@ def search(ckpt: str | Path, gallery: str | Path, queries: list[str], topk: int 
         torch.save({"features": feats, "kept": kept, "bad": [list(b) for b in bad]}, cache_file)
     start = time.perf_counter()
     with torch.inference_mode():
-        text = F.normalize(module.encoder.encode_text(
+        text = F.normalize(module.embed_texts(
             module.tokenizer.encode(queries).to(dev)).float(), dim=-1).cpu()
         scores, order = (text @ feats.t()).topk(min(topk, len(kept)), dim=1)
     query_ms = (time.perf_counter() - start) * 1e3 / len(queries)

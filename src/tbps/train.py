@@ -110,7 +110,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     dm.set_tokenizer(tok)
     module = TBPSModule(OmegaConf.to_container(cfg, resolve=True), tok.to_json(), dm.num_train_ids)
     if pretrained is not None:
-        module.encoder.load_state_dict(pretrained.state_dict())
+        module.load_encoder_weights(pretrained.state_dict())
     cbs, ckpt, speed = callbacks(run_dir, dm.val_prefix)
     trainer = L.Trainer(**cfg.trainer, default_root_dir=run_dir, callbacks=cbs,
                         logger=make_loggers(cfg, run_dir, resumed=resume is not None))

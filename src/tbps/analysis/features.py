@@ -48,8 +48,8 @@ def encode_split(module: TBPSModule, split: str = "test", data_root: str | None 
     module.eval()
     gallery_loader, query_loader = dm._eval_loaders(split)
     dev = next(module.parameters()).device
-    g = torch.cat([module.encoder.encode_image(b["image"].to(dev)).float() for b in gallery_loader])
-    q = torch.cat([module.encoder.encode_text(b["caption_ids"].to(dev)).float() for b in query_loader])
+    g = torch.cat([module.embed_images(b["image"].to(dev)).float() for b in gallery_loader])
+    q = torch.cat([module.embed_texts(b["caption_ids"].to(dev)).float() for b in query_loader])
     words = _attribute_words(dm.root / dm.benchmark.folder / dm.benchmark.annotation, split)
     return EncodedSplit(F.normalize(g, dim=-1).cpu(), torch.tensor(rec.image_pids), rec.image_paths,
                         F.normalize(q, dim=-1).cpu(), torch.tensor(rec.caption_pids),

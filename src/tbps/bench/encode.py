@@ -17,7 +17,7 @@ def bench_encode(module, device: torch.device, batch_size: int, batches: int,
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                     enabled=precision == "bf16"):
             for _ in range(batches):
-                module.encoder.encode_image(images)
+                module.embed_images(images)
 
     seconds = timed(run, device, repeats=1, warmup=1)
     return {"batch_size": batch_size, "images_per_s": round(batch_size * batches / seconds, 1)}

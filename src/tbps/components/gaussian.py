@@ -23,6 +23,11 @@ class GaussianEmbedding(nn.Module):
         nn.init.constant_(self.logvar.bias, init_logvar)  # start nearly deterministic
         self.logvar_range = logvar_range
 
+    @property
+    def mean_projection(self) -> nn.Module:
+        """Feature -> mean, as inference ranks on it (float32, like ``forward``)."""
+        return _Float32(self.mean)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, D] -> (mean [B, D], log-variance [B, D]), both float32."""
         x = x.float()
@@ -41,3 +46,14 @@ def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Ten
     """KL(N(mean, σ²) ‖ N(0, I)) averaged over elements, as PCME++ computes it:
     -½ · mean(1 + log σ² − mean² − σ²)."""
     return -0.5 * torch.mean(1 + logvar - mean.pow(2) - logvar.exp())
+
+
+class _Float32(nn.Module):
+    """Runs a module on the float32 copy of its input (the Gaussian's own convention)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.float())

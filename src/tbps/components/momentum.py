@@ -22,7 +22,21 @@ from ..distributed import world_size
 EMPTY = -100
 
 
-class MomentumEncoder(nn.Module):
+class EncoderCopy(nn.Module):
+    """A module that keeps its own copy of the online encoder. Whatever is loaded into the
+    encoder before training (CLIP weights) must reach every copy: ``TBPSModule`` calls
+    ``copy_from`` on each one after loading. Later methods that copy the encoder subclass
+    this and get the same guarantee."""
+
+    encoder: nn.Module
+
+    @torch.no_grad()
+    def copy_from(self, online: nn.Module) -> None:
+        """Sets the copy's weights and buffers to the online encoder's."""
+        self.encoder.load_state_dict(online.state_dict())
+
+
+class MomentumEncoder(EncoderCopy):
     def __init__(self, online: nn.Module, momentum: float = 0.995) -> None:
         super().__init__()
         if not 0.0 <= momentum < 1.0:

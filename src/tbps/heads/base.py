@@ -2,21 +2,36 @@
 
 A head is a small ``nn.Module`` that reads the encoder's output (and the batch) and returns
 named, already weighted loss terms. Keys starting with ``loss_`` are summed into the
-training loss; any other key is a diagnostic that is only logged. A head that needs extra
-inputs (masked captions, say) makes them from the batch in ``extra_inputs``; entries whose
-key ends in ``_ids`` are encoded by the text tower and reach ``forward`` in
-``encoded.extra_text``. The training module knows no head by name.
+training loss; any other key is a diagnostic that is only logged. A head must return at
+least one ``loss_*`` term (the module refuses one that trains nothing at the first step).
+
+Everything else a head may declare lives here, with its default, so that the training
+module reads it without ``getattr`` guesses and never needs to know a head by name:
+
+- ``needs_memory``: the head reads ``batch["memory"]`` (momentum features and queues);
+  the module refuses the config unless ``memory`` is set.
+- ``extra_inputs(batch)``: extra tensors made from the batch (masked captions …); entries
+  whose key ends in ``_ids`` are encoded by the text tower and reach ``forward`` in
+  ``encoded.extra_text``.
+- ``retrieval_projection(modality)``: a module that maps the encoder's global feature of
+  ``"image"`` or ``"text"`` to the embedding used for ranking (a learned Gaussian mean,
+  say), or ``None`` (the default: rank on the feature itself). At most one head may claim
+  a modality; evaluation, search, the notebooks and the benchmark all rank through
+  ``TBPSModule.embed_images`` / ``embed_texts``, which apply it.
 """
 
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
 from ..types import EncoderOutput
+
+Modality = Literal["image", "text"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,8 @@ class HeadContext:
 class AlignmentHead(nn.Module, metaclass=ABCMeta):
     """Base class: holds the loss weight; subclasses implement ``forward``."""
 
+    needs_memory: ClassVar[bool] = False
+
     def __init__(self, ctx: HeadContext, weight: float = 1.0) -> None:
         super().__init__()
         self.ctx, self.weight = ctx, float(weight)
@@ -41,6 +58,11 @@ class AlignmentHead(nn.Module, metaclass=ABCMeta):
     def extra_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Extra tensors this head needs, made on the batch's device; none by default."""
         return {}
+
+    def retrieval_projection(self, modality: Modality) -> nn.Module | None:
+        """The module that turns a global feature of ``modality`` into its retrieval
+        embedding, if this head defines one; ``None`` leaves the feature as it is."""
+        return None
 
     @abstractmethod
     def forward(self, encoded: EncoderOutput, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from ..data.datamodule import val_metric_prefix
-from ..components.momentum import FeatureMemory, MomentumEncoder
+from ..components.momentum import EncoderCopy, FeatureMemory, MomentumEncoder
 from ..components.text_augment import CaptionAugment
 from ..data.tokenizer import CaptionTokenizer
 from ..errors import ConfigError
@@ -48,7 +48,7 @@ class TBPSModule(L.LightningModule):
         if mem:
             self.momentum = MomentumEncoder(self.encoder, mem["momentum"])
             self.memory = FeatureMemory(mem["size"], enc["embed_dim"])
-        needing = [n for n, h in self.heads.items() if getattr(h, "needs_memory", False)]
+        needing = [n for n, h in self.heads.items() if h.needs_memory]
         if needing and self.memory is None:
             raise ConfigError(f"heads {needing} need a momentum encoder and feature memory: "
                               "set memory.size and memory.momentum (see experiments/crue_*.yaml)")
@@ -57,11 +57,45 @@ class TBPSModule(L.LightningModule):
             self.text_augment = CaptionAugment(ctx.special_ids, tok.mask_id, tok.pad_id,
                                                replacement_ids(tok.vocab_size, ctx.special_ids),
                                                **aug)
+        self._retrieval = {m: self._claimed_projection(m) for m in ("image", "text")}
+        self._checked_losses = False
         self.val_metric, self.test_metric = TextToImageRetrieval(), TextToImageRetrieval()
         self.best_val: dict[str, float] = {}
         # 'val', or 'val_on_test' / 'val_holdout' when validation is not the official split
         self.val_prefix = val_metric_prefix(cfg["data"].get("val_split", "val"))
         self.count_skipped = bool(cfg["data"].get("skip_bad_images", False))
+
+    def _claimed_projection(self, modality: str) -> nn.Module | None:
+        """The one head's retrieval projection for ``modality``, if any head claims it."""
+        claims = {n: p for n, h in self.heads.items()
+                  if (p := h.retrieval_projection(modality)) is not None}
+        if len(claims) > 1:
+            raise ConfigError(f"heads {sorted(claims)} each define the {modality} retrieval "
+                              "embedding; at most one head may (turn the others' option off)")
+        return next(iter(claims.values()), None)
+
+    # --- the one path from inputs to retrieval embeddings ----------------------------------
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixels [B, 3, H, W] -> the embeddings ranking uses [B, D] (not normalised):
+        the global image feature, through a head's retrieval projection if one claims it."""
+        feature = self.encoder.encode_image(images)
+        project = self._retrieval["image"]
+        return feature if project is None else project(feature)
+
+    def embed_texts(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, L] -> the embeddings ranking uses [B, D] (not normalised)."""
+        feature = self.encoder.encode_text(ids)
+        project = self._retrieval["text"]
+        return feature if project is None else project(feature)
+
+    def load_encoder_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Loads pretrained weights into the encoder and restarts every copy of it (the
+        momentum encoder) from them, so no copy keeps the random initialisation it was
+        built from. A resumed run does not come here: its copies come from the checkpoint."""
+        self.encoder.load_state_dict(state)
+        for part in self.modules():
+            if isinstance(part, EncoderCopy):
+                part.copy_from(self.encoder)
 
     # --- training ------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -90,8 +124,14 @@ class TBPSModule(L.LightningModule):
         extra = {k: v for k, v in batch.items() if k.endswith("_ids") and k != "caption_ids"}
         encoded = self.encoder(batch["image"], batch["caption_ids"], extra)
         terms: dict[str, torch.Tensor] = {}
-        for head in self.heads.values():
-            terms.update(head(encoded, batch))
+        for name, head in self.heads.items():
+            out = head(encoded, batch)
+            if not self._checked_losses and not any(k.startswith("loss_") for k in out):
+                raise ConfigError(f"head {name!r} ({type(head).__name__}) returned no 'loss_*' "
+                                  "term, so it would train nothing: return its loss under a key "
+                                  "that starts with 'loss_', or remove it from heads=[...]")
+            terms.update(out)
+        self._checked_losses = True
         if self.memory is not None:
             self.memory.enqueue(view)
         loss = sum(v for k, v in terms.items() if k.startswith("loss_"))
@@ -112,9 +152,9 @@ class TBPSModule(L.LightningModule):
     # --- evaluation: dataloader 0 = gallery images, 1 = query captions -------------------
     def _eval_step(self, metric: TextToImageRetrieval, batch: dict, dataloader_idx: int) -> None:
         if dataloader_idx == 0:
-            metric.update(self.encoder.encode_image(batch["image"]), batch["pid"], is_query=False)
+            metric.update(self.embed_images(batch["image"]), batch["pid"], is_query=False)
         else:
-            metric.update(self.encoder.encode_text(batch["caption_ids"]), batch["pid"], is_query=True)
+            metric.update(self.embed_texts(batch["caption_ids"]), batch["pid"], is_query=True)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(self.val_metric, batch, dataloader_idx)
