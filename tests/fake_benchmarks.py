@@ -1,5 +1,5 @@
 """Tiny fake copies of the three real benchmark layouts, in their exact on-disk formats
-(``reference/anchors.md`` §5), for loader and `tbps check-data` tests."""
+(``docs/protocol.md`` §1), for loader and `tbps check-data` tests."""
 
 from __future__ import annotations
 

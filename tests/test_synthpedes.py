@@ -36,14 +36,14 @@ def test_layout_and_fields(tiny_synth):
 
 
 def test_same_seed_same_bytes(tmp_path):
-    cfg = SynthConfig(identities=10, images_per_identity=2, height=64, width=32, seed=5,
+    cfg = SynthConfig(identities=12, images_per_identity=2, height=64, width=32, seed=5,
                       noise_rate=0.3)
     generate(tmp_path / "a", cfg)
     generate(tmp_path / "b", cfg, workers=2)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert is_complete(tmp_path / "a", cfg)
-    assert not is_complete(tmp_path / "a", SynthConfig(identities=11))
-    generate(tmp_path / "c", SynthConfig(identities=10, images_per_identity=2, height=64,
+    assert not is_complete(tmp_path / "a", SynthConfig(identities=13))
+    generate(tmp_path / "c", SynthConfig(identities=12, images_per_identity=2, height=64,
                                          width=32, seed=6))
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 

@@ -21,6 +21,48 @@ def _quiet_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _number(kind, low, high=None, low_open=False, what=""):
+    """An argparse type: a number of ``kind`` in [low, high] (or (low, high] with
+    ``low_open``), refused with the allowed range otherwise (argparse exits 2)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what or kind.__name__}") from None
+        if (value <= low if low_open else value < low) or (high is not None and value > high):
+            bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"{text} is out of range: use a value {bound}")
+        return value
+    return parse
+
+
+def _sentence(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty query ranks nothing: pass a sentence that "
+                                         "describes the person")
+    return text
+
+
+def _device(text: str) -> str:
+    """auto, cpu, cuda or cuda:N; a CUDA device only where one exists."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu, cuda or cuda:N")
+    if text.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA device; use "
+                                             "--device cpu (or auto)")
+    return text
+
+
+POSITIVE_INT = _number(int, 1, what="a whole number")
+NON_NEGATIVE_INT = _number(int, 0, what="a whole number")
+RATE = _number(float, 0.0, 1.0, what="a number in [0, 1]")
+
+
 def _train(args: argparse.Namespace) -> None:
     from .config import compose_experiment, split_experiment
     from .train import train
@@ -96,17 +138,18 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_eval)
     s = sub.add_parser("synth", help="generate a SynthPedes data set in the CUHK-PEDES layout")
     s.add_argument("--out", required=True, help="folder that receives CUHK-PEDES/")
-    s.add_argument("--identities", type=int, default=800)
-    s.add_argument("--images-per-identity", type=int, default=4)
-    s.add_argument("--captions-per-image", type=int, default=2)
-    s.add_argument("--noise-rate", type=float, default=0.0,
+    s.add_argument("--identities", type=_number(int, 12, what="a whole number"), default=800,
+                   help="at least 12, so that train, val and test get whole families")
+    s.add_argument("--images-per-identity", type=POSITIVE_INT, default=4)
+    s.add_argument("--captions-per-image", type=POSITIVE_INT, default=2)
+    s.add_argument("--noise-rate", type=_number(float, 0.0, 0.99), default=0.0,
                    help="share of training captions swapped to another identity (RDE protocol)")
-    s.add_argument("--omit-rate", type=float, default=0.12,
+    s.add_argument("--omit-rate", type=RATE, default=0.12,
                    help="chance that a caption leaves out each optional detail")
-    s.add_argument("--height", type=int, default=192)
-    s.add_argument("--width", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--height", type=_number(int, 16), default=192)
+    s.add_argument("--width", type=_number(int, 8), default=64)
+    s.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
+    s.add_argument("--workers", type=POSITIVE_INT, default=1)
     s.add_argument("--grid", help="also draw a picture of test samples with captions to this PNG")
     s.set_defaults(func=_synth)
     c = sub.add_parser("check-data", help="check a benchmark's files: layout, sizes, images, "
@@ -117,31 +160,31 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument("--no-decode", action="store_true",
                    help="only check that images exist, do not decode them (faster)")
-    c.add_argument("--workers", type=int, default=8, help="threads that decode images")
+    c.add_argument("--workers", type=POSITIVE_INT, default=8, help="threads that decode images")
     c.set_defaults(func=_check_data)
     q = sub.add_parser("search", help="rank the images of a folder for one or more sentences")
     q.add_argument("--ckpt", required=True, help="a checkpoints/best.ckpt from tbps train")
     q.add_argument("--gallery", required=True, help="folder of images (searched recursively)")
-    q.add_argument("--query", action="append", help="a sentence; repeat for several")
+    q.add_argument("--query", action="append", type=_sentence, help="a sentence; repeat for several")
     q.add_argument("--queries", help="a text file with one sentence per line")
-    q.add_argument("--topk", type=int, default=10)
+    q.add_argument("--topk", type=POSITIVE_INT, default=10)
     q.add_argument("--out", help="draw the top-k of every query into this PNG")
     q.add_argument("--json", action="store_true", help="print the results as JSON")
     q.add_argument("--cache-dir", help="where gallery features are cached (default: next to "
                    "the checkpoint)")
-    q.add_argument("--device", default="auto")
-    q.add_argument("--batch-size", type=int, default=64)
-    q.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    q.add_argument("--device", type=_device, default="auto", help="auto, cpu or cuda[:N]")
+    q.add_argument("--batch-size", type=POSITIVE_INT, default=64)
+    q.add_argument("--workers", type=NON_NEGATIVE_INT, default=2, help="image decoding processes")
     q.set_defaults(func=_search)
     b = sub.add_parser("bench", help="training throughput, MFU, memory, loader, encoding and "
                        "evaluation timings as JSON (small CPU version without a GPU)")
-    b.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    b.add_argument("--batch-size", type=int, help="default 128 on a GPU, 8 on the CPU")
-    b.add_argument("--steps", type=int, help="timed training steps")
+    b.add_argument("--device", type=_device, default="auto", help="auto, cpu or cuda[:N]")
+    b.add_argument("--batch-size", type=POSITIVE_INT, help="default 128 on a GPU, 8 on the CPU")
+    b.add_argument("--steps", type=POSITIVE_INT, help="timed training steps")
     b.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    b.add_argument("--peak-tflops", type=float, help="bf16 peak for MFU if the GPU is not known")
-    b.add_argument("--loader-images", type=int, help="JPEG files for the loader benchmark")
-    b.add_argument("--workers", type=int, help="loader worker processes (default: all cores)")
+    b.add_argument("--peak-tflops", type=_number(float, 0.0, low_open=True), help="bf16 peak for MFU if the GPU is not known")
+    b.add_argument("--loader-images", type=POSITIVE_INT, help="JPEG files for the loader benchmark")
+    b.add_argument("--workers", type=NON_NEGATIVE_INT, help="loader worker processes (default: all cores)")
     b.add_argument("--experiment", default="synthetic", help="whose heads the training step "
                    "runs (the encoder is IRRA's ViT-B/16 on a GPU, the tiny one on the CPU)")
     b.add_argument("--only", choices=["train"], help="only the training-step benchmark")

@@ -6,6 +6,7 @@ config groups inside the package (``tbps/conf``), so an installed package still 
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from importlib import resources
@@ -55,6 +56,31 @@ def _drop_unselected_heads(cfg: DictConfig) -> None:
             del cfg.heads[name]
 
 
+def _unknown_key_message(name: str, key: str, overrides: list[str], folder: Path) -> str:
+    """An override of a key the config does not have (a typo such as ``optim.lrr``): the
+    closest key that exists, from the experiment composed without it."""
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    parent, _, leaf = key.rpartition(".")
+    known: list[str] = []
+    try:
+        with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
+            cfg = compose(config_name=name, overrides=[*rest, "hydra.searchpath=[pkg://tbps.conf]"])
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        known = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+    except (HydraException, OmegaConfBaseException):
+        node = cfg = None
+    if parent and node is None and cfg is not None:
+        return (f"setting {key}: {parent} is off (null) in experiment {name!r}, so it has no "
+                f"keys to override; set the group whole, e.g. '{parent}={{...}}' (see the "
+                "experiment files that use it)")
+    close = difflib.get_close_matches(leaf, known, n=1, cutoff=0.6)
+    hint = (f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else
+            f"known keys{' of ' + parent if parent else ''}: {', '.join(sorted(known))}"
+            if known else "check the spelling")
+    return (f"unknown setting {key} in experiment {name!r}: {hint} (a key that is meant to "
+            f"be new is added with +{key}=...)")
+
+
 def compose_experiment(name: str, overrides: list[str] = (), folder: Path | None = None) -> DictConfig:
     """Returns the resolved config of experiment ``name`` with Hydra ``overrides`` applied."""
     folder = folder or experiments_dir()
@@ -76,5 +102,11 @@ def compose_experiment(name: str, overrides: list[str] = (), folder: Path | None
             raise ConfigError(f"unknown head {head.group(1)!r} in experiment {name!r}; known heads: "
                               f"{', '.join(known_heads())}. Heads are chosen with "
                               "heads=[sdm,id,mlm]") from exc
+        unknown = re.search(r"Could not override '([^']+)'", str(exc))
+        if unknown:
+            raise ConfigError(_unknown_key_message(name, unknown.group(1), overrides, folder)) from None
         raise ConfigError(f"experiment {name!r}: {exc}".replace("\n\n", "\n").strip()) from exc
+    from .settings import validate_config  # pydantic and Lightning only when composing
+
+    validate_config(cfg, name)
     return cfg

@@ -1,7 +1,7 @@
 """A Gaussian embedding: a mean and a log-variance over an encoder feature, reparameterised
 samples, and the KL regulariser to N(0, I) (PCME / PCME++ / DistributionNet style).
 
-Following ``reference/methods.md`` §2.2 (PROPOSAL): the mean is the feature itself by
+Following ``docs/methods.md`` §2 (our choice): the mean is the feature itself by
 default (so inference, which uses the mean, is unchanged and costs nothing extra) and the
 log-variance comes from a linear layer; log σ² is predicted for stability and clamped so
 that bf16 training cannot overflow ``exp``.

@@ -1,7 +1,7 @@
 """Caption augmentation on token ids: random word masking, deletion and replacement.
 
 CRUE's figure shows "Random Mask/delete/replace" on the online encoder's caption; the
-probabilities are not published (``reference/methods.md`` §2.4). PROPOSAL: each content
+probabilities are not published (``docs/methods.md`` §2). PROPOSAL: each content
 token independently is masked, deleted or replaced with probability ``mask``, ``delete``
 and ``replace`` (0.05 each by default); deleted tokens close up and the tail is padded;
 a caption never loses all of its content tokens. It runs on the device, on whole batches.

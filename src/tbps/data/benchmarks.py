@@ -1,5 +1,5 @@
 """What is fixed about each benchmark's original release: folder, annotation file, fields,
-splits and published sizes (``reference/anchors.md`` §5), plus the known wrong files that
+splits and published sizes (``docs/protocol.md`` §1), plus the known wrong files that
 users end up with and what to do about them."""
 
 from __future__ import annotations

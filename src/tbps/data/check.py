@@ -3,7 +3,7 @@
 One pass over the annotation file and every image it references: layout, per-split counts
 against the published sizes, missing and unreadable images (a count and the first few),
 empty and duplicated captions, and the known mistakes of each release with their fix
-(``reference/anchors.md`` §5, §8). Problems make the data set unusable (non-zero exit);
+(``docs/protocol.md`` §1). Problems make the data set unusable (non-zero exit);
 warnings are reported and leave it usable.
 """
 

@@ -1,6 +1,6 @@
 """Caption cleaning as a named policy, applied once before tokenisation.
 
-The published methods differ here (``reference/anchors.md`` §5.6), and the choice moves
+The published methods differ here (``docs/protocol.md`` §2), and the choice moves
 numbers, so it is a config key (``data.caption_cleaning``) rather than a silent habit:
 
 - ``none``: IRRA and RDE; only what the tokenizer itself does.

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from pydantic import Field
 from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
 from ..errors import ConfigError, DatasetError
 from .benchmarks import BENCHMARKS
+from ..settings_types import NonNegativeInt, PositiveInt
+from .cleaning import POLICIES as CLEANING
 from .cleaning import clean_captions
 from .datasets import CaptionDataset, ImageDataset, PairDataset
 from .noise import inject_noisy_correspondence
@@ -19,7 +23,7 @@ from .records import SplitRecords, read_benchmark
 from .samplers import IdentitySampler
 from .synthpedes.generate import SynthConfig, generate, is_complete
 from .tokenizer import CaptionTokenizer
-from .transforms import eval_transform, train_transform
+from .transforms import Augment, eval_transform, train_transform
 
 def collate_trimmed(items: list[dict | None]) -> dict:
     """Stacks a batch and cuts caption ids after the batch's longest caption: padding after
@@ -65,13 +69,18 @@ class TBPSDataModule(L.LightningDataModule):
     captions to other identities (RDE protocol) with ``noise_seed``.
     """
 
-    def __init__(self, root: str | None, dataset: str = "cuhk-pedes", image_size: tuple = (384, 128),
-                 batch_size: int = 64, eval_batch_size: int = 512, num_workers: int = 4,
-                 augment: dict | None = None, synth: dict | None = None,
-                 val_split: str = "val", holdout_ids: int = 0, holdout_seed: int = 0,
-                 caption_cleaning: str = "none", noise_rate: float = 0.0, noise_seed: int = 0,
-                 sampler: str = "random", num_instances: int = 4,
-                 skip_bad_images: bool = False, pin_memory: bool = True, seed: int = 0) -> None:
+    def __init__(self, root: str | None, dataset: Literal[tuple(BENCHMARKS)] = "cuhk-pedes",
+                 image_size: tuple[PositiveInt, PositiveInt] = (384, 128),
+                 batch_size: PositiveInt = 64, eval_batch_size: PositiveInt = 512,
+                 num_workers: NonNegativeInt = 4, augment: Augment | None = None,
+                 synth: SynthConfig | None = None,
+                 val_split: Literal["val", "test", "holdout"] = "val",
+                 holdout_ids: NonNegativeInt = 0, holdout_seed: int = 0,
+                 caption_cleaning: Literal[tuple(CLEANING)] = "none",
+                 noise_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0, noise_seed: int = 0,
+                 sampler: Literal["random", "identity"] = "random",
+                 num_instances: PositiveInt = 4, skip_bad_images: bool = False,
+                 pin_memory: bool = True, seed: int = 0) -> None:
         super().__init__()
         if root is None:
             raise ConfigError(f"no data root for {dataset!r}: set DATA_ROOT to the folder that "
@@ -94,7 +103,7 @@ class TBPSDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.augment = dict(augment or {})
-        self.synth = SynthConfig(**synth) if synth is not None else None
+        self.synth = SynthConfig(**synth) if isinstance(synth, dict) else synth
         self.val_split, self.holdout_ids, self.holdout_seed = val_split, holdout_ids, holdout_seed
         self.caption_cleaning = caption_cleaning
         clean_captions([], caption_cleaning)  # an unknown policy fails now, not after reading

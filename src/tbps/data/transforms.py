@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
+
 import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
+from pydantic import ConfigDict, with_config
+
+from ..settings_types import NonNegativeInt, Rate
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@with_config(ConfigDict(extra="forbid"))
+class Augment(TypedDict, total=False):
+    """``data.augment``: the training augmentation's knobs (``train_transform``)."""
+
+    flip: Rate
+    pad: NonNegativeInt
+    erase: Rate
 
 
 def train_transform(size: tuple[int, int], mean: tuple = CLIP_MEAN, std: tuple = CLIP_STD,

@@ -29,6 +29,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from ..settings_types import PositiveFloat
 from ..types import EncoderOutput
 
 Modality = Literal["image", "text"]
@@ -51,7 +52,7 @@ class AlignmentHead(nn.Module, metaclass=ABCMeta):
 
     needs_memory: ClassVar[bool] = False
 
-    def __init__(self, ctx: HeadContext, weight: float = 1.0) -> None:
+    def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0) -> None:
         super().__init__()
         self.ctx, self.weight = ctx, float(weight)
 

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..types import EncoderOutput
+from ..settings_types import PositiveFloat
 from .base import AlignmentHead, HeadContext
 
 
 class IDHead(AlignmentHead):
-    def __init__(self, ctx: HeadContext, weight: float = 1.0) -> None:
+    def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0) -> None:
         super().__init__(ctx, weight)
         self.classifier = nn.Linear(ctx.embed_dim, ctx.num_classes)
         nn.init.normal_(self.classifier.weight, std=0.001)

@@ -1,6 +1,6 @@
 """CRUE's IRE: intra-modality relation exploration (the "IRC" loss; Huang et al., TOMM 2025).
 
-Follows the paper's figure (``reference/methods.md`` §2.3 item 3): a caption's prediction
+Follows the paper's figure (``docs/methods.md`` §2, IRE): a caption's prediction
 over the image memory is trained towards hard identity labels mixed ("⊕") with the paired
 image's own similarity to that memory, and an image's prediction over the text memory
 towards identity labels mixed with the paired caption's similarity to the text memory. So
@@ -17,11 +17,14 @@ swaps which modality supplies the relation (an ablation).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
 from ..components.momentum import MemoryView
 from ..types import EncoderOutput
+from ..settings_types import NonNegativeFloat, PositiveFloat, Rate
 from .base import AlignmentHead, HeadContext
 
 
@@ -69,9 +72,10 @@ def ire_loss(image: torch.Tensor, text: torch.Tensor, pid: torch.Tensor, mem: Me
 class IREHead(AlignmentHead):
     needs_memory = True
 
-    def __init__(self, ctx: HeadContext, weight: float = 1.0, temperature: float = 0.07,
-                 alpha: float = 0.4, ramp_epochs: float = 1.0, prior: str = "paired",
-                 loss: str = "ce") -> None:
+    def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0,
+                 temperature: PositiveFloat = 0.07, alpha: Rate = 0.4,
+                 ramp_epochs: NonNegativeFloat = 1.0, prior: Literal["paired", "other"] = "paired",
+                 loss: Literal["ce", "kl"] = "ce") -> None:
         super().__init__(ctx, weight)
         if prior not in ("paired", "other") or loss not in ("ce", "kl"):
             raise ValueError("heads.ire: prior must be 'paired' or 'other', loss 'ce' or 'kl'")

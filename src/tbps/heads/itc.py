@@ -1,4 +1,4 @@
-"""ITC, the symmetric InfoNCE of CLIP (IRRA's `itc` alternative; reference/methods.md §1).
+"""ITC, the symmetric InfoNCE of CLIP (IRRA's `itc` alternative; docs/methods.md §1).
 
 Follows CLIP: cross-entropy over cosine similarities scaled by 1/τ with the diagonal as
 targets, averaged over both directions, on the batch gathered from all processes. The
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..distributed import gather_with_grad
 from ..types import EncoderOutput
+from ..settings_types import PositiveFloat
 from .base import AlignmentHead, HeadContext
 
 
@@ -24,7 +25,7 @@ def itc_loss(image: torch.Tensor, text: torch.Tensor, temperature: float = 0.02)
 
 
 class ITCHead(AlignmentHead):
-    def __init__(self, ctx: HeadContext, weight: float = 1.0, temperature: float = 0.02) -> None:
+    def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0, temperature: PositiveFloat = 0.02) -> None:
         super().__init__(ctx, weight)
         self.temperature = temperature
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..types import EncoderOutput
+from ..settings_types import OpenRate, PositiveFloat, PositiveInt
 from .base import AlignmentHead, HeadContext
 
 IGNORE = -100
@@ -53,8 +54,8 @@ def mask_tokens(ids: torch.Tensor, special_ids: tuple[int, ...], replacements: t
 
 
 class MLMHead(AlignmentHead):
-    def __init__(self, ctx: HeadContext, weight: float = 1.0, depth: int = 4, num_heads: int = 8,
-                 mask_prob: float = 0.15) -> None:
+    def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0, depth: PositiveInt = 4,
+                 num_heads: PositiveInt = 8, mask_prob: OpenRate = 0.15) -> None:
         super().__init__(ctx, weight)
         d = ctx.embed_dim
         self.mask_prob = mask_prob

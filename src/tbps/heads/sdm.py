@@ -1,4 +1,4 @@
-"""SDM, similarity distribution matching (IRRA, CVPR 2023; reference/methods.md §1).
+"""SDM, similarity distribution matching (IRRA, CVPR 2023; docs/methods.md §1).
 
 Follows the paper and its code: KL(p ‖ q) between the softmax of cosine similarities over
 a fixed temperature and the normalised identity-match distribution, in both directions,
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..distributed import gather_with_grad
 from ..types import EncoderOutput
+from ..settings_types import PositiveFloat
 from .base import AlignmentHead, HeadContext
 
 
@@ -30,7 +31,7 @@ def sdm_loss(image: torch.Tensor, text: torch.Tensor, pid: torch.Tensor,
 
 
 class SDMHead(AlignmentHead):
-    def __init__(self, ctx: HeadContext, weight: float = 1.0, temperature: float = 0.02) -> None:
+    def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0, temperature: PositiveFloat = 0.02) -> None:
         super().__init__(ctx, weight)
         self.temperature = temperature
 

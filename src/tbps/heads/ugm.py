@@ -1,6 +1,6 @@
 """CRUE's UGM: uncertainty-guided modelling (the "GUC" loss; Huang et al., TOMM 2025).
 
-Follows the paper's figure (``reference/methods.md`` §2.3 item 4): each modality's global
+Follows the paper's figure (``docs/methods.md`` §2, UGM): each modality's global
 feature becomes a Gaussian (mean μ, variance σ²); several reparameterised samples of an
 image are scored against the text memory and samples of a caption against the image
 memory, each trained towards the identity labels. A weak or mismatched pair can lower its
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..components.gaussian import GaussianEmbedding, kl_to_standard_normal, sample
 from ..types import EncoderOutput
+from ..settings_types import NonNegativeFloat, PositiveFloat, PositiveInt
 from .base import AlignmentHead, HeadContext
 from .ire import identity_targets, soft_target_loss
 
@@ -36,8 +37,9 @@ def ugm_loss(mean: torch.Tensor, logvar: torch.Tensor, keys: torch.Tensor, targe
 class UGMHead(AlignmentHead):
     needs_memory = True
 
-    def __init__(self, ctx: HeadContext, weight: float = 1.0, temperature: float = 0.07,
-                 num_samples: int = 7, kl_weight: float = 1e-4, learned_mean: bool = False,
+    def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0,
+                 temperature: PositiveFloat = 0.07, num_samples: PositiveInt = 7,
+                 kl_weight: NonNegativeFloat = 1e-4, learned_mean: bool = False,
                  init_logvar: float = -4.0) -> None:
         super().__init__(ctx, weight)
         self.image_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)

@@ -1,4 +1,4 @@
-"""Text-to-image retrieval metrics as the field reports them (reference/anchors.md §6).
+"""Text-to-image retrieval metrics as the field reports them (docs/protocol.md §3).
 
 Every caption is a query against all gallery images, ranked by cosine similarity; a match
 is an image of the same person. R@K is the share of queries with a match in the top K,

@@ -15,9 +15,14 @@ import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from typing import Annotated
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field, TypeAdapter, ValidationError
+
+from ...errors import ConfigError
+from ...settings_types import NonNegativeInt, PositiveInt, Rate
 
 from .attributes import identity_families
 from .captions import make_caption
@@ -31,18 +36,29 @@ GENERATOR_VERSION = 3
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Knobs of the generator; the defaults make the data set of ``make train``."""
+    """Knobs of the generator; the defaults make the data set of ``make train``. The types
+    state the ranges (``check_synth_config`` enforces them)."""
 
-    identities: int = 800
-    images_per_identity: int = 4
-    captions_per_image: int = 2
-    noise_rate: float = 0.0  # share of training captions swapped to another identity
-    omit_rate: float = 0.12  # chance that a caption leaves out each optional detail
-    height: int = 192
-    width: int = 64
-    val_share: float = 0.08
-    test_share: float = 0.13
-    seed: int = 0
+    identities: Annotated[int, Field(ge=12)] = 800  # enough families for three splits
+    images_per_identity: PositiveInt = 4
+    captions_per_image: PositiveInt = 2
+    noise_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # share swapped to another identity
+    omit_rate: Rate = 0.12  # chance that a caption leaves out each optional detail
+    height: Annotated[int, Field(ge=16)] = 192
+    width: Annotated[int, Field(ge=8)] = 64
+    val_share: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.08
+    test_share: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.13
+    seed: NonNegativeInt = 0
+
+
+def check_synth_config(cfg: SynthConfig) -> SynthConfig:
+    """Refuses out-of-range knobs with one message naming each (a ``ConfigError``)."""
+    from ...settings import validation_message
+
+    try:
+        return TypeAdapter(SynthConfig).validate_python(asdict(cfg))
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, "SynthPedes option")) from None
 
 
 def _tokens(caption: str) -> list[str]:
@@ -108,6 +124,9 @@ def _add_caption_noise(records: list[dict], rate: float, rng: np.random.Generato
 
 def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 1) -> dict:
     """Writes the data set under ``out`` and returns a summary (counts, seconds, images/s)."""
+    cfg = check_synth_config(cfg)
+    if workers < 1:
+        raise ConfigError(f"workers={workers}: use at least 1 process")
     start = time.perf_counter()
     root = Path(out) / LAYOUT_DIR
     (root / "imgs" / "synth").mkdir(parents=True, exist_ok=True)
