@@ -1,5 +1,6 @@
-"""A seeded tiny run killed with SIGKILL mid-epoch and resumed with resume=true ends with
-the same metrics as the same run left alone."""
+"""A seeded tiny run killed with SIGKILL mid-epoch, or in the middle of writing a checkpoint,
+and resumed with resume=true ends with the same metrics as the same run left alone; a
+resumed run continues its W&B run."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tiny_overrides
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
@@ -33,12 +35,21 @@ def _metrics(runs):
     return json.loads(path.read_text())
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tiny_synth, tmp_path):
-    whole = tmp_path / "whole"
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_synth, tmp_path_factory):
+    whole = tmp_path_factory.mktemp("whole")
     done = subprocess.run(_cmd(tiny_synth, whole), env=_env(), capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    return _metrics(whole)
 
+
+def _same_metrics(a, b):
+    for key in ("test/R1", "test/R5", "test/mAP", "test/mINP", "val/R1", "val/epoch"):
+        assert b[key] == pytest.approx(a[key], abs=1e-4), key
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_synth, tmp_path, uninterrupted):
     broken = tmp_path / "broken"
     proc = subprocess.Popen(_cmd(tiny_synth, broken), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -57,9 +68,74 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_synth, tmp_path):
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout
-    a, b = _metrics(whole), _metrics(broken)
-    for key in ("test/R1", "test/R5", "test/mAP", "test/mINP", "val/R1", "val/epoch"):
-        assert b[key] == pytest.approx(a[key], abs=1e-4), key
+    _same_metrics(uninterrupted, _metrics(broken))
+
+
+# Runs tbps with torch.save slowed down: the SLOW_AT-th write of a checkpoint's temporary
+# file writes half its bytes, signals MARKER and waits to be killed.
+SLOW_WRITER = """
+import io, os, sys, time, torch
+real, count = torch.save, [0]
+def slow_save(obj, f, *args, **kwargs):
+    if not str(getattr(f, "name", "")).endswith(".tmp"):
+        return real(obj, f, *args, **kwargs)
+    count[0] += 1
+    buf = io.BytesIO()
+    real(obj, buf, *args, **kwargs)
+    data = buf.getvalue()
+    if count[0] == int(os.environ["SLOW_AT"]):
+        f.write(data[: len(data) // 2]); f.flush(); os.fsync(f.fileno())
+        open(os.environ["MARKER"], "w").close()
+        time.sleep(600)
+    f.write(data)
+torch.save = slow_save
+from tbps.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_during_a_checkpoint_write_then_resume(tiny_synth, tmp_path, uninterrupted):
+    broken, marker = tmp_path / "broken", tmp_path / "writing"
+    cmd = [sys.executable, "-c", SLOW_WRITER, *_cmd(tiny_synth, broken)[3:]]
+    # writes 1-2: best + last of epoch 0; write 3: epoch 1's first file
+    proc = subprocess.Popen(cmd, env={**_env(), "SLOW_AT": "3", "MARKER": str(marker)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before the write"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run,) = broken.glob("synthetic/*")
+    ckpts = run / "checkpoints"
+    assert list(ckpts.glob(".*.tmp")), "the killed write left no temporary file"
+    for name in ("last.ckpt", "best.ckpt"):  # whole files of epoch 0, never a torn one
+        state = torch.load(ckpts / name, map_location="cpu", weights_only=True)
+        assert state["epoch"] == 0, name
+
+    resumed = subprocess.run(_cmd(tiny_synth, broken, ["resume=true"]), env=_env(),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {ckpts / 'last.ckpt'}" in resumed.stdout
+    assert "removed" in resumed.stdout and not list(ckpts.glob(".*.tmp"))
+    _same_metrics(uninterrupted, _metrics(broken))
+
+
+def test_resume_skips_a_checkpoint_that_does_not_load(tiny_synth, tmp_path):
+    """The newest run's last.ckpt is truncated: resume=true says so and takes the older run."""
+    from tbps.train import find_resume
+    from omegaconf import OmegaConf
+
+    runs = tmp_path / "runs"
+    old, new = runs / "synthetic" / "a" / "checkpoints", runs / "synthetic" / "b" / "checkpoints"
+    old.mkdir(parents=True)
+    new.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.zeros(3)}, "epoch": 1}, old / "last.ckpt")
+    torch.save({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, new / "last.ckpt")
+    data = (new / "last.ckpt").read_bytes()
+    (new / "last.ckpt").write_bytes(data[: len(data) // 2])
+    cfg = OmegaConf.create({"resume": True, "runs_dir": str(runs), "experiment": "synthetic"})
+    assert find_resume(cfg) == old / "last.ckpt"
 
 
 def test_resume_without_a_run_is_a_clear_error(tmp_path, capsys):

@@ -11,3 +11,7 @@ class DatasetError(TBPSError):
 
 class ConfigError(TBPSError):
     """An experiment, override or head that does not exist or does not fit."""
+
+
+class DivergedError(TBPSError):
+    """Training produced a non-finite loss; the run stops and its last checkpoint stays."""

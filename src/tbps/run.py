@@ -7,6 +7,7 @@ import netrc
 import os
 import random
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -60,10 +61,23 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> list[
     if cfg.logger.wandb and os.environ.get("WANDB_MODE") != "disabled":
         offline = os.environ.get("WANDB_MODE") == "offline" or not _wandb_logged_in()
         wb = WandbLogger(project=cfg.logger.project, save_dir=str(run_dir), offline=offline,
-                         name=f"{cfg.experiment}/{run_dir.name}")
+                         name=f"{cfg.experiment}/{run_dir.name}", id=wandb_run_id(run_dir),
+                         resume="allow")
         wb.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
         loggers.append(wb)
     return loggers
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The run folder's W&B run id, made on its first start and kept in ``wandb_id``, so
+    that a resumed run continues the same W&B run (online and offline) and its charts do
+    not break in two."""
+    path = run_dir / "wandb_id"
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:8]  # W&B's own ids are 8 lowercase letters and digits
+    path.write_text(run_id + "\n")
+    return run_id
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -123,9 +137,15 @@ class TrainThroughput(Callback):
 def callbacks(run_dir: Path, val_prefix: str = "val"
               ) -> tuple[list[Callback], ModelCheckpoint, TrainThroughput]:
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=f"{val_prefix}/R1",
-                           mode="max", save_last=True, auto_insert_metric_name=False)
+                           mode="max", auto_insert_metric_name=False, enable_version_counter=False)
+    # last.ckpt every epoch. Not ``save_last=True``: Lightning 2.6 writes "last" only when it
+    # also wrote a top-k file, so a run whose validation stopped improving kept an old
+    # last.ckpt and a resumed run repeated epochs.
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None,
+                           save_top_k=1, every_n_epochs=1, auto_insert_metric_name=False,
+                           enable_version_counter=False)
     speed = TrainThroughput()
-    return [ckpt, speed, RandomStates(), TQDMProgressBar(refresh_rate=10)], ckpt, speed
+    return [ckpt, last, speed, RandomStates(), TQDMProgressBar(refresh_rate=10)], ckpt, speed
 
 
 def write_metrics(path: Path, metrics: dict[str, float]) -> None:

@@ -151,7 +151,8 @@ _GROUPS: dict[str, type[BaseModel]] = {"optim": Optim, "tokenizer": Tokenizer,
                                         "encoder": Encoder, "logger": Logger, "eval": Eval}
 _OPTIONAL: dict[str, type[BaseModel]] = {"memory": Memory, "text_augment": TextAugment}
 _TOP = {"experiment": str, "seed": Annotated[int, Field(ge=0)], "runs_dir": str,
-        "run_dir": str | None, "resume": bool | str}
+        "run_dir": str | None, "resume": bool | str,
+        "nonfinite_loss": Literal["stop", "skip"]}
 
 
 def _check(model: type[BaseModel], value: Any, key: str, problems: list[str]) -> None:

@@ -16,6 +16,7 @@ from .data.tokenizer import CaptionTokenizer
 from .errors import ConfigError, TBPSError
 from .model.encoder import DualEncoder
 from .model.checkpoint import load_checkpoint
+from .model.checkpoint_io import AtomicCheckpointIO, partial_writes
 from .model.module import TBPSModule
 from .run import callbacks, make_loggers, make_run_dir, print_table, write_metrics
 
@@ -57,22 +58,48 @@ def build_tokenizer_and_weights(cfg: DictConfig, dm: TBPSDataModule
     return enc.tokenizer, enc
 
 
+def _loads(path: Path) -> str | None:
+    """None if ``path`` is a complete checkpoint, else why not (memory-mapped: cheap)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - truncated files raise many kinds
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+    return None if isinstance(ckpt, dict) and "state_dict" in ckpt else "not a training checkpoint"
+
+
 def find_resume(cfg: DictConfig) -> Path:
-    """``resume=true``: the newest run of the experiment that has a last.ckpt;
-    ``resume=<run folder or .ckpt>``: that one."""
+    """``resume=true``: the newest last.ckpt of the experiment's runs that loads (any that
+    do not are reported and skipped); ``resume=<run folder or .ckpt>``: that one."""
     if cfg.resume is not True:
         path = Path(str(cfg.resume))
         path = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
         if not path.is_file():
             raise ConfigError(f"resume={cfg.resume}: no {path}; pass a run folder that holds "
                               "checkpoints/last.ckpt, a .ckpt file, or resume=true")
+        why = _loads(path)
+        if why:
+            raise ConfigError(f"resume={cfg.resume}: {path} does not load ({why}); pass "
+                              "another checkpoint or run folder")
         return path
     found = sorted(Path(cfg.runs_dir, cfg.experiment).glob("*/checkpoints/last.ckpt"),
-                   key=lambda p: p.stat().st_mtime)
+                   key=lambda p: p.stat().st_mtime, reverse=True)
     if not found:
         raise ConfigError(f"resume=true but no run of {cfg.experiment!r} under {cfg.runs_dir}/"
                           f"{cfg.experiment}/ has checkpoints/last.ckpt; train without resume")
-    return found[-1]
+    for path in found:
+        why = _loads(path)
+        if why is None:
+            return path
+        print(f"resume: skipped {path}: it does not load ({why})", flush=True)
+    raise ConfigError(f"resume=true but none of the {len(found)} last.ckpt files of "
+                      f"{cfg.experiment!r} loads (listed above); train without resume")
+
+
+def clear_partial_writes(run_dir: Path) -> None:
+    for tmp in partial_writes(run_dir / "checkpoints"):
+        print(f"resume: removed {tmp}, a checkpoint write that a killed process left "
+              "unfinished", flush=True)
+        tmp.unlink()
 
 
 def resumed_config(cfg: DictConfig, ckpt: Path) -> DictConfig:
@@ -95,6 +122,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resume is not None:
         cfg = resumed_config(cfg, resume)
         print(f"resuming {resume}", flush=True)
+        clear_partial_writes(resume.parent.parent)
     L.seed_everything(cfg.seed, workers=True)
     dm = build_data(cfg)
     _ = dm.records  # read and check the annotations before a run folder exists
@@ -113,14 +141,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         module.load_encoder_weights(pretrained.state_dict())
     cbs, ckpt, speed = callbacks(run_dir, dm.val_prefix)
     trainer = L.Trainer(**cfg.trainer, default_root_dir=run_dir, callbacks=cbs,
-                        logger=make_loggers(cfg, run_dir, resumed=resume is not None))
+                        logger=make_loggers(cfg, run_dir, resumed=resume is not None),
+                        plugins=[AtomicCheckpointIO()])
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     fit_seconds = time.perf_counter() - start
-    test = trainer.test(module, datamodule=dm, ckpt_path="best" if ckpt.best_model_path else None,
+    test = trainer.test(module, datamodule=dm, ckpt_path=ckpt.best_model_path or None,
                         verbose=False)[0]
     metrics = {**module.best_val, **test, "train/samples_per_s": speed.samples_per_s,
-               "train/seconds": fit_seconds}
+               "train/seconds": fit_seconds,
+               "train/nonfinite_skipped": float(module.nonfinite_skipped)}
     if trainer.is_global_zero:
         write_metrics(run_dir / "metrics.json", metrics)
         print_table(metrics, f"{cfg.experiment}: {run_dir}")

@@ -17,7 +17,8 @@ from ..data.datamodule import val_metric_prefix
 from ..components.momentum import EncoderCopy, FeatureMemory, MomentumEncoder
 from ..components.text_augment import CaptionAugment
 from ..data.tokenizer import CaptionTokenizer
-from ..errors import ConfigError
+from ..distributed import world_size
+from ..errors import ConfigError, DivergedError
 from ..heads.base import HeadContext
 from ..heads.mlm import replacement_ids
 from ..metrics import TextToImageRetrieval
@@ -59,6 +60,7 @@ class TBPSModule(L.LightningModule):
                                                **aug)
         self._retrieval = {m: self._claimed_projection(m) for m in ("image", "text")}
         self._checked_losses = False
+        self.nonfinite_skipped = 0
         self.val_metric, self.test_metric = TextToImageRetrieval(), TextToImageRetrieval()
         self.best_val: dict[str, float] = {}
         # 'val', or 'val_on_test' / 'val_holdout' when validation is not the official split
@@ -105,10 +107,37 @@ class TBPSModule(L.LightningModule):
                      on_epoch=True, batch_size=1)
         progress = self.current_epoch + batch_idx / max(1, self.trainer.num_training_batches)
         loss, terms = self.compute_losses(batch, progress)
+        if not self._all_finite(loss):
+            return self._on_nonfinite(terms)
         bs = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=bs)
         return loss
+
+    @staticmethod
+    def _all_finite(loss: torch.Tensor) -> bool:
+        """Whether every process's loss is finite (one host sync per step; every rank then
+        takes the same branch, so a skip or a stop never leaves a rank waiting)."""
+        finite = torch.isfinite(loss.detach()).float()
+        if world_size() > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def _on_nonfinite(self, terms: dict[str, torch.Tensor]) -> None:
+        """``nonfinite_loss: stop`` (default) ends the run before this step's update, so the
+        last checkpoint is from before the divergence; ``skip`` drops the step and counts it."""
+        bad = [k for k, v in terms.items() if k.startswith("loss_") and not torch.isfinite(v).all()]
+        where = f"step {self.global_step} (epoch {self.current_epoch})"
+        if self.cfg.get("nonfinite_loss", "stop") == "skip":
+            self.nonfinite_skipped += 1
+            print(f"warning: non-finite loss at {where} in {', '.join(bad) or 'the sum'}: step "
+                  f"skipped ({self.nonfinite_skipped} so far)", flush=True)
+            return None
+        raise DivergedError(
+            f"training diverged at {where}: non-finite {', '.join(bad) or 'loss sum'}. Nothing "
+            "of this step was applied; the run's checkpoints/last.ckpt is from before it. Lower "
+            "optim.lr, raise the head's temperature, or set nonfinite_loss=skip to drop such "
+            "steps and count them")
 
     def compute_losses(self, batch: dict, progress: float = 0.0
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -181,9 +210,11 @@ class TBPSModule(L.LightningModule):
     # --- checkpoints: the best validation result travels with them (for resumed runs) ---
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tbps_best_val"] = dict(self.best_val)
+        checkpoint["tbps_nonfinite_skipped"] = self.nonfinite_skipped
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.best_val = dict(checkpoint.get("tbps_best_val", {}))
+        self.nonfinite_skipped = int(checkpoint.get("tbps_nonfinite_skipped", 0))
 
     # --- optimisation --------------------------------------------------------------------
     def configure_optimizers(self):
