@@ -99,7 +99,7 @@ def clear_partial_writes(run_dir: Path) -> None:
     for tmp in partial_writes(run_dir / "checkpoints"):
         print(f"resume: removed {tmp}, a checkpoint write that a killed process left "
               "unfinished", flush=True)
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)  # under DDP every rank clears; one wins
 
 
 def resumed_config(cfg: DictConfig, ckpt: Path) -> DictConfig:
