@@ -111,21 +111,31 @@ def _hf_tokenizer_files(folder):
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def test_hugging_face_folder(pixels, tmp_path):
+def save_hf_clip(folder, text_width=512, vision_width=768, layers=12, text_heads=8,
+                 vision_heads=12, projection=512):
+    """A randomly initialised CLIP (ViT-B/16 by default) saved as a Hugging Face folder with
+    the stock tokenizer files; returns the model."""
     from transformers import CLIPConfig, CLIPModel
 
-    torch.manual_seed(2)
-    cfg = CLIPConfig(projection_dim=512,
-                     text_config={"hidden_size": 512, "intermediate_size": 2048,
-                                  "num_hidden_layers": 12, "num_attention_heads": 8,
+    cfg = CLIPConfig(projection_dim=projection,
+                     text_config={"hidden_size": text_width, "intermediate_size": 4 * text_width,
+                                  "num_hidden_layers": layers, "num_attention_heads": text_heads,
                                   "max_position_embeddings": 77, "vocab_size": 49408,
                                   "eos_token_id": 49407, "bos_token_id": 49406},
-                     vision_config={"hidden_size": 768, "intermediate_size": 3072,
-                                    "num_hidden_layers": 12, "num_attention_heads": 12,
+                     vision_config={"hidden_size": vision_width,
+                                    "intermediate_size": 4 * vision_width,
+                                    "num_hidden_layers": layers, "num_attention_heads": vision_heads,
                                     "image_size": 224, "patch_size": 16})
     model = CLIPModel(cfg).eval()
-    model.save_pretrained(tmp_path)
-    _hf_tokenizer_files(tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    _hf_tokenizer_files(folder)
+    return model
+
+
+def test_hugging_face_folder(pixels, tmp_path):
+    torch.manual_seed(2)
+    model = save_hf_clip(tmp_path)
     ids = DualEncoder.from_pretrained(tmp_path, image_size=(224, 224)).tokenizer.encode(CAPTIONS)
     with torch.no_grad():
         img_ref = model.get_image_features(pixel_values=pixels)

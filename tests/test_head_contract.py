@@ -24,22 +24,13 @@ EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
 def _tiny_hf_clip(folder: Path) -> Path:
-    """A small randomly initialised CLIP saved as a Hugging Face folder (a supported format)."""
-    from test_clip_loading import _hf_tokenizer_files
-    from transformers import CLIPConfig, CLIPModel
+    """A small randomly initialised CLIP saved as a Hugging Face folder (a supported format);
+    widths of 64 are CLIP's head width, so one head each."""
+    from test_clip_loading import save_hf_clip
 
     torch.manual_seed(5)
-    cfg = CLIPConfig(projection_dim=32,  # widths of 64: CLIP's head width, one head each
-                     text_config={"hidden_size": 64, "intermediate_size": 128,
-                                  "num_hidden_layers": 1, "num_attention_heads": 1,
-                                  "max_position_embeddings": 77, "vocab_size": 49408,
-                                  "eos_token_id": 49407, "bos_token_id": 49406},
-                     vision_config={"hidden_size": 64, "intermediate_size": 128,
-                                    "num_hidden_layers": 1, "num_attention_heads": 1,
-                                    "image_size": 224, "patch_size": 16})
-    folder.mkdir(parents=True)
-    CLIPModel(cfg).save_pretrained(folder)
-    _hf_tokenizer_files(folder)
+    save_hf_clip(folder, text_width=64, vision_width=64, layers=1, text_heads=1,
+                 vision_heads=1, projection=32)
     return folder
 
 
