@@ -187,7 +187,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=NON_NEGATIVE_INT, help="loader worker processes (default: all cores)")
     b.add_argument("--experiment", default="synthetic", help="whose heads the training step "
                    "runs (the encoder is IRRA's ViT-B/16 on a GPU, the tiny one on the CPU)")
-    b.add_argument("--only", choices=["train"], help="only the training-step benchmark")
+    b.add_argument("--only", choices=["train", "eval"], help="only the training-step "
+                   "benchmark, or only the evaluation at CUHK-PEDES and ICFG-PEDES size "
+                   "(with IRRA's rank() beside it)")
     b.add_argument("--out", help="also write the JSON to this file")
     b.set_defaults(func=_bench)
     return p

@@ -1,11 +1,21 @@
-"""Ranking and all metrics for test sets of given sizes, timed, and checked identical to the
-unchunked computation (one chunk holding every query)."""
+"""Evaluation timings for test sets of given sizes, side by side on one device:
+
+- the similarity product alone (normalised features, chunked as the metric chunks them);
+- our whole evaluation from features (product, ranks, every metric);
+- our ranking and metrics from a given similarity matrix;
+- IRRA's ``rank()`` (utils/metrics.py) on the same matrix, re-implemented here as the
+  reference: a full argsort of every row, cumsums, and a Python loop for mINP;
+
+and the memory our evaluation needs beyond the features. Results are checked identical to
+the unchunked computation and, for R@1, equal to IRRA's.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from ..metrics.retrieval import retrieval_metrics
+from ..metrics.retrieval import default_chunk, ranked_metrics, retrieval_metrics
 from .common import reset_peak, sync, timed
 
 
@@ -23,18 +33,85 @@ def synthetic_features(n_query: int, n_gallery: int, dim: int, device: torch.dev
     return (query.to(device), q_pid.to(device), gallery.to(device), g_pid.to(device))
 
 
+def irra_rank(similarity: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
+              max_rank: int = 10) -> tuple[torch.Tensor, float, float]:
+    """IRRA's ranking as its code does it (anosorae/IRRA utils/metrics.py ``rank``): CMC [max_rank]
+    in percent, mAP and mINP in percent."""
+    indices = torch.argsort(similarity, dim=1, descending=True)
+    matches = g_pids.cpu()[indices.cpu()].eq(q_pids.cpu().view(-1, 1))
+    cmc = matches[:, :max_rank].cumsum(1)
+    cmc[cmc > 1] = 1
+    cmc = cmc.float().mean(0) * 100
+    num_rel = matches.sum(1)
+    tmp_cmc = matches.cumsum(1)
+    inp = [tmp_cmc[i][row.nonzero()[-1]] / (row.nonzero()[-1] + 1.0)
+           for i, row in enumerate(matches)]
+    minp = torch.cat(inp).mean() * 100
+    tmp_cmc = torch.stack([tmp_cmc[:, i] / (i + 1.0) for i in range(tmp_cmc.shape[1])], 1)
+    ap = (tmp_cmc * matches).sum(1) / num_rel
+    return cmc, float(ap.mean() * 100), float(minp)
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def cpu_extra_memory_gib(run) -> float | None:
+    """Peak resident memory ``run()`` adds to the process (Linux: the peak is reset through
+    /proc/self/clear_refs first, so earlier peaks do not hide it); None elsewhere."""
+    before = _rss_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    run()
+    peak = _rss_kib("VmHWM")
+    return None if before is None or peak is None else max(0, peak - before) / 2**20
+
+
 def bench_eval(device: torch.device, n_query: int, n_gallery: int, dim: int = 512,
-               repeats: int = 5, chunk: int = 1024) -> dict:
+               repeats: int = 5, chunk: int | None = None, irra: bool = True) -> dict:
     q, qp, g, gp = synthetic_features(n_query, n_gallery, dim, device)
+    chunk = chunk or default_chunk(n_gallery, device)
+    qn, gn = F.normalize(q, dim=-1), F.normalize(g, dim=-1)
+
+    def product() -> None:
+        for s in range(0, n_query, chunk):
+            qn[s:s + chunk] @ gn.t()
+
+    product_s = timed(product, device, repeats)
     reset_peak(device)
     base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    seconds = timed(lambda: retrieval_metrics(q, qp, g, gp, chunk=chunk), device, repeats)
-    extra = ((torch.cuda.max_memory_allocated(device) - base) / 2**30
-             if device.type == "cuda" else None)
+    ours_s = timed(lambda: retrieval_metrics(q, qp, g, gp, chunk=chunk), device, repeats)
+    if device.type == "cuda":
+        extra = (torch.cuda.max_memory_allocated(device) - base) / 2**30
+    else:
+        extra = cpu_extra_memory_gib(lambda: retrieval_metrics(q, qp, g, gp, chunk=chunk))
     chunked = retrieval_metrics(q, qp, g, gp, chunk=chunk)
     whole = retrieval_metrics(q, qp, g, gp, chunk=n_query)
+    out = {"queries": n_query, "gallery": n_gallery, "chunk": chunk,
+           "product_ms": round(product_s * 1e3, 2), "ms": round(ours_s * 1e3, 2),
+           "ratio_to_product": round(ours_s / product_s, 2),
+           "extra_memory_gib": round(extra, 3) if extra is not None else None,
+           "identical_to_unchunked": chunked == whole,
+           "R1": round(chunked["R1"], 2), "mAP": round(chunked["mAP"], 2)}
+    if irra:
+        sim = qn @ gn.t()
+        ranking_s = timed(lambda: ranked_metrics(lambda s, e: sim[s:e], qp, gp, chunk=chunk),
+                          device, repeats)
+        irra_s = timed(lambda: irra_rank(sim, qp, gp), device, max(1, repeats // 2))
+        cmc, irra_map, _ = irra_rank(sim, qp, gp)
+        out.update(ranking_only_ms=round(ranking_s * 1e3, 2),
+                   irra_rank_ms=round(irra_s * 1e3, 2),
+                   speedup_vs_irra_rank=round(irra_s / ranking_s, 1),
+                   irra_R1=round(float(cmc[0]), 2), irra_mAP=round(irra_map, 2))
+        del sim
     sync(device)
-    return {"queries": n_query, "gallery": n_gallery, "ms": round(seconds * 1e3, 2),
-            "extra_memory_gib": round(extra, 3) if extra is not None else None,
-            "identical_to_unchunked": chunked == whole,
-            "R1": round(chunked["R1"], 2), "mAP": round(chunked["mAP"], 2)}
+    return out

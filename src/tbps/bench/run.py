@@ -20,6 +20,7 @@ from .train_step import IRRA_GPU, IRRA_HEADS, TINY_CPU, bench_train, build_modul
 
 GPU_EVAL_SIZES = [(6156, 3074), (18468, 9222), (19848, 19848)]  # CUHK, 3x CUHK, ICFG
 CPU_EVAL_SIZES = [(1539, 769), (2000, 1000)]
+REAL_EVAL_SIZES = [(6156, 3074), (19848, 19848)]  # CUHK-PEDES and ICFG-PEDES test sets
 
 
 def run_benchmarks(device: str = "auto", batch_size: int | None = None, steps: int | None = None,
@@ -35,6 +36,10 @@ def run_benchmarks(device: str = "auto", batch_size: int | None = None, steps: i
     precision = "bf16" if gpu else "fp32"
     out = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda if gpu else None,
            "mode": "gpu" if gpu else "cpu-small"}
+    if only == "eval":  # the evaluation at the real test-set sizes, on any device
+        out["mode"] = "eval"
+        out["eval"] = [bench_eval(dev, q, g, repeats=3) for q, g in REAL_EVAL_SIZES]
+        return out
     out["train"] = bench_train(dev, batch_size, steps or (20 if gpu else 3), overrides,
                                precision=precision, compile=compile, peak=peak or peak_tflops(name),
                                name=name, experiment=experiment)

@@ -4,10 +4,13 @@ Every caption is a query against all gallery images, ranked by cosine similarity
 is an image of the same person. R@K is the share of queries with a match in the top K,
 mAP averages each query's AP over all its matches, mINP averages #matches / rank of the
 hardest match. All are in percent; rSum = R@1 + R@5 + R@10. Queries are scored in chunks,
-so memory is O(chunk x gallery) and the result is exact (the sums are additive over queries).
+so memory is O(chunk x gallery) and the result is exact (the sums are additive over queries);
+no row is sorted: each match's rank is counted (``match_ranks``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +21,8 @@ from torchmetrics.utilities import dim_zero_cat
 def rank_gallery(sim: torch.Tensor, query_pids: torch.Tensor, gallery_pids: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Similarities [Q, G] -> (gallery order [Q, G] best first, match [Q, G] as float64 in
-    that order, AP [Q]); the ranking every metric and every per-query view is built on."""
+    that order, AP [Q]): the full ordering, for views that show it (the notebooks' top-k and
+    per-query AP). The metrics do not sort; their ranks equal this stable order's."""
     order = sim.argsort(dim=1, descending=True, stable=True)
     match = (gallery_pids[order] == query_pids[:, None]).double()
     rank = torch.arange(1, sim.shape[1] + 1, device=sim.device, dtype=torch.float64)
@@ -26,29 +30,92 @@ def rank_gallery(sim: torch.Tensor, query_pids: torch.Tensor, gallery_pids: torc
     return order, match, ap
 
 
-def retrieval_metrics(query: torch.Tensor, query_pids: torch.Tensor, gallery: torch.Tensor,
-                      gallery_pids: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),
-                      chunk: int = 1024) -> dict[str, float]:
-    """query [Q, D], gallery [G, D] features (any norm), pids [Q] and [G] -> metric dict."""
-    query, gallery = F.normalize(query.float(), dim=-1), F.normalize(gallery.float(), dim=-1)
-    n_rel = (query_pids[:, None] == gallery_pids[None, :]).sum(1)
+def match_columns(query_pids: torch.Tensor, gallery_pids: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gallery columns of each query's matches, in gallery order: cols [Q, m] (padded
+    rows repeat a column) and valid [Q, m], m = the most matches any query has. Built from
+    the gallery sorted by pid, never from a [Q, G] comparison."""
+    order = torch.argsort(gallery_pids, stable=True)
+    sorted_pids = gallery_pids[order]
+    first = torch.searchsorted(sorted_pids, query_pids, side="left")
+    n_rel = torch.searchsorted(sorted_pids, query_pids, side="right") - first
     if (n_rel == 0).any():
         raise ValueError(f"{int((n_rel == 0).sum())} of {len(query_pids)} queries have no image "
                          "of their person in the gallery; every query needs at least one match")
+    step = torch.arange(int(n_rel.max()), device=query_pids.device)
+    valid = step[None, :] < n_rel[:, None]
+    cols = order[(first[:, None] + step[None, :]).clamp(max=len(gallery_pids) - 1)]
+    return cols, valid
+
+
+def match_ranks(sim: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The 1-based rank of every match in its query's row under a stable descending sort,
+    without sorting: rank = 1 + #{scores > its score} + #{equal scores at lower gallery
+    index}. sim [c, G], cols / valid [c, m] -> ranks [c, m] float64, ascending, +inf pads.
+
+    Two passes over the row per match (> and ==), each counted through a float buffer (much
+    faster than summing a bool tensor; exact while G < 2**24). Rows where another image has
+    exactly a match's score are rare and corrected one by one."""
+    if sim.shape[1] >= 2**24:
+        raise ValueError("galleries of 2**24 images or more are not supported")
+    t = sim.gather(1, cols)
+    buf = torch.empty_like(sim)
+    greater, equal = torch.empty_like(t), torch.empty_like(t)
+    for i in range(t.shape[1]):
+        greater[:, i] = torch.gt(sim, t[:, i:i + 1], out=buf).sum(1)
+        equal[:, i] = torch.eq(sim, t[:, i:i + 1], out=buf).sum(1)
+    rank = greater.double() + 1
+    tied = (equal > 1) & valid
+    if tied.any():
+        rows, i = tied.nonzero().unbind(1)
+        before = torch.arange(sim.shape[1], device=sim.device)[None, :] < cols[rows, i][:, None]
+        rank[rows, i] += ((sim[rows] == t[rows, i][:, None]) & before).sum(1).double()
+    return rank.masked_fill(~valid, float("inf")).sort(dim=1).values
+
+
+def default_chunk(n_gallery: int, device: torch.device) -> int:
+    """Queries per chunk: about 2M scores on a CPU (the row passes stay in cache), 64M on a
+    GPU (few kernel launches); memory is O(chunk x gallery) either way."""
+    budget = 2**26 if device.type == "cuda" else 2**21
+    return max(1, budget // max(1, n_gallery))
+
+
+def retrieval_metrics(query: torch.Tensor, query_pids: torch.Tensor, gallery: torch.Tensor,
+                      gallery_pids: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),
+                      chunk: int | None = None) -> dict[str, float]:
+    """query [Q, D], gallery [G, D] features (any norm), pids [Q] and [G] -> metric dict."""
+    query, gallery = F.normalize(query.float(), dim=-1), F.normalize(gallery.float(), dim=-1)
+    return ranked_metrics(lambda s, e: query[s:e] @ gallery.t(), query_pids, gallery_pids,
+                          ks, chunk)
+
+
+def ranked_metrics(scores: Callable[[int, int], torch.Tensor], query_pids: torch.Tensor,
+                   gallery_pids: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),
+                   chunk: int | None = None) -> dict[str, float]:
+    """The metrics from ``scores(s, e)``, the [e - s, G] scores of queries s..e-1.
+
+    Every metric needs only the ranks of each query's matches (R@K: the best rank <= K; AP:
+    mean of i / rank_i; INP: #matches / worst rank), so those are counted directly
+    (``match_ranks``) instead of sorting the gallery; the ranks equal the stable sort's."""
+    cols, valid = match_columns(query_pids, gallery_pids)
+    chunk = chunk or default_chunk(len(gallery_pids), gallery_pids.device)
+    # Each match costs two passes over its row, so a chunk only pays for as many match
+    # columns as its own queries need (m_max of the chunk, not of the data set).
+    n_match = valid.sum(1).tolist()
     # Per-query values are kept and summed once at the end, so the result does not depend
-    # on the chunk size (not even in the last bit), and nothing syncs with the host per chunk.
+    # on the chunk size (not even in the last bit).
     hit_rows, ap_rows, inp_rows = [], [], []
-    rank = torch.arange(1, gallery.shape[0] + 1, device=gallery.device, dtype=torch.float64)
-    for s in range(0, query.shape[0], chunk):
-        _, match, ap = rank_gallery(query[s:s + chunk] @ gallery.t(), query_pids[s:s + chunk],
-                                    gallery_pids)
-        cum = match.cumsum(dim=1)
-        hit_rows.append(torch.stack([cum[:, min(k, cum.shape[1]) - 1] > 0 for k in ks], 1))
-        rel = n_rel[s:s + chunk].double()
-        ap_rows.append(ap)
-        last = (match * rank).max(dim=1).values  # rank of the hardest match
-        inp_rows.append(rel / last)
-    n = query.shape[0]
+    n = len(query_pids)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        m = max(n_match[s:e])
+        ranks = match_ranks(scores(s, e), cols[s:e, :m], valid[s:e, :m])
+        n_rel = valid[s:e].sum(1)
+        ith = torch.arange(1, m + 1, device=cols.device, dtype=torch.float64)
+        hit_rows.append(torch.stack([ranks[:, 0] <= k for k in ks], 1))
+        last = (n_rel - 1)[:, None]  # a cumsum adds in order, whatever the chunk's width
+        ap_rows.append((ith / ranks).cumsum(1).gather(1, last).squeeze(1) / n_rel)
+        inp_rows.append(n_rel / ranks.gather(1, last).squeeze(1))
     hits = torch.cat(hit_rows).double().sum(0).tolist()
     out = {f"R{k}": 100.0 * hits[j] / n for j, k in enumerate(ks)}
     out["mAP"] = 100.0 * torch.cat(ap_rows).sum().item() / n
@@ -66,7 +133,7 @@ class TextToImageRetrieval(Metric):
 
     full_state_update = False
 
-    def __init__(self, chunk: int = 1024, **kwargs) -> None:
+    def __init__(self, chunk: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.chunk = chunk
         for name in ("query_feats", "query_pids", "gallery_feats", "gallery_pids"):
