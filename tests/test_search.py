@@ -103,3 +103,61 @@ def test_search_2000_images_timing(tiny_run, tmp_path, capsys):
     print(f"\n2,000 images: encoded in {first['encode_seconds']} s "
           f"({first['images_per_s']} images/s); {second['query_ms']} ms per query from the "
           f"cache; second command {wall:.2f} s end to end (model load included)")
+
+
+HEAVY = ("lightning", "timm", "transformers", "albumentations", "torchvision")
+
+
+def _fresh_process(code: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**__import__("os").environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_a_cached_query_loads_no_training_stack_and_ranks_as_the_model(tiny_run, gallery,
+                                                                       capsys):
+    """After the first search, a query runs the exported text path: same ranking and
+    scores as the full model, and none of Lightning, timm, transformers is imported."""
+    ckpt = tiny_run / "checkpoints" / "best.ckpt"
+    query = "a woman in a white top and black trousers"
+    status, full = _search(capsys, "--ckpt", str(ckpt), "--gallery", str(gallery),
+                           "--query", query, "--cache-dir", str(gallery.parent / "c"))
+    assert status == 0 and list((gallery.parent / "c").glob("text-*.pt2"))
+    code = f"""
+import json, sys, time
+start = time.perf_counter()
+from tbps.cli import main
+main(["search", "--ckpt", {str(ckpt)!r}, "--gallery", {str(gallery)!r}, "--query", {query!r},
+      "--cache-dir", {str(gallery.parent / 'c')!r}, "--json", "--workers", "0"])
+wall = time.perf_counter() - start
+print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))))
+print(wall)
+"""
+    out = _fresh_process(code).strip().splitlines()
+    cached = json.loads("\n".join(out[:-2]))
+    assert json.loads(out[-2]) == [] and cached["cached"]
+    assert cached["queries"] == full["queries"]
+    print(f"\ncached query, fresh process: {float(out[-1]):.2f} s (imports included)")
+
+
+def test_help_and_argument_errors_import_no_heavy_library():
+    code = f"""
+import sys, time
+start = time.perf_counter()
+from tbps.cli import main
+for argv in (["--help"], ["search", "--help"], ["search", "--ckpt", "x", "--gallery", "y",
+             "--query", "a", "--topk", "0"], ["synth", "--out", "o", "--identities", "-3"]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+print(sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r} + ("torch",))))
+print(time.perf_counter() - start)
+"""
+    out = _fresh_process(code).strip().splitlines()
+    assert out[-2] == "[]", out[-2]
+    print(f"\n--help and argument errors: {float(out[-1]):.3f} s for four commands")

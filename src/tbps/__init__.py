@@ -1,5 +1,14 @@
-"""tbps: text-based person search with PyTorch Lightning."""
+"""tbps: text-based person search with PyTorch Lightning.
 
-from .model.encoder import DualEncoder
+``DualEncoder`` is imported on first use (PEP 562), so that ``tbps --help`` and the
+commands that need no model do not pay for torch, timm and transformers."""
 
 __all__ = ["DualEncoder"]
+
+
+def __getattr__(name: str):
+    if name == "DualEncoder":
+        from .model.encoder import DualEncoder
+
+        return DualEncoder
+    raise AttributeError(f"module 'tbps' has no attribute {name!r}")

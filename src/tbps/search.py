@@ -3,7 +3,10 @@
 The folder is encoded once; the features are cached in ``<run>/checkpoints/search_cache/``
 (or ``--cache-dir``) under a fingerprint of the checkpoint and of every file's path, size
 and modification time, so later queries on an unchanged folder cost only the text encoder
-and one matrix product. Unreadable images are listed and skipped, never fatal.
+and one matrix product. The text side (``TBPSModule.embed_texts``, head projections
+included) is saved beside it as a ``torch.export`` program with the tokenizer, so a cached
+query loads neither Lightning nor timm nor transformers: it answers in about 2.5 s where the
+full model took about 6 s (2-core CPU). Unreadable images are listed and skipped, never fatal.
 """
 
 from __future__ import annotations
@@ -16,13 +19,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 
-from .data.datasets import load_rgb
-from .data.transforms import eval_transform
+from .data.tokenizer import CaptionTokenizer
 from .errors import ConfigError, DatasetError
-from .model.checkpoint import load_checkpoint
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -37,10 +37,14 @@ def list_images(folder: Path) -> list[Path]:
     return paths
 
 
+def _checkpoint_key(ckpt: Path) -> str:
+    stat = ckpt.stat()
+    return f"{ckpt.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
 def fingerprint(ckpt: Path, folder: Path, paths: list[Path]) -> str:
     h = hashlib.sha1()
-    stat = ckpt.stat()
-    h.update(f"{ckpt.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    h.update(_checkpoint_key(ckpt).encode())
     for p in paths:
         s = p.stat()
         h.update(f"|{p.relative_to(folder)}|{s.st_size}|{s.st_mtime_ns}".encode())
@@ -55,6 +59,8 @@ class _Gallery(Dataset):
         return len(self.paths)
 
     def __getitem__(self, k: int):
+        from .data.datasets import load_rgb
+
         try:
             return k, self.transform(image=load_rgb(self.paths[k]))["image"], ""
         except DatasetError as exc:
@@ -71,6 +77,8 @@ def _collate(items):
 def encode_folder(module, paths: list[Path], device: torch.device, batch_size: int,
                   workers: int) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
     """Normalised image features of the readable images, their indices, and the failures."""
+    from .data.transforms import eval_transform
+
     size = tuple(module.cfg["data"]["image_size"])
     loader = DataLoader(_Gallery(paths, eval_transform(size)), batch_size=batch_size,
                         num_workers=workers, collate_fn=_collate)
@@ -86,6 +94,51 @@ def encode_folder(module, paths: list[Path], device: torch.device, batch_size: i
     return torch.cat(feats), kept, bad
 
 
+class _TextProgram:
+    """``embed_texts`` of a checkpoint exported with ``torch.export`` (CPU, any batch size)
+    and its tokenizer, stored in the search cache under the checkpoint's fingerprint."""
+
+    def __init__(self, cache: Path, ckpt: Path) -> None:
+        key = hashlib.sha1(_checkpoint_key(ckpt).encode()).hexdigest()[:20]
+        self.program, self.tokenizer = cache / f"text-{key}.pt2", cache / f"text-{key}.json"
+
+    def load(self):
+        """(encode: ids -> embeddings, tokenizer), or None if not cached."""
+        if not (self.program.is_file() and self.tokenizer.is_file()):
+            return None
+        meta = json.loads(self.tokenizer.read_text())
+        encode = torch.export.load(self.program).module()
+        return encode, CaptionTokenizer.from_json(meta["tokenizer"], meta["context_length"])
+
+    def save(self, module) -> None:
+        """Exports the module's text path; a module that cannot be exported (or one on a GPU)
+        simply is not cached, and its queries use the full model."""
+        if next(module.parameters()).device.type != "cpu":
+            return
+        ids = module.tokenizer.encode(["a person", "a man in a red coat"])
+        try:
+            batch = torch.export.Dim("batch", min=1, max=65536)
+            program = torch.export.export(_EmbedTexts(module), (ids,),
+                                          dynamic_shapes={"ids": {0: batch}})
+        except Exception as exc:  # noqa: BLE001 - export support varies by model
+            print(f"note: the text encoder could not be exported ({type(exc).__name__}); "
+                  "cached queries will load the full model")
+            return
+        self.program.parent.mkdir(parents=True, exist_ok=True)
+        torch.export.save(program, self.program)
+        self.tokenizer.write_text(json.dumps({"tokenizer": module.tokenizer.to_json(),
+                                              "context_length": module.tokenizer.context_length}))
+
+
+class _EmbedTexts(torch.nn.Module):
+    def __init__(self, module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.module.embed_texts(ids)
+
+
 def search(ckpt: str | Path, gallery: str | Path, queries: list[str], topk: int = 10,
            cache_dir: str | Path | None = None, device: str = "auto", batch_size: int = 64,
            workers: int = 2) -> dict:
@@ -93,26 +146,41 @@ def search(ckpt: str | Path, gallery: str | Path, queries: list[str], topk: int 
     if not queries:
         raise ConfigError("no query: pass --query \"...\" or --queries FILE")
     paths = list_images(folder)
+    if not ckpt.is_file():
+        raise ConfigError(f"checkpoint {ckpt} not found; pass a checkpoints/best.ckpt or "
+                          "last.ckpt written by `tbps train`")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    module = load_checkpoint(ckpt).to(dev).eval()
-    key = fingerprint(ckpt, folder, paths)
     cache = Path(cache_dir) if cache_dir else ckpt.parent / "search_cache"
-    cache_file = cache / f"{key}.pt"
-    encode_s = None
+    cache_file = cache / f"{fingerprint(ckpt, folder, paths)}.pt"
+    text_program = _TextProgram(cache, ckpt)
+    module, encode_s = None, None
+
+    def model():
+        from .model.checkpoint import load_checkpoint
+
+        return load_checkpoint(ckpt).to(dev).eval()
+
     if cache_file.is_file():
         stored = torch.load(cache_file, map_location="cpu", weights_only=True)
         feats, kept, bad = stored["features"], stored["kept"], [tuple(b) for b in stored["bad"]]
     else:
+        module = model()
         start = time.perf_counter()
         feats, kept, bad = encode_folder(module, paths, dev, batch_size, workers)
         encode_s = time.perf_counter() - start
         cache.mkdir(parents=True, exist_ok=True)
         torch.save({"features": feats, "kept": kept, "bad": [list(b) for b in bad]}, cache_file)
+    exported = text_program.load()
+    if exported is None:
+        module = module or model()
+        text_program.save(module)
+        embed, tokenizer, text_dev = module.embed_texts, module.tokenizer, dev
+    else:
+        (embed, tokenizer), text_dev = exported, torch.device("cpu")
     start = time.perf_counter()
     with torch.inference_mode():
-        text = F.normalize(module.embed_texts(
-            module.tokenizer.encode(queries).to(dev)).float(), dim=-1).cpu()
+        text = F.normalize(embed(tokenizer.encode(queries).to(text_dev)).float(), dim=-1).cpu()
         scores, order = (text @ feats.t()).topk(min(topk, len(kept)), dim=1)
     query_ms = (time.perf_counter() - start) * 1e3 / len(queries)
     results = [{"query": q, "results": [
@@ -129,6 +197,8 @@ def search(ckpt: str | Path, gallery: str | Path, queries: list[str], topk: int 
 
 def draw_results(result: dict, out: str | Path, thumb: tuple[int, int] = (64, 160)) -> Path:
     """One row per query: the sentence above its top-k images, each with rank and score."""
+    from PIL import Image, ImageDraw
+
     rows = result["queries"]
     k = max(len(r["results"]) for r in rows)
     w, h = thumb
