@@ -152,7 +152,7 @@ _GROUPS: dict[str, type[BaseModel]] = {"optim": Optim, "tokenizer": Tokenizer,
 _OPTIONAL: dict[str, type[BaseModel]] = {"memory": Memory, "text_augment": TextAugment}
 _TOP = {"experiment": str, "seed": Annotated[int, Field(ge=0)], "runs_dir": str,
         "run_dir": str | None, "resume": bool | str,
-        "nonfinite_loss": Literal["stop", "skip"]}
+        "nonfinite_loss": Literal["stop", "skip"], "compile": bool}
 
 
 def _check(model: type[BaseModel], value: Any, key: str, problems: list[str]) -> None:

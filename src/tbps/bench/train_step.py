@@ -47,7 +47,9 @@ def build_module(overrides: list[str], num_classes: int, device: torch.device,
 def bench_train(device: torch.device, batch_size: int, steps: int, overrides: list[str],
                 num_classes: int = 11003, precision: str = "bf16", compile: bool = False,
                 peak: float | None = None, name: str = "", experiment: str = "synthetic") -> dict:
-    module = build_module(overrides, num_classes, device, experiment)
+    # --compile takes the module's own path (compile: true), as `tbps train` would
+    module = build_module([*overrides, f"compile={str(compile).lower()}"], num_classes, device,
+                          experiment)
     image_size = tuple(module.cfg["data"]["image_size"])
     tok = module.tokenizer
     groups = param_groups(module, 1e-5, 4e-5, ("heads.",), 5.0, 2.0)
@@ -61,12 +63,11 @@ def bench_train(device: torch.device, batch_size: int, steps: int, overrides: li
         with autocast:  # progress past any warm-up ramp, as in the bulk of training
             return module.compute_losses(dict(batch), progress=1.0 + n * 1e-3)[0]
 
-    step_loss = torch.compile(loss_of) if compile else loss_of
     counter = iter(range(10**9))
 
     def step() -> None:
         n = next(counter)
-        loss = step_loss(batches[n % 2], n)
+        loss = loss_of(batches[n % 2], n)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

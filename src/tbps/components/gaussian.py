@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .rng import generator_kwargs
+
 
 class GaussianEmbedding(nn.Module):
     def __init__(self, dim: int, learned_mean: bool = False, init_logvar: float = -4.0,
@@ -38,7 +40,7 @@ def sample(mean: torch.Tensor, logvar: torch.Tensor, num_samples: int,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Reparameterised samples [S, B, D]: mean + exp(logvar / 2) * eps, eps ~ N(0, I)."""
     eps = torch.randn((num_samples, *mean.shape), device=mean.device, dtype=mean.dtype,
-                      generator=generator)
+                      **generator_kwargs(generator))
     return mean + torch.exp(0.5 * logvar) * eps
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .rng import generator_kwargs
+
 
 def augment_caption_ids(ids: torch.Tensor, special_ids: tuple[int, ...], mask_id: int,
                         pad_id: int, replacements: torch.Tensor, p_mask: float,
@@ -19,13 +21,14 @@ def augment_caption_ids(ids: torch.Tensor, special_ids: tuple[int, ...], mask_id
                         generator: torch.Generator | None = None) -> torch.Tensor:
     special = torch.tensor(special_ids, device=ids.device)
     content = ~torch.isin(ids, special)
-    u = torch.rand(ids.shape, device=ids.device, generator=generator)
+    rng = generator_kwargs(generator)
+    u = torch.rand(ids.shape, device=ids.device, **rng)
     do_mask = content & (u < p_mask)
     do_delete = content & (u >= p_mask) & (u < p_mask + p_delete)
     do_replace = content & (u >= p_mask + p_delete) & (u < p_mask + p_delete + p_replace)
     # never delete every content token of a caption
     do_delete &= ~((content & ~do_delete).sum(1, keepdim=True) == 0)
-    pick = torch.randint(len(replacements), ids.shape, device=ids.device, generator=generator)
+    pick = torch.randint(len(replacements), ids.shape, device=ids.device, **rng)
     out = torch.where(do_mask, torch.full_like(ids, mask_id), ids)
     out = torch.where(do_replace, replacements.to(ids.device)[pick], out)
     # close up deletions: a stable sort puts kept tokens first, in order

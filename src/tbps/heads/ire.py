@@ -83,8 +83,13 @@ class IREHead(AlignmentHead):
         self.prior, self.kind = prior, loss
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
-        ramp = min(1.0, float(batch.get("progress", 1e9)) / self.ramp_epochs) if self.ramp_epochs else 1.0
-        alpha = self.alpha * ramp
+        # ``progress`` (fractional epoch) is a float64 tensor: a Python float would be a new
+        # constant, and a recompilation, at every step of a compiled training step.
+        progress = batch.get("progress")
+        if progress is None or not self.ramp_epochs:
+            alpha = torch.tensor(self.alpha, dtype=torch.float64)
+        else:
+            alpha = self.alpha * torch.clamp(progress / self.ramp_epochs, max=1.0)
         loss = ire_loss(encoded.image_global, encoded.text_global, batch["pid"], batch["memory"],
                         self.temperature, alpha, self.prior, self.kind)
-        return {"loss_ire": self.weight * loss, "ire_alpha": torch.tensor(alpha)}
+        return {"loss_ire": self.weight * loss, "ire_alpha": alpha.float()}

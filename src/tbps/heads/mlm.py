@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..components.rng import generator_kwargs
+
 from ..types import EncoderOutput
 from ..settings_types import OpenRate, PositiveFloat, PositiveInt
 from .base import AlignmentHead, HeadContext
@@ -37,16 +39,18 @@ def mask_tokens(ids: torch.Tensor, special_ids: tuple[int, ...], replacements: t
     ``replacements`` [V'] holds the ids used for the 10% random replacements."""
     special = torch.tensor(special_ids, device=ids.device)
     real = ~torch.isin(ids, special)
-    draw = lambda: torch.rand(ids.shape, device=ids.device, generator=generator)  # noqa: E731
+    rng = generator_kwargs(generator)
+    draw = lambda: torch.rand(ids.shape, device=ids.device, **rng)  # noqa: E731
     selected = real & (draw() < prob)
-    # At least one token per caption that has any: pick one real position at random.
+    # At least one token per caption that has any: pick one real position at random. Drawn
+    # for every batch, used where needed: no data-dependent branch, so the step compiles whole.
     none = ~selected.any(dim=1) & real.any(dim=1)
-    if none.any():
-        forced = (draw() * real).argmax(dim=1)
-        selected[none, forced[none]] = True
+    forced = (draw() * real).argmax(dim=1)
+    position = torch.arange(ids.shape[1], device=ids.device)
+    selected = selected | (none[:, None] & (position[None, :] == forced[:, None]))
     labels = torch.where(selected, ids, torch.full_like(ids, IGNORE))
     roll = draw()
-    pick = torch.randint(len(replacements), ids.shape, device=ids.device, generator=generator)
+    pick = torch.randint(len(replacements), ids.shape, device=ids.device, **rng)
     random_tok = replacements.to(ids.device)[pick]
     masked = torch.where(selected & (roll < 0.8), torch.full_like(ids, mask_id), ids)
     masked = torch.where(selected & (roll >= 0.8) & (roll < 0.9), random_tok, masked)

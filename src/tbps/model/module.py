@@ -22,6 +22,7 @@ from ..errors import ConfigError, DivergedError
 from ..heads.base import HeadContext
 from ..heads.mlm import replacement_ids
 from ..metrics import TextToImageRetrieval
+from .compile import compile_step
 from .encoder import build_dual_encoder
 from .optim import param_groups, warmup_cosine
 
@@ -41,7 +42,10 @@ class TBPSModule(L.LightningModule):
         ctx = HeadContext(embed_dim=enc["embed_dim"], num_classes=num_classes,
                           vocab_size=tok.vocab_size, mask_id=tok.mask_id, pad_id=tok.pad_id,
                           special_ids=tuple(tok.special_ids))
-        self.heads = nn.ModuleDict({name: instantiate(h, ctx=ctx) for name, h in cfg["heads"].items()})
+        # "object": heads get the HeadContext itself, not an OmegaConf copy of it (which
+        # torch.compile cannot trace through)
+        self.heads = nn.ModuleDict({name: instantiate(h, ctx=ctx, _convert_="object")
+                                    for name, h in cfg["heads"].items()})
         # Optional shared parts, built when the config asks for them (CRUE does):
         # a momentum encoder with feature queues, and augmentation of the online caption.
         self.momentum, self.memory, self.text_augment = None, None, None
@@ -60,6 +64,9 @@ class TBPSModule(L.LightningModule):
                                                **aug)
         self._retrieval = {m: self._claimed_projection(m) for m in ("image", "text")}
         self._checked_losses = False
+        # compile: true -> the training step (encoder, heads, shared parts) through
+        # torch.compile, after a first eager step (tbps.model.compile)
+        self._compiled = compile_step(self._losses) if cfg.get("compile") else None
         self.nonfinite_skipped = 0
         self.val_metric, self.test_metric = TextToImageRetrieval(), TextToImageRetrieval()
         self.best_val: dict[str, float] = {}
@@ -142,8 +149,20 @@ class TBPSModule(L.LightningModule):
     def compute_losses(self, batch: dict, progress: float = 0.0
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One training step's loss and its terms, without logging (the benchmark times
-        exactly this). ``progress`` is the fractional epoch, for heads that ramp."""
-        batch["progress"] = progress
+        exactly this). ``progress`` is the fractional epoch, for heads that ramp. The first
+        step runs eagerly and checks that every head returns a loss; later steps run the
+        compiled step when ``compile: true``."""
+        batch["progress"] = torch.tensor(progress, dtype=torch.float64,
+                                         device=batch["image"].device)
+        if not self._checked_losses:
+            self._checked_losses = True
+            return self._losses(batch, check=True)
+        if self._compiled is not None:
+            return self._compiled(batch)
+        return self._losses(batch)
+
+    def _losses(self, batch: dict, check: bool = False
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.memory is not None:
             view = self._momentum_view(batch)
         if self.text_augment is not None:  # the momentum encoder above saw the clean caption
@@ -155,12 +174,11 @@ class TBPSModule(L.LightningModule):
         terms: dict[str, torch.Tensor] = {}
         for name, head in self.heads.items():
             out = head(encoded, batch)
-            if not self._checked_losses and not any(k.startswith("loss_") for k in out):
+            if check and not any(k.startswith("loss_") for k in out):
                 raise ConfigError(f"head {name!r} ({type(head).__name__}) returned no 'loss_*' "
                                   "term, so it would train nothing: return its loss under a key "
                                   "that starts with 'loss_', or remove it from heads=[...]")
             terms.update(out)
-        self._checked_losses = True
         if self.memory is not None:
             self.memory.enqueue(view)
         loss = sum(v for k, v in terms.items() if k.startswith("loss_"))
