@@ -38,7 +38,9 @@ def run_benchmarks(device: str = "auto", batch_size: int | None = None, steps: i
            "mode": "gpu" if gpu else "cpu-small"}
     if only == "eval":  # the evaluation at the real test-set sizes, on any device
         out["mode"] = "eval"
-        out["eval"] = [bench_eval(dev, q, g, repeats=3) for q, g in REAL_EVAL_SIZES]
+        # medians of more repeats where one run takes milliseconds and noise dominates
+        out["eval"] = [bench_eval(dev, q, g, repeats=9 if q * g < 5e7 else 3)
+                       for q, g in REAL_EVAL_SIZES]
         return out
     out["train"] = bench_train(dev, batch_size, steps or (20 if gpu else 3), overrides,
                                precision=precision, compile=compile, peak=peak or peak_tflops(name),
