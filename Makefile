@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install train eval test synth bench sweep notebooks clean-runs
+.PHONY: help install train eval test synth bench sweep notebooks report clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ sweep: $(STAMP)  ## create the W&B sweep SWEEP=experiments/sweeps/<name>.yaml an
 
 notebooks: $(STAMP)  ## run notebooks/*.ipynb headless on the newest synthetic run; figures to docs/
 	$(BIN)/python -m tbps.analysis.notebooks docs
+
+report: $(STAMP)  ## one table (mean ± std over seeds) and a plot across runs/; ARGS='--by data.noise_rate'
+	$(BIN)/tbps report $(ARGS)
 
 clean-runs:  ## delete runs/
 	rm -rf runs

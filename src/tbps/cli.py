@@ -1,4 +1,4 @@
-"""The `tbps` console script: train, eval, synth, check-data, search and bench.
+"""The `tbps` console script: train, eval, synth, check-data, search, bench and report.
 
 `tbps train [experiment=<name>] [key=value ...]` takes Hydra overrides (also in W&B's
 `--key=value` form); user mistakes print one clear paragraph and exit with status 2.
@@ -127,6 +127,12 @@ def _bench(args: argparse.Namespace) -> None:
     print(text)
 
 
+def _report(args: argparse.Namespace) -> None:
+    from .report import report
+
+    print(report(args.runs, args.by or [], args.out, args.format))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tbps", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -192,6 +198,16 @@ def parser() -> argparse.ArgumentParser:
                    "(with IRRA's rank() beside it)")
     b.add_argument("--out", help="also write the JSON to this file")
     b.set_defaults(func=_bench)
+    r = sub.add_parser("report", help="one table (mean ± std over seeds) and a plot across "
+                       "run folders")
+    r.add_argument("runs", nargs="*", help="run folders or folders holding them (default: "
+                   "every run under runs/)")
+    r.add_argument("--by", nargs="+", metavar="KEY", help="group by these settings too, e.g. "
+                   "data.noise_rate (the plot's x axis is the first)")
+    r.add_argument("--out", default="runs/report", help="where report.{md,csv,json,png} go")
+    r.add_argument("--format", choices=["md", "csv", "json"], default="md",
+                   help="what to print (all three are written)")
+    r.set_defaults(func=_report)
     return p
 
 

@@ -1,0 +1,100 @@
+"""`tbps report` on run folders the test writes: grouping by seed and by --by keys, mean ±
+sample std computed by hand, unfinished runs listed apart, the files and the plot, and the
+bad inputs."""
+
+import json
+import math
+
+import pytest
+import yaml
+
+from tbps.cli import main
+
+
+def _run(root, name, experiment, seed, noise, metrics=None):
+    folder = root / experiment / name
+    folder.mkdir(parents=True)
+    config = {"experiment": experiment, "seed": seed, "run_dir": None, "runs_dir": str(root),
+              "data": {"noise_rate": noise, "seed": seed, "batch_size": 64},
+              "optim": {"lr": 1e-3}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    if metrics is not None:
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "wandb" / "offline-run-x" / "files").mkdir(parents=True)  # W&B's own config
+    (folder / "wandb" / "offline-run-x" / "files" / "config.yaml").write_text("a: 1\n")
+    return folder
+
+
+def _metrics(r1, map_, seconds=100.0):
+    return {"test/R1": r1, "test/R5": r1 + 40, "test/R10": r1 + 50, "test/mAP": map_,
+            "test/mINP": map_ - 10, "test/rSum": 3 * r1 + 90, "val/R1": r1 + 2,
+            "val/epoch": 9, "train/seconds": seconds, "train/samples_per_s": 120.0}
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    for seed, r1, m in [(0, 30.0, 35.0), (1, 32.0, 36.0), (2, 34.0, 40.0)]:
+        _run(root, f"clean{seed}", "synthetic", seed, 0.0, _metrics(r1, m))
+    for seed, r1 in [(0, 25.0), (1, 27.0)]:
+        _run(root, f"noisy{seed}", "synthetic", seed, 0.3, _metrics(r1, 30.0))
+    _run(root, "c0", "crue_synthetic", 0, 0.3, _metrics(28.0, 31.0, seconds=80.0))
+    _run(root, "unfinished", "synthetic", 3, 0.0)  # no metrics.json
+    return root
+
+
+def _std(xs):
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def test_groups_by_seed_with_mean_and_sample_std(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    groups = {(g["experiment"], g["seeds"]): g for g in data["groups"]}
+    clean = groups[("synthetic", 3)]  # the three clean seeds, not the noisy ones
+    assert clean["seed_list"] == [0, 1, 2]
+    assert clean["test/R1 mean"] == pytest.approx(32.0)
+    assert clean["test/R1 std"] == pytest.approx(_std([30.0, 32.0, 34.0]))  # 2.0
+    assert clean["test/mAP mean"] == pytest.approx(37.0)
+    assert clean["test/mAP std"] == pytest.approx(_std([35.0, 36.0, 40.0]))
+    assert clean["val_metric"] == "val/R1" and clean["val mean"] == pytest.approx(34.0)
+    noisy = groups[("synthetic", 2)]
+    assert noisy["test/R1 mean"] == pytest.approx(26.0)
+    crue = groups[("crue_synthetic", 1)]
+    assert crue["test/R1 std"] is None and crue["train/seconds mean"] == 80.0
+    assert data["unfinished"] == [str(runs / "synthetic" / "unfinished")]
+    for name in ("report.md", "report.csv", "report.json"):
+        assert (out / name).is_file()
+    md = (out / "report.md").read_text()
+    assert "32.00 ± 2.00" in md and "unfinished (no metrics.json" in md
+
+
+def test_by_key_groups_and_plots(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--by", "data.noise_rate", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    lines = [line for line in text.splitlines() if line.startswith("| synthetic")]
+    assert [line.split(" | ")[1] for line in lines] == ["0.0", "0.3"]
+    assert "| crue_synthetic | 0.3 | 1 | 28.00 |" in text
+    from PIL import Image
+
+    assert Image.open(out / "report.png").size[0] > 300
+    rows = list(__import__("csv").DictReader((out / "report.csv").open()))
+    assert {r["data.noise_rate"] for r in rows} == {"0.0", "0.3"}
+
+
+def test_bad_inputs_are_clear_errors(runs, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    cases = [([str(tmp_path / "nowhere")], "is not a folder"),
+             ([str(tmp_path / "empty")], "holds no run folder"),
+             ([str(runs), "--by", "data.noise"], "no run has that setting; close ones: "
+                                                 "data.noise_rate")]
+    for argv, message in cases:
+        assert main(["report", *argv, "--out", str(tmp_path / "o")]) == 2
+        assert message in capsys.readouterr().err
+    only_unfinished = tmp_path / "u"
+    _run(only_unfinished, "x", "synthetic", 0, 0.0)
+    assert main(["report", str(only_unfinished), "--out", str(tmp_path / "o")]) == 2
+    assert "none of the 1 runs found has finished" in capsys.readouterr().err
