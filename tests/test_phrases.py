@@ -83,3 +83,39 @@ def test_synthpedes_attribute_words_are_found(tiny_synth):
     recall = found / total
     print(f"\nSynthPedes attribute-word recall {recall:.3f} over {total} words")
     assert recall > 0.9 and fallback == 0
+
+
+@pytest.mark.parametrize("kind", ["clip", "trained"])
+def test_phrases_and_words_map_to_whole_token_spans(kind):
+    from tbps.data.tokenizer import CaptionTokenizer
+
+    captions = [c for c, _ in CASES] + ["She carries a fuchsiaandteal rucksack &amp; a cap"]
+    tok = (CaptionTokenizer.clip() if kind == "clip"
+           else CaptionTokenizer.train([c for c, _ in CASES] * 5, 300, 64))
+    split_words = 0
+    for caption in captions:
+        text = tok.prepare(caption)
+        phrases = extract_phrases(text).phrases
+        ids = tok.encode([text])[0].tolist()
+        assert tok.decode(ids).replace(" ", "")  # decodes
+        words = [span for p in phrases for span in p.attributes]
+        for (s, e), span in zip([(p.start, p.end) for p in phrases] + words,
+                                tok.token_spans(text, [(p.start, p.end) for p in phrases] + words)):
+            if span is None:  # cut off by truncation
+                assert len(ids) == tok.context_length and ids[-1] in (tok.eos_id, tok.pad_id)
+                continue
+            offsets = tok.tok.encode(text).offsets[span[0]:span[1]]
+            # the pieces cover exactly the span: the first starts it, the last ends it
+            assert offsets[0][0] == s and offsets[-1][1] == e, (text[s:e], offsets)
+            split_words += span[1] - span[0] > 1
+    assert split_words > 0  # some words are several pieces, and they are all covered
+
+
+def test_a_span_beyond_the_context_is_none():
+    from tbps.data.tokenizer import CaptionTokenizer
+
+    tok = CaptionTokenizer.clip(context_length=8)
+    text = tok.prepare("a man in a red coat with blue jeans and white shoes")
+    phrases = extract_phrases(text).phrases
+    spans = tok.token_spans(text, [(p.start, p.end) for p in phrases])
+    assert spans[0] is not None and spans[-1] is None

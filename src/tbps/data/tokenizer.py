@@ -87,6 +87,29 @@ class CaptionTokenizer:
             captions = [clip_clean(c) for c in captions]
         return torch.tensor([e.ids for e in self.tok.encode_batch(captions)], dtype=torch.long)
 
+    def prepare(self, caption: str) -> str:
+        """The caption as the tokenizer reads it (CLIP's cleaning for CLIP; our own BPE
+        normalises inside `tokenizers`, which keeps offsets into the original). Phrase and
+        attribute spans for ``token_spans`` are taken on this text."""
+        return clip_clean(caption) if self.is_clip else caption
+
+    def token_spans(self, text: str, char_spans: list[tuple[int, int]]
+                    ) -> list[tuple[int, int] | None]:
+        """Token positions [start, end) in the encoded ids of ``text`` (a ``prepare``d
+        caption) covering each character span: every sub-word piece of a word, so a word is
+        masked or pooled whole. ``None`` where truncation cut the span off."""
+        enc = self.tok.encode(text)
+        pieces = [(k, a, b) for k, ((a, b), special) in
+                  enumerate(zip(enc.offsets, enc.special_tokens_mask)) if not special]
+        cut = [(a, b) for o in enc.overflowing
+               for (a, b), special in zip(o.offsets, o.special_tokens_mask) if not special]
+        out: list[tuple[int, int] | None] = []
+        for s, e in char_spans:
+            hit = [k for k, a, b in pieces if a < e and b > s]
+            partly_cut = any(a < e and b > s for a, b in cut)
+            out.append((hit[0], hit[-1] + 1) if hit and not partly_cut else None)
+        return out
+
     def decode(self, ids: list[int]) -> str:
         ids = list(ids)
         if self.eos_id in ids:  # what follows is padding (for CLIP, id 0 is also "!")
