@@ -23,6 +23,10 @@ FAMILIES = {
     "irra": ("synthetic", ["heads.mlm.depth=1", "heads.mlm.num_heads=2"]),  # SDM + ID + MLM
     "crue": ("crue_synthetic", ["memory.size=64"]),  # ID + CMPM + IRE + UGM, memory, augment
     "clip": ("synthetic", ["heads=[itc,cmpm]"]),     # ITC (CLIP's baseline) and CMPM
+    # ID + DCL + PCL + UAMLR over the shared Gaussians, attribute-word masking
+    "ucfa": ("ucfa_synthetic", ["heads.uamlr.num_heads=2"]),
+    "ucfa_weight": ("ucfa_synthetic", ["heads.uamlr.num_heads=2", "heads.uamlr.uncertainty=weight",
+                                       "heads.dcl.distance=csd", "distributions.variance_from=global"]),
 }
 
 
@@ -41,7 +45,8 @@ def test_training_step_compiles_whole_without_recompiling(family):
     g = torch.Generator().manual_seed(0)
     with torch._dynamo.config.patch(error_on_recompile=True):
         for step in range(5):  # step 0 runs eagerly (it checks the heads), 1-4 compiled
-            batch = synthetic_batch(8, (96, 32), module.tokenizer, 50, torch.device("cpu"), g)
+            batch = synthetic_batch(8, (96, 32), module.tokenizer, 50, torch.device("cpu"), g,
+                                    module.caption_annotations)
             loss, terms = module.compute_losses(batch, progress=0.3 + 0.37 * step)
             loss.backward()
             assert torch.isfinite(loss)

@@ -58,6 +58,15 @@ BAD_SETTINGS = [
     ("crue_synthetic", "text_augment.mask=2", "text_augment.mask=2"),
     ("crue_synthetic", "heads.ire.prior=both", "'paired' or 'other'"),
     ("crue_synthetic", "heads.ugm.num_samples=0", "heads.ugm.num_samples=0"),
+    ("ucfa_synthetic", "heads.dcl.distance=kl", "'w2' or 'csd'"),
+    ("ucfa_synthetic", "heads.uamlr.uncertainty=both", "'points', 'weight' or 'none'"),
+    ("ucfa_synthetic", "distributions.variance_from=patches", "'tokens' or 'global'"),
+    ("ucfa_synthetic", "heads.pcl.num_samples=0", "heads.pcl.num_samples=0"),
+    ("ucfa_synthetic", "heads.uamlr.num_samples=0", "heads.uamlr.num_samples=0"),
+    ("ucfa_synthetic", "heads.uamlr.mask_prob=0", "heads.uamlr.mask_prob=0"),
+    ("ucfa_synthetic", "heads.uamlr.mask_prob=1.5", "heads.uamlr.mask_prob=1.5"),
+    ("synthetic", "heads=[sdm,dcl]", "heads ['dcl'] need distributions, which is off"),
+    ("synthetic", "heads=[sdm,ugm]", "heads ['ugm'] need memory, which is off"),
 ]
 
 

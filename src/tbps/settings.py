@@ -74,6 +74,12 @@ class TextAugment(_Strict):
     replace: Rate = 0.05
 
 
+class Distributions(_Strict):
+    variance_from: Literal["tokens", "global"] = "tokens"
+    init_logvar: float = -4.0
+    kl_weight: NonNegativeFloat = 1e-4
+
+
 class Logger(_Strict):
     wandb: bool
     project: str
@@ -149,7 +155,8 @@ def validation_message(exc: ValidationError, where: str, model: type[BaseModel] 
 
 _GROUPS: dict[str, type[BaseModel]] = {"optim": Optim, "tokenizer": Tokenizer,
                                         "encoder": Encoder, "logger": Logger, "eval": Eval}
-_OPTIONAL: dict[str, type[BaseModel]] = {"memory": Memory, "text_augment": TextAugment}
+_OPTIONAL: dict[str, type[BaseModel]] = {"memory": Memory, "text_augment": TextAugment,
+                                          "distributions": Distributions}
 _TOP = {"experiment": str, "seed": Annotated[int, Field(ge=0)], "runs_dir": str,
         "run_dir": str | None, "resume": bool | str,
         "nonfinite_loss": Literal["stop", "skip"], "compile": bool}
@@ -194,11 +201,33 @@ def validate_config(cfg: DictConfig, source: str = "") -> None:
                             f"imported ({type(exc).__name__}: {exc})")
             continue
         _check(model, group, key, problems)
+    _check_shared_parts(c, problems)
     _check_patch_size(c, problems)
     if problems:
         where = f" (experiment {source!r})" if source else ""
         raise ConfigError(f"invalid settings{where}; fix them on the command line or in the "
                           "experiment file:\n  " + "\n  ".join("\n".join(problems).splitlines()))
+
+
+# What a head class may declare it reads -> the config key of the shared part that makes it
+_SHARED_PARTS = {"needs_memory": ("memory", "set memory.size and memory.momentum (see "
+                                  "experiments/crue_*.yaml)"),
+                 "needs_distributions": ("distributions", "set distributions (variance_from, "
+                                         "init_logvar, kl_weight; see experiments/ucfa_*.yaml)")}
+
+
+def _check_shared_parts(c: dict, problems: list[str]) -> None:
+    """Heads that read a shared part (the memory, the distributions) need it switched on."""
+    for flag, (key, fix) in _SHARED_PARTS.items():
+        needing = []
+        for name, group in (c.get("heads") or {}).items():
+            try:
+                if getattr(get_class(group["_target_"]), flag, False):
+                    needing.append(name)
+            except Exception:  # noqa: BLE001 - an unimportable head is reported above
+                continue
+        if needing and not c.get(key):
+            problems.append(f"heads {needing} need {key}, which is off (null): {fix}")
 
 
 def _check_patch_size(c: dict, problems: list[str]) -> None:

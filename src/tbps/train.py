@@ -135,8 +135,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir = make_run_dir(cfg)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))  # with the CLIP architecture
     tok.save(run_dir / "tokenizer.json")
-    dm.set_tokenizer(tok)
     module = TBPSModule(OmegaConf.to_container(cfg, resolve=True), tok.to_json(), dm.num_train_ids)
+    dm.set_tokenizer(tok, module.caption_annotations)
     if pretrained is not None:
         module.load_encoder_weights(pretrained.state_dict())
     cbs, ckpt, speed = callbacks(run_dir, dm.val_prefix)

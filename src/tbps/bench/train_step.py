@@ -9,8 +9,9 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import compose_experiment
+from ..data.annotations import random_annotation
 from ..data.tokenizer import CaptionTokenizer
-from ..model.module import TBPSModule
+from ..model.module import NEW_MODULES, TBPSModule
 from ..model.optim import param_groups
 from .common import peak_gib, peak_tflops, reset_peak, sync, timed
 
@@ -22,8 +23,10 @@ TINY_CPU = ["data.image_size=[96,32]"]
 
 
 def synthetic_batch(batch_size: int, image_size, tok: CaptionTokenizer, num_classes: int,
-                    device: torch.device, generator: torch.Generator) -> dict:
-    """Random pixels, captions of 20-77 tokens with CLIP's layout, random identities."""
+                    device: torch.device, generator: torch.Generator,
+                    annotations: tuple[str, ...] = ()) -> dict:
+    """Random pixels, captions of 20-77 tokens with CLIP's layout, random identities, and
+    stand-ins for the caption annotations the heads read."""
     ctx = tok.context_length
     lengths = torch.randint(18, ctx - 1, (batch_size,), generator=generator)
     ids = torch.randint(5, tok.vocab_size - 3, (batch_size, ctx), generator=generator)
@@ -31,9 +34,12 @@ def synthetic_batch(batch_size: int, image_size, tok: CaptionTokenizer, num_clas
     ids = torch.where(pos <= lengths[:, None], ids, torch.full_like(ids, tok.pad_id))
     ids[:, 0] = tok.sos_id
     ids[torch.arange(batch_size), lengths] = tok.eos_id
+    real = (pos > 0) & (pos < lengths[:, None])
     return {"image": torch.randn(batch_size, 3, *image_size, generator=generator).to(device),
             "caption_ids": ids.to(device),
-            "pid": torch.randint(0, num_classes, (batch_size,), generator=generator).to(device)}
+            "pid": torch.randint(0, num_classes, (batch_size,), generator=generator).to(device),
+            **{name: random_annotation(name, ids, real, generator).to(device)
+               for name in annotations}}
 
 
 def build_module(overrides: list[str], num_classes: int, device: torch.device,
@@ -52,11 +58,12 @@ def bench_train(device: torch.device, batch_size: int, steps: int, overrides: li
                           experiment)
     image_size = tuple(module.cfg["data"]["image_size"])
     tok = module.tokenizer
-    groups = param_groups(module, 1e-5, 4e-5, ("heads.",), 5.0, 2.0)
+    groups = param_groups(module, 1e-5, 4e-5, NEW_MODULES, 5.0, 2.0)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(groups, fused=fused)
     g = torch.Generator().manual_seed(0)
-    batches = [synthetic_batch(batch_size, image_size, tok, num_classes, device, g) for _ in range(2)]
+    batches = [synthetic_batch(batch_size, image_size, tok, num_classes, device, g,
+                               module.caption_annotations) for _ in range(2)]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def loss_of(batch: dict, n: int = 0) -> torch.Tensor:

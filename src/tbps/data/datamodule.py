@@ -13,6 +13,7 @@ from pydantic import Field
 from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
 from ..errors import ConfigError, DatasetError
+from .annotations import ANNOTATIONS, annotate
 from .benchmarks import BENCHMARKS
 from ..settings_types import NonNegativeInt, PositiveInt
 from .cleaning import POLICIES as CLEANING
@@ -41,8 +42,10 @@ def collate_trimmed(items: list[dict | None]) -> dict:
         # number of non-zero ids would undercount)
         ids = batch["caption_ids"]
         nonzero = ids != 0
-        last = (nonzero * torch.arange(1, ids.shape[1] + 1)).amax()
-        batch["caption_ids"] = ids[:, : int(last)]
+        last = int((nonzero * torch.arange(1, ids.shape[1] + 1)).amax())
+        for key in ("caption_ids", *ANNOTATIONS):  # annotations are aligned with the ids
+            if key in batch:
+                batch[key] = batch[key][:, :last]
     return batch
 
 
@@ -112,6 +115,7 @@ class TBPSDataModule(L.LightningDataModule):
         self.skip_bad_images, self.seed = skip_bad_images, seed
         self._records: dict[str, SplitRecords] | None = None
         self.tokenizer: CaptionTokenizer | None = None
+        self._annotations: dict[str, torch.Tensor] = {}
 
     # --- records -------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -155,10 +159,21 @@ class TBPSDataModule(L.LightningDataModule):
     def num_train_ids(self) -> int:
         return len(self.train_labels)
 
-    def set_tokenizer(self, tokenizer: CaptionTokenizer) -> None:
+    def set_tokenizer(self, tokenizer: CaptionTokenizer, annotations: tuple[str, ...] = ()
+                      ) -> None:
+        """Tokenises every split's captions, and makes the training captions' token
+        ``annotations`` that the heads ask for (``tbps.data.annotations``), once."""
         self.tokenizer = tokenizer
         self._caption_ids = {s: tokenizer.encode(r.captions) if r.captions else None
                              for s, r in self.records.items()}
+        train = self.records["train"]
+        self._annotations = {}
+        for name in annotations:
+            made = annotate(name, tokenizer, train.captions, train.words_per_caption)
+            self._annotations[name] = made.tensor
+            if made.empty:
+                print(f"{name}: none found in {made.empty} of {len(train.captions)} training "
+                      "captions (the heads fall back for them and count it)", flush=True)
 
     # --- loaders -------------------------------------------------------------------------
     def _loader(self, ds, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
@@ -173,7 +188,7 @@ class TBPSDataModule(L.LightningDataModule):
         pairs = [(img, k, labels[rec.image_pids[img]]) for k, img in enumerate(rec.caption_image)]
         ds = PairDataset(rec.image_paths, pairs, self._caption_ids["train"],
                          train_transform(self.image_size, **self.augment), rec.caption_noisy,
-                         self.skip_bad_images)
+                         self.skip_bad_images, self._annotations)
         world, rank = self._world()
         if self.sampler == "identity":
             sampler = IdentitySampler([p[2] for p in pairs], self.batch_size, self.num_instances,

@@ -35,10 +35,12 @@ class PairDataset(Dataset):
 
     def __init__(self, image_paths: list[Path], pairs: list[tuple[int, int, int]],
                  caption_ids: torch.Tensor, transform, noisy: list[bool],
-                 skip_bad_images: bool = False) -> None:
+                 skip_bad_images: bool = False,
+                 annotations: dict[str, torch.Tensor] | None = None) -> None:
         self.image_paths, self.pairs = image_paths, pairs  # (image index, caption index, label)
         self.caption_ids, self.transform, self.noisy = caption_ids, transform, noisy
         self.skip_bad_images = skip_bad_images
+        self.annotations = annotations or {}  # per-caption token annotations heads asked for
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -59,7 +61,8 @@ class PairDataset(Dataset):
             self.transform.set_random_seed(int(np.random.randint(2**31)))
         image = self.transform(image=pixels)["image"]
         return {"image": image, "caption_ids": self.caption_ids[cap_idx], "pid": label,
-                "image_id": img_idx, "index": k, "noisy": self.noisy[cap_idx]}
+                "image_id": img_idx, "index": k, "noisy": self.noisy[cap_idx],
+                **{name: a[cap_idx].long() for name, a in self.annotations.items()}}
 
 
 class ImageDataset(Dataset):

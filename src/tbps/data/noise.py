@@ -33,9 +33,12 @@ def inject_noisy_correspondence(rec: SplitRecords, rate: float, seed: int) -> Sp
         chosen = rng.permutation(chosen)
     captions = list(rec.captions)
     noisy = list(rec.caption_noisy)
+    recorded = rec.words_per_caption
+    words = list(recorded)  # a caption's recorded attribute words travel with it
     if len(chosen) >= 2:
         for dst, src in zip(chosen.tolist(), source.tolist()):
             captions[dst] = rec.captions[src]
+            words[dst] = recorded[src]
             noisy[dst] = noisy[dst] or bool(pids[dst] != pids[src])
     return SplitRecords(list(rec.image_paths), list(rec.image_pids), captions,
-                        list(rec.caption_image), noisy)
+                        list(rec.caption_image), noisy, words)

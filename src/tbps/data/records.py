@@ -26,6 +26,14 @@ class SplitRecords:
     captions: list[str] = field(default_factory=list)
     caption_image: list[int] = field(default_factory=list)  # index into image_paths
     caption_noisy: list[bool] = field(default_factory=list)
+    # SynthPedes records each caption's attribute words (ground truth for attribute
+    # masking); None where the annotation has none, as in every real data set
+    caption_words: list[list[str] | None] = field(default_factory=list)
+
+    @property
+    def words_per_caption(self) -> list[list[str] | None]:
+        """``caption_words``, or None for every caption when the records carry none."""
+        return self.caption_words or [None] * len(self.captions)
 
     @property
     def caption_pids(self) -> list[int]:
@@ -44,11 +52,13 @@ class SplitRecords:
                 new_index[i] = len(out.image_paths)
                 out.image_paths.append(path)
                 out.image_pids.append(pid)
-        for cap, img, noisy in zip(self.captions, self.caption_image, self.caption_noisy):
+        for cap, img, noisy, words in zip(self.captions, self.caption_image, self.caption_noisy,
+                                          self.words_per_caption):
             if img in new_index:
                 out.captions.append(cap)
                 out.caption_image.append(new_index[img])
                 out.caption_noisy.append(noisy)
+                out.caption_words.append(words)
         return out
 
 
@@ -84,6 +94,19 @@ def _check_record(rec: object, k: int, path: Path, spec: Benchmark) -> dict:
         raise DatasetError(f"{path}: {where} field 'split' is {rec['split']!r}; {spec.name} "
                            f"splits are {list(spec.splits)}.")
     return rec
+
+
+def _attribute_words(rec: dict, k: int, path: Path) -> list[list[str] | None]:
+    """SynthPedes' per-caption attribute words; [None, ...] where the record has none."""
+    words = rec.get("attribute_words")
+    if words is None:
+        return [None] * len(rec["captions"])
+    if not (isinstance(words, list) and len(words) == len(rec["captions"])
+            and all(isinstance(w, list) and all(isinstance(x, str) for x in w) for w in words)):
+        raise DatasetError(f"{path}: record {k} field 'attribute_words' must be a list of word "
+                           f"lists, one per caption ({len(rec['captions'])}); regenerate the data "
+                           "set (`tbps synth`) or delete the field")
+    return [list(w) for w in words]
 
 
 def annotation_path(dataset_dir: Path, spec: Benchmark) -> Path:
@@ -135,6 +158,7 @@ def read_benchmark(dataset_dir: str | Path, spec: Benchmark | str = CUHK_PEDES
         # SynthPedes' ground truth; real files have no such field
         noisy = rec.get("caption_is_noisy") or [False] * len(captions)
         sp.caption_noisy.extend(bool(f) for f in noisy)
+        sp.caption_words.extend(_attribute_words(rec, k, path))
     return splits
 
 

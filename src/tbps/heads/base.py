@@ -10,6 +10,12 @@ module reads it without ``getattr`` guesses and never needs to know a head by na
 
 - ``needs_memory``: the head reads ``batch["memory"]`` (momentum features and queues);
   the module refuses the config unless ``memory`` is set.
+- ``needs_distributions``: the head reads ``batch["distributions"]`` (each modality's
+  Gaussian, ``tbps.components.distributions``); the module refuses the config unless
+  ``distributions`` is set.
+- ``caption_annotations``: per-caption token annotations the head reads from the training
+  batch (``"attribute_words"``, see ``tbps.data.annotations``); the data module makes them
+  once, when it tokenises.
 - ``extra_inputs(batch)``: extra tensors made from the batch (masked captions …); entries
   whose key ends in ``_ids`` are encoded by the text tower and reach ``forward`` in
   ``encoded.extra_text``.
@@ -51,6 +57,8 @@ class AlignmentHead(nn.Module, metaclass=ABCMeta):
     """Base class: holds the loss weight; subclasses implement ``forward``."""
 
     needs_memory: ClassVar[bool] = False
+    needs_distributions: ClassVar[bool] = False
+    caption_annotations: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0) -> None:
         super().__init__()

@@ -37,19 +37,38 @@ def mask_tokens(ids: torch.Tensor, special_ids: tuple[int, ...], replacements: t
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (masked ids, labels) for ids [B, L]; labels are IGNORE where not selected.
     ``replacements`` [V'] holds the ids used for the 10% random replacements."""
-    special = torch.tensor(special_ids, device=ids.device)
-    real = ~torch.isin(ids, special)
-    rng = generator_kwargs(generator)
-    draw = lambda: torch.rand(ids.shape, device=ids.device, **rng)  # noqa: E731
+    selected = select_random_tokens(ids, special_ids, prob, generator)
+    return corrupt_selected(ids, selected, replacements, mask_id, generator)
+
+
+def real_tokens(ids: torch.Tensor, special_ids: tuple[int, ...]) -> torch.Tensor:
+    """[B, L] bool: True at every token that is not special (padding, start, end, mask)."""
+    return ~torch.isin(ids, torch.tensor(special_ids, device=ids.device))
+
+
+def select_random_tokens(ids: torch.Tensor, special_ids: tuple[int, ...], prob: float,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """[B, L] bool: each real token with probability ``prob``, at least one per caption."""
+    real = real_tokens(ids, special_ids)
+    draw = lambda: torch.rand(ids.shape, device=ids.device, **generator_kwargs(generator))  # noqa: E731
     selected = real & (draw() < prob)
     # At least one token per caption that has any: pick one real position at random. Drawn
     # for every batch, used where needed: no data-dependent branch, so the step compiles whole.
     none = ~selected.any(dim=1) & real.any(dim=1)
     forced = (draw() * real).argmax(dim=1)
     position = torch.arange(ids.shape[1], device=ids.device)
-    selected = selected | (none[:, None] & (position[None, :] == forced[:, None]))
+    return selected | (none[:, None] & (position[None, :] == forced[:, None]))
+
+
+def corrupt_selected(ids: torch.Tensor, selected: torch.Tensor, replacements: torch.Tensor,
+                     mask_id: int, generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's corruption of the selected tokens: 80% become the mask token, 10% a random
+    token, 10% stay. Returns (corrupted ids, labels: the original id where selected, else
+    IGNORE)."""
+    rng = generator_kwargs(generator)
     labels = torch.where(selected, ids, torch.full_like(ids, IGNORE))
-    roll = draw()
+    roll = torch.rand(ids.shape, device=ids.device, **rng)
     pick = torch.randint(len(replacements), ids.shape, device=ids.device, **rng)
     random_tok = replacements.to(ids.device)[pick]
     masked = torch.where(selected & (roll < 0.8), torch.full_like(ids, mask_id), ids)
@@ -80,6 +99,12 @@ class MLMHead(AlignmentHead):
                                      self.replacements, self.ctx.mask_id, self.mask_prob)
         return {"mlm_ids": masked, "mlm_labels": labels}
 
+    def reconstruction_logits(self, text: torch.Tensor, image: torch.Tensor,
+                              at: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits [M, V] (float32) at the M positions where ``at`` [B, L] is True,
+        from masked-text tokens attending to ``image`` tokens (the keys and values)."""
+        return self.mlm_head(self.cross_former(text, image)[at]).float()
+
     def cross_former(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Masked-text tokens [B, L, D] attend to image tokens [B, N, D] -> [B, L, D]."""
         kv = self.ln_image(image)
@@ -95,10 +120,10 @@ class MLMHead(AlignmentHead):
                                average_attn_weights=True)[1]
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
-        x = self.cross_former(encoded.extra_text["mlm_ids"], encoded.image_tokens)
         labels = batch["mlm_labels"]
         at = labels != IGNORE
-        logits = self.mlm_head(x[at]).float()
+        logits = self.reconstruction_logits(encoded.extra_text["mlm_ids"], encoded.image_tokens,
+                                            at)
         loss = F.cross_entropy(logits, labels[at])
         acc = (logits.argmax(-1) == labels[at]).float().mean()
         return {"loss_mlm": self.weight * loss, "mlm_accuracy": acc.detach()}

@@ -20,13 +20,19 @@ def sdm_loss(image: torch.Tensor, text: torch.Tensor, pid: torch.Tensor,
              temperature: float = 0.02, eps: float = 1e-8) -> torch.Tensor:
     """image, text: [B, D] features (any norm); pid: [B]. Returns L_i2t + L_t2i."""
     image, text = F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
+    return sdm_from_logits(image @ text.t() / temperature, pid, eps)
+
+
+def sdm_from_logits(logits: torch.Tensor, pid: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """SDM on any image×text score matrix [..., B, B] (row i: image i against every caption):
+    KL(softmax(row) ‖ identity-match distribution), summed over both directions, averaged
+    over rows and any leading dimensions."""
     match = (pid[:, None] == pid[None, :]).float()
     log_q = torch.log(match / match.sum(dim=1, keepdim=True) + eps)
-    logits = image @ text.t() / temperature
     loss = 0.0
-    for s in (logits, logits.t()):
-        log_p = F.log_softmax(s, dim=1)
-        loss = loss + (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+    for s in (logits, logits.transpose(-1, -2)):
+        log_p = F.log_softmax(s, dim=-1)
+        loss = loss + (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
     return loss
 
 

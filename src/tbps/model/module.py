@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from ..data.datamodule import val_metric_prefix
+from ..components.distributions import ModalityDistributions
 from ..components.momentum import EncoderCopy, FeatureMemory, MomentumEncoder
 from ..components.text_augment import CaptionAugment
 from ..data.tokenizer import CaptionTokenizer
@@ -25,6 +26,10 @@ from ..metrics import TextToImageRetrieval
 from .compile import compile_step
 from .encoder import build_dual_encoder
 from .optim import param_groups, warmup_cosine
+
+
+# Parameters that start from scratch even over CLIP weights: optim.new_module_lr_factor
+NEW_MODULES = ("heads.", "distributions.")
 
 
 class TBPSModule(L.LightningModule):
@@ -57,6 +62,14 @@ class TBPSModule(L.LightningModule):
         if needing and self.memory is None:
             raise ConfigError(f"heads {needing} need a momentum encoder and feature memory: "
                               "set memory.size and memory.momentum (see experiments/crue_*.yaml)")
+        # UCFA's shared part: a Gaussian per modality that several heads read
+        dist = cfg.get("distributions")
+        self.distributions = ModalityDistributions(enc["embed_dim"], **dist) if dist else None
+        needing = [n for n, h in self.heads.items() if h.needs_distributions]
+        if needing and self.distributions is None:
+            raise ConfigError(f"heads {needing} read each modality's Gaussian: set "
+                              "distributions (variance_from, init_logvar, kl_weight; see "
+                              "experiments/ucfa_*.yaml)")
         aug = cfg.get("text_augment")
         if aug:
             self.text_augment = CaptionAugment(ctx.special_ids, tok.mask_id, tok.pad_id,
@@ -73,6 +86,11 @@ class TBPSModule(L.LightningModule):
         # 'val', or 'val_on_test' / 'val_holdout' when validation is not the official split
         self.val_prefix = val_metric_prefix(cfg["data"].get("val_split", "val"))
         self.count_skipped = bool(cfg["data"].get("skip_bad_images", False))
+
+    @property
+    def caption_annotations(self) -> tuple[str, ...]:
+        """The per-caption token annotations the heads read (the data module makes them)."""
+        return tuple(sorted({a for h in self.heads.values() for a in h.caption_annotations}))
 
     def _claimed_projection(self, modality: str) -> nn.Module | None:
         """The one head's retrieval projection for ``modality``, if any head claims it."""
@@ -172,6 +190,9 @@ class TBPSModule(L.LightningModule):
         extra = {k: v for k, v in batch.items() if k.endswith("_ids") and k != "caption_ids"}
         encoded = self.encoder(batch["image"], batch["caption_ids"], extra)
         terms: dict[str, torch.Tensor] = {}
+        if self.distributions is not None:
+            batch["distributions"] = self.distributions(encoded)
+            terms.update(self.distributions.regularisers(batch["distributions"]))
         for name, head in self.heads.items():
             out = head(encoded, batch)
             if check and not any(k.startswith("loss_") for k in out):
@@ -237,7 +258,7 @@ class TBPSModule(L.LightningModule):
     # --- optimisation --------------------------------------------------------------------
     def configure_optimizers(self):
         o = self.cfg["optim"]
-        groups = param_groups(self, o["lr"], o["weight_decay"], ("heads.",),
+        groups = param_groups(self, o["lr"], o["weight_decay"], NEW_MODULES,
                               o["new_module_lr_factor"], o["bias_lr_factor"])
         optimizer = instantiate(o["optimizer"], groups)
         interval = o.get("interval", "step")
