@@ -20,7 +20,8 @@ def test_notebook_runs_headless(name, tiny_run, tmp_path):
               if o.get("output_type") == "error"]
     assert not errors
     figures = sorted(p.name for p in tmp_path.glob("*.png"))
-    expected = {"attention.ipynb": ["attention_rollout.png", "attention_words.png"],
+    expected = {"attention.ipynb": ["attention_masked_words.png", "attention_rollout.png",
+                                        "attention_words.png"],
                 "retrieval.ipynb": ["retrieval_distribution.png", "retrieval_topk.png"]}[name]
     assert figures == expected
 

@@ -67,6 +67,7 @@ BAD_SETTINGS = [
     ("ucfa_synthetic", "heads.uamlr.mask_prob=1.5", "heads.uamlr.mask_prob=1.5"),
     ("synthetic", "heads=[sdm,dcl]", "heads ['dcl'] need distributions, which is off"),
     ("synthetic", "heads=[sdm,ugm]", "heads ['ugm'] need memory, which is off"),
+    ("ucfa_synthetic", "+text_augment.delete=0.1", "text_augment.delete would misalign"),
 ]
 
 

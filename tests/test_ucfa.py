@@ -384,3 +384,20 @@ def test_ucfa_synthetic_trains_end_to_end(tiny_synth, tmp_path, capsys):
     for key in ("train/loss_dcl", "train/loss_pcl_inter", "train/loss_pcl_intra",
                 "train/loss_uamlr", "train/loss_kl", "train/uamlr_random_fallback"):
         assert key in header
+    # the uncertainty analysis reads UCFA's distributions: σ against words, checked by scipy
+    from scipy.stats import spearmanr
+
+    from tbps.analysis.features import _attribute_words
+    from tbps.analysis.uncertainty import _data, caption_sigma, sigma_by_noise, sigma_by_words
+    from tbps.model.checkpoint import load_checkpoint
+
+    ckpt = str(tmp_path / "checkpoints" / "best.ckpt")
+    got = sigma_by_words(ckpt)
+    module = load_checkpoint(ckpt).eval()
+    dm, _ = _data(module)
+    sigma = caption_sigma(module, dm._caption_ids["test"])
+    words = _attribute_words(dm.root / dm.benchmark.folder / dm.benchmark.annotation, "test")
+    want = spearmanr(sigma.numpy(), [len(w) for w in words]).statistic
+    assert got["captions"] == len(words) and abs(got["spearman_sigma_vs_words"] - want) < 1e-3
+    assert sigma.std() > 0  # the variance depends on the caption
+    assert 0 <= sigma_by_noise(ckpt)["auc_sigma_flags_noisy"] <= 1

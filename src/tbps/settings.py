@@ -216,18 +216,29 @@ _SHARED_PARTS = {"needs_memory": ("memory", "set memory.size and memory.momentum
                                          "init_logvar, kl_weight; see experiments/ucfa_*.yaml)")}
 
 
+def _head_class(group: Any) -> type | None:
+    try:
+        return get_class(group["_target_"])
+    except Exception:  # noqa: BLE001 - an unimportable head is reported elsewhere
+        return None
+
+
 def _check_shared_parts(c: dict, problems: list[str]) -> None:
     """Heads that read a shared part (the memory, the distributions) need it switched on."""
     for flag, (key, fix) in _SHARED_PARTS.items():
         needing = []
         for name, group in (c.get("heads") or {}).items():
-            try:
-                if getattr(get_class(group["_target_"]), flag, False):
-                    needing.append(name)
-            except Exception:  # noqa: BLE001 - an unimportable head is reported above
-                continue
+            if getattr(_head_class(group), flag, False):
+                needing.append(name)
         if needing and not c.get(key):
             problems.append(f"heads {needing} need {key}, which is off (null): {fix}")
+    # token annotations are aligned with the clean caption; deleting tokens shifts them
+    if (c.get("text_augment") or {}).get("delete", 0) > 0:
+        annotated = [n for n, g in (c.get("heads") or {}).items()
+                     if getattr(_head_class(g), "caption_annotations", ())]
+        if annotated:
+            problems.append(f"heads {annotated} read token annotations of the caption, which "
+                            "text_augment.delete would misalign: set text_augment.delete=0")
 
 
 def _check_patch_size(c: dict, problems: list[str]) -> None:

@@ -82,3 +82,29 @@ def word_regions(module: TBPSModule, image: torch.Tensor, caption: str, phrase: 
         heat, source = (patches @ words).clamp(min=0), "token similarity"
     heat = heat - heat.min()
     return (heat / heat.max().clamp(min=1e-8)).reshape(gh, gw), source
+
+
+@torch.no_grad()
+def masked_word_regions(module: TBPSModule, image: torch.Tensor, caption: str, word: str
+                        ) -> tuple[torch.Tensor, str]:
+    """Where the reconstruction looks for a masked word: every piece of ``word`` in
+    ``caption`` is replaced by the mask token, the masked caption is encoded, and the
+    cross-attention of those positions over the image patches (of the head that
+    reconstructs masked words: IRRA's MLM or UCFA's UAMLR) is returned as a [gh, gw] map,
+    with the head's name. UAMLR's sampled image points, which join its keys in training,
+    are left out: the map is the attention among the patches."""
+    positions = phrase_positions(module, caption, word)
+    if not positions:
+        raise ValueError(f"{word!r} is not in the caption {caption!r}")
+    head = next(((n, h) for n, h in module.heads.items() if hasattr(h, "cross_attention")), None)
+    if head is None:
+        raise ValueError("this model has no head that reconstructs masked words (MLM, UAMLR)")
+    ids = module.tokenizer.encode([caption]).to(image.device)
+    ids[0, positions] = module.tokenizer.mask_id
+    image_tokens = module.encoder.encode_image_tokens(image[None])
+    text_tokens = module.encoder.encode_text_tokens(ids)
+    gh, gw = grid_size(module)
+    weights = head[1].cross_attention(text_tokens, image_tokens)[0][positions, -gh * gw:]
+    heat = weights.mean(0)
+    heat = heat - heat.min()
+    return (heat / heat.max().clamp(min=1e-8)).reshape(gh, gw), head[0]
