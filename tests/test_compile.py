@@ -25,6 +25,10 @@ FAMILIES = {
     "clip": ("synthetic", ["heads=[itc,cmpm]"]),     # ITC (CLIP's baseline) and CMPM
     # ID + DCL + PCL + UAMLR over the shared Gaussians, attribute-word masking
     "ucfa": ("ucfa_synthetic", ["heads.uamlr.num_heads=2"]),
+    "acsa": ("acsa_synthetic", []),  # SDM + ID + CONT over phrases and 7 image tokens
+    "acsa_faithful": ("acsa_synthetic", ["heads=[cmpm,cmpc,acsa]", "+heads.cmpm.off_below=0.5",
+                                         "heads.acsa.phrase_mode=separate",
+                                         "heads.acsa.part_mode=channel_split"]),
     "ucfa_weight": ("ucfa_synthetic", ["heads.uamlr.num_heads=2", "heads.uamlr.uncertainty=weight",
                                        "heads.dcl.distance=csd", "distributions.variance_from=global"]),
 }

@@ -68,6 +68,12 @@ BAD_SETTINGS = [
     ("synthetic", "heads=[sdm,dcl]", "heads ['dcl'] need distributions, which is off"),
     ("synthetic", "heads=[sdm,ugm]", "heads ['ugm'] need memory, which is off"),
     ("ucfa_synthetic", "+text_augment.delete=0.1", "text_augment.delete would misalign"),
+    ("acsa_synthetic", "heads.acsa.fusion_weight=1.5", "heads.acsa.fusion_weight=1.5"),
+    ("acsa_synthetic", "heads.acsa.fusion_grid=[0.9,-0.1]", "heads.acsa.fusion_grid.1=-0.1"),
+    ("acsa_synthetic", "heads.acsa.top_k=0", "heads.acsa.top_k=0"),
+    ("acsa_synthetic", "heads.acsa.num_phrases=0", "heads.acsa.num_phrases=0"),
+    ("acsa_synthetic", "heads.acsa.phrase_mode=words", "'span' or 'separate'"),
+    ("acsa_synthetic", "heads.acsa.part_mode=grid", "'stripes' or 'channel_split'"),
 ]
 
 

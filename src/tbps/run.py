@@ -158,6 +158,10 @@ def print_table(metrics: dict[str, float], title: str) -> None:
     for m in METRIC_ORDER:
         table.add_column(m, justify="right")
     for split in ("val", "val_on_test", "val_holdout", "test"):
-        if f"{split}/R1" in metrics:
-            table.add_row(split, *(f"{metrics[f'{split}/{m}']:.2f}" for m in METRIC_ORDER))
+        # a re-scoring head's runs: the fused ranking, then the global ranking alone
+        for key, label in ((split, split), (f"{split}/global", f"{split} (global only)")):
+            if f"{key}/R1" in metrics:
+                table.add_row(label, *(f"{metrics[f'{key}/{m}']:.2f}" for m in METRIC_ORDER))
+        if f"{split}/fusion_weight" in metrics:
+            table.caption = f"fused: w·global + (1 − w)·local, w = {metrics[f'{split}/fusion_weight']:.2f} (chosen on validation)"
     Console(width=100).print(table)

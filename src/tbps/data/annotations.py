@@ -10,6 +10,9 @@ caption's token ids, so the collate function trims it with them:
   pieces of a word together). SynthPedes' recorded attribute words are used where the
   records carry them (minus person nouns, which are never attributes); real captions get
   them from the phrase chunker (``tbps.data.phrases``), the component ACSA's phrases use.
+- ``phrases``: 0, or p ≥ 1 on every token of the caption's p-th phrase (ACSA pools a
+  phrase's token features over its span). A caption where the chunker finds no phrase is
+  one phrase of its own (all its words), counted as empty.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from ..errors import ConfigError
 from .phrases import PERSON, extract_phrases
 from .tokenizer import CaptionTokenizer
 
-ANNOTATIONS = ("attribute_words",)
+ANNOTATIONS = ("attribute_words", "phrases")
 _WORD = re.compile(r"[a-z]+")  # "long-sleeved": "long" may be a recorded word
 
 
@@ -63,20 +66,42 @@ def attribute_word_index(tokenizer: CaptionTokenizer, captions: list[str],
     return Annotated(out, empty)
 
 
+def phrase_index(tokenizer: CaptionTokenizer, captions: list[str]) -> Annotated:
+    """The ``phrases`` annotation of every caption (see the module docstring)."""
+    out = torch.zeros(len(captions), tokenizer.context_length, dtype=torch.int16)
+    empty = 0
+    for n, caption in enumerate(captions):
+        text = tokenizer.prepare(caption)
+        found = extract_phrases(text)
+        empty += found.fallback
+        p = 0
+        for tokens in tokenizer.token_spans(text, [(x.start, x.end) for x in found.phrases]):
+            if tokens is not None:  # None: truncation cut the phrase off
+                p += 1
+                out[n, tokens[0]:tokens[1]] = p
+    return Annotated(out, empty)
+
+
 def random_annotation(name: str, ids: torch.Tensor, real: torch.Tensor,
                       generator: torch.Generator, share: float = 0.3) -> torch.Tensor:
     """A stand-in annotation for random captions (benchmarks): for ``attribute_words``,
-    about ``share`` of the real tokens are one-piece attribute words, numbered in order."""
-    if name != "attribute_words":
-        raise ConfigError(f"no stand-in for the caption annotation {name!r}; known: "
-                          f"{list(ANNOTATIONS)}")
-    pick = real & (torch.rand(ids.shape, generator=generator) < share)
-    return torch.where(pick, pick.long().cumsum(1), torch.zeros_like(ids))
+    about ``share`` of the real tokens are one-piece attribute words, numbered in order;
+    for ``phrases``, runs of three real tokens, numbered in order."""
+    if name == "attribute_words":
+        pick = real & (torch.rand(ids.shape, generator=generator) < share)
+        return torch.where(pick, pick.long().cumsum(1), torch.zeros_like(ids))
+    if name == "phrases":
+        position = real.long().cumsum(1) - 1
+        return torch.where(real, position // 3 + 1, torch.zeros_like(ids))
+    raise ConfigError(f"no stand-in for the caption annotation {name!r}; known: "
+                      f"{list(ANNOTATIONS)}")
 
 
 def annotate(name: str, tokenizer: CaptionTokenizer, captions: list[str],
              recorded: list[list[str] | None]) -> Annotated:
     if name == "attribute_words":
         return attribute_word_index(tokenizer, captions, recorded)
+    if name == "phrases":
+        return phrase_index(tokenizer, captions)
     raise ConfigError(f"a head asks for the caption annotation {name!r}, which the data module "
                       f"cannot make; known: {list(ANNOTATIONS)}")

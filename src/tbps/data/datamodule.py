@@ -115,7 +115,7 @@ class TBPSDataModule(L.LightningDataModule):
         self.skip_bad_images, self.seed = skip_bad_images, seed
         self._records: dict[str, SplitRecords] | None = None
         self.tokenizer: CaptionTokenizer | None = None
-        self._annotations: dict[str, torch.Tensor] = {}
+        self._annotations: dict[str, dict[str, torch.Tensor]] = {}
 
     # --- records -------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -161,19 +161,21 @@ class TBPSDataModule(L.LightningDataModule):
 
     def set_tokenizer(self, tokenizer: CaptionTokenizer, annotations: tuple[str, ...] = ()
                       ) -> None:
-        """Tokenises every split's captions, and makes the training captions' token
-        ``annotations`` that the heads ask for (``tbps.data.annotations``), once."""
+        """Tokenises every split's captions, and makes their token ``annotations`` that the
+        heads ask for (``tbps.data.annotations``), once."""
         self.tokenizer = tokenizer
         self._caption_ids = {s: tokenizer.encode(r.captions) if r.captions else None
                              for s, r in self.records.items()}
-        train = self.records["train"]
-        self._annotations = {}
+        self._annotations = {split: {} for split in self.records}
         for name in annotations:
-            made = annotate(name, tokenizer, train.captions, train.words_per_caption)
-            self._annotations[name] = made.tensor
-            if made.empty:
-                print(f"{name}: none found in {made.empty} of {len(train.captions)} training "
-                      "captions (the heads fall back for them and count it)", flush=True)
+            for split, rec in self.records.items():
+                if not rec.captions:
+                    continue
+                made = annotate(name, tokenizer, rec.captions, rec.words_per_caption)
+                self._annotations[split][name] = made.tensor
+                if made.empty:
+                    print(f"{name}: none found in {made.empty} of {len(rec.captions)} {split} "
+                          "captions (the heads fall back for them and count it)", flush=True)
 
     # --- loaders -------------------------------------------------------------------------
     def _loader(self, ds, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
@@ -188,7 +190,7 @@ class TBPSDataModule(L.LightningDataModule):
         pairs = [(img, k, labels[rec.image_pids[img]]) for k, img in enumerate(rec.caption_image)]
         ds = PairDataset(rec.image_paths, pairs, self._caption_ids["train"],
                          train_transform(self.image_size, **self.augment), rec.caption_noisy,
-                         self.skip_bad_images, self._annotations)
+                         self.skip_bad_images, self._annotations.get("train"))
         world, rank = self._world()
         if self.sampler == "identity":
             sampler = IdentitySampler([p[2] for p in pairs], self.batch_size, self.num_instances,
@@ -220,7 +222,8 @@ class TBPSDataModule(L.LightningDataModule):
                               "(ICFG-PEDES never has one); choose another validation policy: "
                               "data.val_split=test or data.val_split=holdout data.holdout_ids=N")
         gallery = ImageDataset(rec.image_paths, rec.image_pids, eval_transform(self.image_size))
-        queries = CaptionDataset(self._caption_ids[split], rec.caption_pids)
+        queries = CaptionDataset(self._caption_ids[split], rec.caption_pids,
+                                 self._annotations.get(split))
         return [self._loader(gallery, self.eval_batch_size, False, self._eval_sampler(gallery)),
                 self._loader(queries, self.eval_batch_size, False, self._eval_sampler(queries))]
 

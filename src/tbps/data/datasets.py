@@ -82,11 +82,14 @@ class ImageDataset(Dataset):
 class CaptionDataset(Dataset):
     """Query captions (already tokenised) with their person ids."""
 
-    def __init__(self, caption_ids: torch.Tensor, pids: list[int]) -> None:
+    def __init__(self, caption_ids: torch.Tensor, pids: list[int],
+                 annotations: dict[str, torch.Tensor] | None = None) -> None:
         self.caption_ids, self.pids = caption_ids, pids
+        self.annotations = annotations or {}  # what a re-scoring head reads at inference
 
     def __len__(self) -> int:
         return len(self.pids)
 
     def __getitem__(self, k: int) -> dict:
-        return {"caption_ids": self.caption_ids[k], "pid": self.pids[k]}
+        return {"caption_ids": self.caption_ids[k], "pid": self.pids[k],
+                **{name: a[k].long() for name, a in self.annotations.items()}}

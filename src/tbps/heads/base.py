@@ -24,6 +24,12 @@ module reads it without ``getattr`` guesses and never needs to know a head by na
   say), or ``None`` (the default: rank on the feature itself). At most one head may claim
   a modality; evaluation, search, the notebooks and the benchmark all rank through
   ``TBPSModule.embed_images`` / ``embed_texts``, which apply it.
+- ``rescores``: the head re-scores the best candidates of the global ranking at inference
+  (ACSA's local scores). It keeps what it needs of every gallery image and query caption
+  (``rescoring_inputs``), scores each query's ``top_k`` candidates (``rescore``), and the
+  evaluation fuses w·global + (1 − w)·local with w = ``fusion_weight``, or the best of
+  ``fusion_grid`` on the validation split. At most one head may re-score; the module, the
+  metric and the evaluation loop never know which.
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ class HeadContext:
     mask_id: int
     pad_id: int
     special_ids: tuple[int, ...]
+    sos_id: int = -1
+    eos_id: int = -1
+    image_grid: tuple[int, int] = (0, 0)  # the vision tower's patch grid (rows, columns)
 
 
 class AlignmentHead(nn.Module, metaclass=ABCMeta):
@@ -58,6 +67,10 @@ class AlignmentHead(nn.Module, metaclass=ABCMeta):
 
     needs_memory: ClassVar[bool] = False
     needs_distributions: ClassVar[bool] = False
+    rescores: ClassVar[bool] = False
+    rescoring_keys: ClassVar[dict[str, tuple[str, ...]]] = {}  # {"query": (...), "gallery": (...)}
+    top_k: int = 0
+    fusion_grid: list[float] = []
     caption_annotations: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0) -> None:
@@ -72,6 +85,19 @@ class AlignmentHead(nn.Module, metaclass=ABCMeta):
         """The module that turns a global feature of ``modality`` into its retrieval
         embedding, if this head defines one; ``None`` leaves the feature as it is."""
         return None
+
+    def rescoring_inputs(self, modality: Modality, tokens: torch.Tensor, batch: dict,
+                         encoder: nn.Module) -> dict[str, torch.Tensor]:
+        """What to keep of a batch of gallery images (``"image"``: ``tokens`` are the image
+        tokens [B, N, D]) or query captions (``"text"``: text tokens [B, L, D]; ``batch``
+        holds the ids and the caption annotations) for ``rescore``: tensors [B, ...]."""
+        raise NotImplementedError(f"{type(self).__name__} does not re-score")
+
+    def rescore(self, query: dict[str, torch.Tensor], gallery: dict[str, torch.Tensor],
+                candidates: torch.Tensor) -> torch.Tensor:
+        """Local scores [Q, k] of queries (``query``: rows of what ``rescoring_inputs`` kept)
+        with their candidate gallery items (``candidates`` [Q, k] indices into ``gallery``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not re-score")
 
     @abstractmethod
     def forward(self, encoded: EncoderOutput, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

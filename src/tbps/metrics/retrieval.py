@@ -124,27 +124,83 @@ def ranked_metrics(scores: Callable[[int, int], torch.Tensor], query_pids: torch
     return out
 
 
+Rescore = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+# Below every fused score (both terms are cosines in [-1, 1]): the candidates outside a
+# query's top k keep their global order, after all of its candidates.
+_BELOW = 4.0
+
+
+def fused_metrics(query: torch.Tensor, query_pids: torch.Tensor, gallery: torch.Tensor,
+                  gallery_pids: torch.Tensor, rescore: Rescore,
+                  query_extra: dict[str, torch.Tensor], gallery_extra: dict[str, torch.Tensor],
+                  weights: list[float], top_k: int, chunk: int | None = None
+                  ) -> dict[float, dict[str, float]]:
+    """Metrics of the fused ranking for each w in ``weights``: each query's ``top_k`` gallery
+    items by the global cosine are re-scored (``rescore`` on the kept extras, once for all
+    w) and ranked by w·cosine + (1 − w)·local, ahead of the rest in their global order.
+    With ``top_k`` covering the gallery this is the dense fusion exactly."""
+    query, gallery = F.normalize(query.float(), dim=-1), F.normalize(gallery.float(), dim=-1)
+    k = min(top_k, len(gallery))
+    chunk = chunk or default_chunk(len(gallery), gallery.device)
+    candidates, local = [], []
+    for s in range(0, len(query), chunk):
+        cand = (query[s:s + chunk] @ gallery.t()).topk(k, dim=1).indices
+        extra = {n: t[s:s + chunk] for n, t in query_extra.items()}
+        candidates.append(cand)
+        local.append(rescore(extra, gallery_extra, cand).float())
+    candidates, local = torch.cat(candidates), torch.cat(local)
+
+    def fused(w: float):
+        def scores(s: int, e: int) -> torch.Tensor:
+            sims = query[s:e] @ gallery.t()
+            cand = candidates[s:e]
+            out = sims - _BELOW
+            return out.scatter_(1, cand, w * sims.gather(1, cand) + (1 - w) * local[s:e])
+        return scores
+
+    return {w: ranked_metrics(fused(w), query_pids, gallery_pids, chunk=chunk) for w in weights}
+
+
 class TextToImageRetrieval(Metric):
     """Accumulates gallery and query features (gathered across processes) and ranks once.
 
-    ``update(features, pids, is_query)``: image features with ``is_query=False``, caption
-    features with ``is_query=True``.
+    ``update(features, pids, is_query, extra)``: image features with ``is_query=False``,
+    caption features with ``is_query=True``; ``extra`` holds what a re-scoring head keeps
+    per item (its names given as ``extra_keys={"query": [...], "gallery": [...]}``).
     """
 
     full_state_update = False
 
-    def __init__(self, chunk: int | None = None, **kwargs) -> None:
+    def __init__(self, chunk: int | None = None,
+                 extra_keys: dict[str, tuple[str, ...]] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.chunk = chunk
+        self.extra_keys = {side: tuple(keys) for side, keys in (extra_keys or {}).items()}
         for name in ("query_feats", "query_pids", "gallery_feats", "gallery_pids"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
+        for side, keys in self.extra_keys.items():
+            for key in keys:
+                self.add_state(f"{side}_extra_{key}", default=[], dist_reduce_fx="cat")
 
-    def update(self, features: torch.Tensor, pids: torch.Tensor, is_query: bool) -> None:
+    def update(self, features: torch.Tensor, pids: torch.Tensor, is_query: bool,
+               extra: dict[str, torch.Tensor] | None = None) -> None:
         prefix = "query" if is_query else "gallery"
         getattr(self, f"{prefix}_feats").append(features.detach().float())
         getattr(self, f"{prefix}_pids").append(pids.detach())
+        for key in self.extra_keys.get(prefix, ()):
+            getattr(self, f"{prefix}_extra_{key}").append(extra[key].detach())
 
     def compute(self) -> dict[str, float]:
         return retrieval_metrics(dim_zero_cat(self.query_feats), dim_zero_cat(self.query_pids),
                                  dim_zero_cat(self.gallery_feats), dim_zero_cat(self.gallery_pids),
                                  chunk=self.chunk)
+
+    def compute_fused(self, rescore: Rescore, weights: list[float], top_k: int
+                      ) -> dict[float, dict[str, float]]:
+        """``fused_metrics`` over everything accumulated, for each fusion weight."""
+        extra = {side: {k: dim_zero_cat(getattr(self, f"{side}_extra_{k}")) for k in keys}
+                 for side, keys in self.extra_keys.items()}
+        return fused_metrics(dim_zero_cat(self.query_feats), dim_zero_cat(self.query_pids),
+                             dim_zero_cat(self.gallery_feats), dim_zero_cat(self.gallery_pids),
+                             rescore, extra.get("query", {}), extra.get("gallery", {}),
+                             weights, top_k, self.chunk)

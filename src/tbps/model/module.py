@@ -46,7 +46,9 @@ class TBPSModule(L.LightningModule):
         self.encoder.tokenizer = tok  # encode_text(list of str) works on a loaded checkpoint
         ctx = HeadContext(embed_dim=enc["embed_dim"], num_classes=num_classes,
                           vocab_size=tok.vocab_size, mask_id=tok.mask_id, pad_id=tok.pad_id,
-                          special_ids=tuple(tok.special_ids))
+                          special_ids=tuple(tok.special_ids), sos_id=tok.sos_id,
+                          eos_id=tok.eos_id,
+                          image_grid=tuple(self.encoder.vision.patch_embed.grid_size))
         # "object": heads get the HeadContext itself, not an OmegaConf copy of it (which
         # torch.compile cannot trace through)
         self.heads = nn.ModuleDict({name: instantiate(h, ctx=ctx, _convert_="object")
@@ -81,11 +83,27 @@ class TBPSModule(L.LightningModule):
         # torch.compile, after a first eager step (tbps.model.compile)
         self._compiled = compile_step(self._losses) if cfg.get("compile") else None
         self.nonfinite_skipped = 0
-        self.val_metric, self.test_metric = TextToImageRetrieval(), TextToImageRetrieval()
+        # a head that re-scores the global ranking's best candidates at inference (ACSA)
+        rescorers = [n for n, h in self.heads.items() if h.rescores]
+        if len(rescorers) > 1:
+            raise ConfigError(f"heads {rescorers} each re-score the ranking at inference; at "
+                              "most one may")
+        self._rescorer_name = rescorers[0] if rescorers else None
+        extra = self._rescorer.rescoring_keys if self._rescorer is not None else None
+        self.val_metric = TextToImageRetrieval(extra_keys=extra)
+        self.test_metric = TextToImageRetrieval(extra_keys=extra)
+        # the fusion weight chosen on the validation split; saved with every checkpoint
+        self.fusion_weight: float | None = None
         self.best_val: dict[str, float] = {}
         # 'val', or 'val_on_test' / 'val_holdout' when validation is not the official split
         self.val_prefix = val_metric_prefix(cfg["data"].get("val_split", "val"))
         self.count_skipped = bool(cfg["data"].get("skip_bad_images", False))
+
+    @property
+    def _rescorer(self):
+        """The head that re-scores at inference, if any (held by name: one module, one
+        place in the state dict)."""
+        return None if self._rescorer_name is None else self.heads[self._rescorer_name]
 
     @property
     def caption_annotations(self) -> tuple[str, ...]:
@@ -219,10 +237,53 @@ class TBPSModule(L.LightningModule):
 
     # --- evaluation: dataloader 0 = gallery images, 1 = query captions -------------------
     def _eval_step(self, metric: TextToImageRetrieval, batch: dict, dataloader_idx: int) -> None:
+        rescorer = self._rescorer
+        if rescorer is None:
+            if dataloader_idx == 0:
+                metric.update(self.embed_images(batch["image"]), batch["pid"], is_query=False)
+            else:
+                metric.update(self.embed_texts(batch["caption_ids"]), batch["pid"], is_query=True)
+            return
+        # the same embeddings, from tokens that the re-scoring head also keeps what it needs of
+        enc, modality = self.encoder, ("image", "text")[dataloader_idx]
         if dataloader_idx == 0:
-            metric.update(self.embed_images(batch["image"]), batch["pid"], is_query=False)
+            tokens = enc.encode_image_tokens(batch["image"])
+            feature = tokens[:, 0]
         else:
-            metric.update(self.embed_texts(batch["caption_ids"]), batch["pid"], is_query=True)
+            tokens = enc.encode_text_tokens(batch["caption_ids"])
+            feature = enc.text_global(tokens, batch["caption_ids"])
+        project = self._retrieval[modality]
+        feature = feature if project is None else project(feature)
+        kept = rescorer.rescoring_inputs(modality, tokens, batch, enc)
+        metric.update(feature, batch["pid"], is_query=dataloader_idx == 1, extra=kept)
+
+    def _fused(self, metric: TextToImageRetrieval, weights: list[float]
+               ) -> dict[float, dict[str, float]]:
+        return metric.compute_fused(self._rescorer.rescore, weights, self._rescorer.top_k)
+
+    def _eval_results(self, metric: TextToImageRetrieval, prefix: str, choose: bool
+                      ) -> dict[str, float]:
+        """The metrics under ``prefix``. With a re-scoring head: the fused ranking's under
+        the usual keys, the global ranking's under ``prefix/global/``, and the fusion weight
+        (``choose``: the best of the head's grid by R@1 here, on validation; otherwise the
+        weight chosen there)."""
+        plain = metric.compute()
+        if self._rescorer is None:
+            return {f"{prefix}/{k}": v for k, v in plain.items()}
+        grid = list(self._rescorer.fusion_grid)
+        if choose:
+            fused = self._fused(metric, grid)
+            w = max(grid, key=lambda g: (fused[g]["R1"], -grid.index(g)))  # first of a tie
+            self.fusion_weight = w
+        else:
+            w = self.fusion_weight
+            if w is None:  # never validated (a checkpoint of a run without validation)
+                w = grid[0]
+            fused = self._fused(metric, [w])
+        out = {f"{prefix}/{k}": v for k, v in fused[w].items()}
+        out.update({f"{prefix}/global/{k}": v for k, v in plain.items()})
+        out[f"{prefix}/fusion_weight"] = w
+        return out
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(self.val_metric, batch, dataloader_idx)
@@ -232,7 +293,7 @@ class TBPSModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         p = self.val_prefix
-        values = {f"{p}/{k}": v for k, v in self.val_metric.compute().items()}
+        values = self._eval_results(self.val_metric, p, choose=True)
         self.val_metric.reset()
         if self.trainer.sanity_checking:
             return
@@ -243,17 +304,19 @@ class TBPSModule(L.LightningModule):
             self.best_val = dict(values, **{f"{p}/epoch": float(self.current_epoch)})
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict({f"test/{k}": v for k, v in self.test_metric.compute().items()})
+        self.log_dict(self._eval_results(self.test_metric, "test", choose=False))
         self.test_metric.reset()
 
     # --- checkpoints: the best validation result travels with them (for resumed runs) ---
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tbps_best_val"] = dict(self.best_val)
         checkpoint["tbps_nonfinite_skipped"] = self.nonfinite_skipped
+        checkpoint["tbps_fusion_weight"] = self.fusion_weight
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.best_val = dict(checkpoint.get("tbps_best_val", {}))
         self.nonfinite_skipped = int(checkpoint.get("tbps_nonfinite_skipped", 0))
+        self.fusion_weight = checkpoint.get("tbps_fusion_weight")
 
     # --- optimisation --------------------------------------------------------------------
     def configure_optimizers(self):

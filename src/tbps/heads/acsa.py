@@ -1,0 +1,277 @@
+"""ACSA's asymmetric cross-scale alignment (Ji et al., IEEE TMM; code mul-hjh/ACSA;
+``docs/methods.md`` §3): 7 image tokens at several scales against a caption's phrases,
+parameter-free SCAN cross-attention both ways, a local contrastive loss (CONT), and the
+local image→text score fused with the global cosine at inference.
+
+Follows the official code: the attention (``func_attention_MxN``): cosine of l2-normalised
+keys and queries, LeakyReLU(0.1), l2-normalisation over the query axis, softmax over the
+keys at λ = 20 (``lambda_softmax``), values weighted by it; the scores
+(``compute_weiTexts``): i2t = mean over the 7 image tokens of cos(V_I, l2norm(A(Q_I, K_T,
+V_T))), t2i = mean over the phrases of cos(V_T, l2norm(A(K_T, Q_I, V_I))); image query and
+value are linear maps of the 7 tokens, text key and value linear maps of the phrases
+followed by one LayerNorm over phrases and channels together; CONT is CMPM's KL at
+20·score (``cont_scale``) towards the L2-normalised identity rows, with a row softmax over
+the captions in both matrices (the code's [image, caption] layout for both). Up to
+``num_phrases`` = 10 phrases per caption.
+
+Our choices (``docs/methods.md`` §3.9, each a key): image tokens from the shared encoder's
+patch grid (``part_mode: stripes``: the class token, 4 horizontal stripes and 2 halves) or
+the code's channel split of the global feature (``channel_split``: a residual block, 6
+chunks, head/upper/lower/feet through FC + ReLU + dropout, the two halves of the grid and
+the mean of those six); phrases from our offline chunker (``tbps.data.phrases``; the code
+used TextBlob), mean-pooled over their tokens in the sentence (``phrase_mode: span``) or
+each encoded alone by the text tower (``separate``, as the code does); padded phrase
+slots are masked (the code lets them take part); all B×B pairs of the gathered batch at
+once, in chunks of ``chunk`` images. Inference: score = w·global cosine + (1 − w)·i2t for
+the ``top_k`` = 100 best gallery images of each query by the global cosine; w is
+``fusion_weight`` if set, else the best of ``fusion_grid`` (the code's scanned values) on
+the validation split.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from pydantic import Field
+from torch import nn
+
+from ..distributed import gather_with_grad
+from ..settings_types import PositiveFloat, PositiveInt, Rate
+from ..types import EncoderOutput
+from .base import AlignmentHead, HeadContext, Modality
+from .cmpm import cmpm_from_logits
+
+EPS = 1e-8
+NUM_IMAGE_TOKENS = 7
+
+
+def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """SCAN's l2norm: x / (‖x‖ + 1e-8). ``Tensor.norm`` has a finite gradient at a zero
+    vector (a padded phrase), where a hand-written sqrt would give NaN."""
+    return x / (x.norm(dim=dim, keepdim=True) + EPS)
+
+
+def scan_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   key_mask: torch.Tensor | None, lam: float) -> torch.Tensor:
+    """[..., Nq, D] queries attend over [..., Nk, D] keys/values (``key_mask`` [..., Nk]:
+    True at real keys) -> [..., Nq, D]. Leading dimensions broadcast."""
+    s = torch.matmul(l2norm(key), l2norm(query).transpose(-1, -2))      # [..., Nk, Nq]
+    s = l2norm(F.leaky_relu(s, 0.1), dim=-1) * lam                      # over the queries
+    if key_mask is not None:
+        s = s.masked_fill(~key_mask[..., :, None], float("-inf"))
+    return torch.matmul(s.softmax(dim=-2).transpose(-1, -2), value)
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The code's cosine: a·b / max(‖a‖‖b‖, 1e-8), over the last axis."""
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=EPS)
+
+
+def i2t_scores(img_q: torch.Tensor, img_v: torch.Tensor, txt_k: torch.Tensor,
+               txt_v: torch.Tensor, txt_mask: torch.Tensor, lam: float) -> torch.Tensor:
+    """Image tokens attend to phrases: mean over the 7 tokens of cos(V_I, l2norm(A)).
+    Image [..., 7, D] and text [..., P, D] inputs broadcast over their leading axes."""
+    attended = l2norm(scan_attention(img_q, txt_k, txt_v, txt_mask, lam))
+    return _cos(img_v, attended).mean(-1)
+
+
+def t2i_scores(img_q: torch.Tensor, img_v: torch.Tensor, txt_k: torch.Tensor,
+               txt_v: torch.Tensor, txt_mask: torch.Tensor, lam: float) -> torch.Tensor:
+    """Phrases attend to image tokens: mean over the real phrases of cos(V_T, l2norm(A))."""
+    attended = l2norm(scan_attention(txt_k, img_q, img_v, None, lam))
+    cos = _cos(txt_v, attended)
+    mask = txt_mask.to(cos.dtype)
+    return (cos * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def pairwise(score_fn, img_q, img_v, txt_k, txt_v, txt_mask, lam: float, chunk: int
+             ) -> torch.Tensor:
+    """[B_img, B_txt] scores of every image with every caption, ``chunk`` images at a time
+    (memory O(chunk × B_txt × 7 × D)), without a loop over captions."""
+    rows = []
+    for s in range(0, img_q.shape[0], chunk):
+        q, v = img_q[s:s + chunk, None], img_v[s:s + chunk, None]          # [c, 1, 7, D]
+        rows.append(score_fn(q, v, txt_k[None], txt_v[None], txt_mask[None], lam))
+    return torch.cat(rows)
+
+
+def stripe_tokens(tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch tokens [B, 1 + gh·gw, D] -> (4 horizontal stripes [B, 4, D], 2 halves [B, 2, D]),
+    each the mean of its rows of patches."""
+    gh, gw = grid
+    patches = rearrange(tokens[:, -gh * gw:], "b (h w) d -> b h w d", h=gh, w=gw)
+    rows = patches.mean(2)                                                  # [B, gh, D]
+    stripes = torch.stack([r.mean(1) for r in torch.tensor_split(rows, 4, dim=1)], 1)
+    halves = torch.stack([r.mean(1) for r in torch.tensor_split(rows, 2, dim=1)], 1)
+    return stripes, halves
+
+
+class ChannelParts(nn.Module):
+    """The official code's part tokens: a residual block over the global feature, split into
+    6 channel chunks; head = chunks 0-1, upper = 1-2, lower = 3-4, feet = 5, each through
+    FC + ReLU + Dropout(0.5)."""
+
+    GROUPS = ((0, 1), (1, 2), (3, 4), (5,))
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(),
+                                   nn.Linear(dim, dim), nn.BatchNorm1d(dim))
+        sizes = [len(c) for c in torch.tensor_split(torch.arange(dim), 6)]
+        self.fcs = nn.ModuleList(
+            nn.Sequential(nn.Linear(sum(sizes[i] for i in g), dim), nn.ReLU(), nn.Dropout(0.5))
+            for g in self.GROUPS)
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        x = F.relu(feature + self.block(feature))
+        chunks = torch.tensor_split(x, 6, dim=-1)
+        return torch.stack([fc(torch.cat([chunks[i] for i in g], -1))
+                            for fc, g in zip(self.fcs, self.GROUPS)], 1)         # [B, 4, D]
+
+
+def span_pool(tokens: torch.Tensor, phrases: torch.Tensor, num_phrases: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token features [B, L, D] and the ``phrases`` annotation [B, L] (0, or p ≥ 1 on the
+    p-th phrase's tokens) -> (phrase features [B, P, D], mask [B, P])."""
+    member = F.one_hot(phrases.clamp(max=num_phrases + 1), num_phrases + 2)[..., 1:-1]
+    member = member.to(tokens.dtype)                                          # [B, L, P]
+    count = member.sum(1)                                                     # [B, P]
+    pooled = torch.einsum("blp,bld->bpd", member, tokens) / count.clamp(min=1)[..., None]
+    return pooled, count > 0
+
+
+def phrase_token_ids(ids: torch.Tensor, phrases: torch.Tensor, num_phrases: int,
+                     length: int, sos_id: int, eos_id: int, pad_id: int) -> torch.Tensor:
+    """Each phrase as a caption of its own, for ``phrase_mode: separate``: [B·P, length] ids
+    "start, the phrase's tokens, end", padded (cut to ``length``). Fixed shapes."""
+    b, seq = ids.shape
+    slot = torch.arange(1, num_phrases + 1, device=ids.device)
+    member = phrases[:, None, :] == slot[None, :, None]                      # [B, P, L]
+    rank = member.long().cumsum(-1)                                           # 1-based
+    keep = member & (rank <= length - 2)
+    out = torch.full((b, num_phrases, length + 1), pad_id, dtype=ids.dtype, device=ids.device)
+    where = torch.where(keep, rank, torch.full_like(rank, length))            # dump column
+    out.scatter_(2, where, ids[:, None, :].expand(-1, num_phrases, -1))
+    out = out[..., :length]
+    out[..., 0] = sos_id
+    n = keep.sum(-1, keepdim=True)                                            # [B, P, 1]
+    out.scatter_(2, n + 1, torch.full_like(n, eos_id))
+    return rearrange(out, "b p l -> (b p) l")
+
+
+class ACSAHead(AlignmentHead):
+    caption_annotations = ("phrases",)
+    rescores = True
+    rescoring_keys = {"gallery": ("q", "v"), "query": ("k", "v", "mask")}
+
+    def __init__(self, ctx: HeadContext, weight: PositiveFloat = 0.1,
+                 num_phrases: PositiveInt = 10,
+                 phrase_mode: Literal["span", "separate"] = "span",
+                 phrase_length: Annotated[int, Field(ge=3)] = 24,
+                 part_mode: Literal["stripes", "channel_split"] = "stripes",
+                 lambda_softmax: PositiveFloat = 20.0, cont_scale: PositiveFloat = 20.0,
+                 top_k: PositiveInt = 100, fusion_weight: Rate | None = None,
+                 fusion_grid: list[Rate] = (1.0, 0.95, 0.92, 0.9, 0.88, 0.85, 0.82),
+                 chunk: PositiveInt = 32) -> None:
+        super().__init__(ctx, weight)
+        d = ctx.embed_dim
+        self.num_phrases, self.phrase_mode, self.phrase_length = num_phrases, phrase_mode, phrase_length
+        self.part_mode, self.lam, self.cont_scale = part_mode, lambda_softmax, cont_scale
+        self.top_k, self.chunk = top_k, chunk
+        self.fusion_weight = fusion_weight
+        self.fusion_grid = [fusion_weight] if fusion_weight is not None else list(fusion_grid)
+        self.grid = tuple(ctx.image_grid)
+        if min(self.grid) < 1 or self.grid[0] < 4:
+            raise ValueError(f"ACSA needs a patch grid with at least 4 rows, got {self.grid}")
+        self.parts = ChannelParts(d) if part_mode == "channel_split" else None
+        self.img_query, self.img_value = nn.Linear(d, d), nn.Linear(d, d)
+        self.txt_key, self.txt_value = nn.Linear(d, d), nn.Linear(d, d)
+        self.key_norm = nn.LayerNorm([num_phrases, d])
+        self.value_norm = nn.LayerNorm([num_phrases, d])
+
+    # --- the two sides -------------------------------------------------------------------
+    def image_side(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image tokens [B, 1 + N, D] -> (Q_I, V_I), each [B, 7, D]."""
+        tokens = tokens.float()
+        stripes, halves = stripe_tokens(tokens, self.grid)
+        if self.parts is None:
+            scales = torch.cat([tokens[:, :1], stripes, halves], 1)
+        else:
+            six = torch.cat([self.parts(tokens[:, 0]), halves], 1)
+            scales = torch.cat([six.mean(1, keepdim=True), six], 1)
+        return self.img_query(scales), self.img_value(scales)
+
+    def text_side(self, phrases: torch.Tensor, mask: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Phrase features [B, P, D] and mask -> (K_T, V_T, mask); padded slots zeroed."""
+        keep = mask[..., None].to(torch.float32)
+        k = self.key_norm(self.txt_key(phrases.float())) * keep
+        v = self.value_norm(self.txt_value(phrases.float())) * keep
+        return k, v, mask
+
+    def extra_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        if self.phrase_mode != "separate":
+            return {}
+        return {"acsa_phrase_ids": self._phrase_ids(batch["caption_ids"], batch["phrases"])}
+
+    def _phrase_ids(self, ids: torch.Tensor, phrases: torch.Tensor) -> torch.Tensor:
+        c = self.ctx
+        return phrase_token_ids(ids, phrases, self.num_phrases, self.phrase_length,
+                                c.sos_id, c.eos_id, c.pad_id)
+
+    def _phrases(self, text_tokens: torch.Tensor, phrases: torch.Tensor,
+                 phrase_tokens: torch.Tensor | None = None, phrase_ids: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Phrase features [B, P, D] and mask, by span pooling or from separate encodings."""
+        pooled, mask = span_pool(text_tokens.float(), phrases, self.num_phrases)
+        if self.phrase_mode == "span":
+            return pooled, mask
+        eos = (phrase_ids == self.ctx.eos_id).long().argmax(1)                # [B·P]
+        feats = phrase_tokens[torch.arange(len(eos), device=eos.device), eos].float()
+        return rearrange(feats, "(b p) d -> b p d", p=self.num_phrases), mask
+
+    # --- training ------------------------------------------------------------------------
+    def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
+        phrases, mask = self._phrases(encoded.text_tokens, batch["phrases"],
+                                      encoded.extra_text.get("acsa_phrase_ids"),
+                                      batch.get("acsa_phrase_ids"))
+        q, v = self.image_side(encoded.image_tokens)
+        k, tv, mask = self.text_side(phrases, mask)
+        q, v, k, tv = (gather_with_grad(x) for x in (q, v, k, tv))
+        mask, pid = gather_with_grad(mask), gather_with_grad(batch["pid"])
+        i2t = pairwise(i2t_scores, q, v, k, tv, mask, self.lam, self.chunk)
+        t2i = pairwise(t2i_scores, q, v, k, tv, mask, self.lam, self.chunk)
+        loss = cmpm_from_logits(self.cont_scale * i2t, self.cont_scale * t2i, pid)
+        positive = pid[:, None] == pid[None, :]
+        return {"loss_cont": self.weight * loss,
+                "acsa_i2t_pos": i2t.detach()[positive].mean(),
+                "acsa_i2t_neg": i2t.detach()[~positive].mean()}
+
+    # --- inference-time re-scoring (the head contract) -----------------------------------
+    def rescoring_inputs(self, modality: Modality, tokens: torch.Tensor, batch: dict,
+                         encoder: nn.Module) -> dict[str, torch.Tensor]:
+        if modality == "image":
+            q, v = self.image_side(tokens)
+            return {"q": q, "v": v}
+        phrase_tokens = phrase_ids = None
+        if self.phrase_mode == "separate":
+            phrase_ids = self._phrase_ids(batch["caption_ids"], batch["phrases"])
+            phrase_tokens = encoder.encode_text_tokens(phrase_ids)
+        phrases, mask = self._phrases(tokens, batch["phrases"], phrase_tokens, phrase_ids)
+        k, v, mask = self.text_side(phrases, mask)
+        return {"k": k, "v": v, "mask": mask}
+
+    def rescore(self, query: dict[str, torch.Tensor], gallery: dict[str, torch.Tensor],
+                candidates: torch.Tensor) -> torch.Tensor:
+        """i2t scores [Q, k] of each query caption with its candidate images [Q, k]."""
+        out = []
+        step = max(1, self.chunk * 64 // candidates.shape[1])
+        for s in range(0, candidates.shape[0], step):
+            cand = candidates[s:s + step]
+            q, v = gallery["q"][cand], gallery["v"][cand]                   # [c, k, 7, D]
+            k, tv, m = (query[n][s:s + step, None] for n in ("k", "v", "mask"))
+            out.append(i2t_scores(q, v, k, tv, m, self.lam))
+        return torch.cat(out)

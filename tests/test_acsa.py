@@ -1,0 +1,180 @@
+"""ACSA's parts against slow references written from the official code (mul-hjh/ACSA,
+utils/metric.py: ``func_attention_MxN`` per caption, ``compute_weiTexts``' loop, the
+contrastive loss), the fused ranking against the dense fusion, phrase pooling and phrase
+token sequences against loops, and a short run end to end with its fusion weight."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tbps.heads.acsa import (i2t_scores, pairwise, phrase_token_ids, span_pool, stripe_tokens,
+                             t2i_scores)
+from tbps.metrics.retrieval import fused_metrics, ranked_metrics
+
+
+def _l2(x, dim):
+    return x / (torch.pow(x, 2).sum(dim=dim, keepdim=True).sqrt() + 1e-8)
+
+
+def _func_attention(query, key, value, lam):
+    """The official func_attention_MxN on one batch of (query set, key set) pairs."""
+    q, k = _l2(query, -1), _l2(key, -1)
+    attn = torch.bmm(k, q.transpose(1, 2))                       # (b, keys, queries)
+    attn = F.leaky_relu(attn, 0.1)
+    attn = _l2(attn, 2)
+    attn = attn.transpose(1, 2)                                  # (b, queries, keys)
+    attn = torch.softmax(attn * lam, dim=2)
+    return torch.bmm(value.transpose(1, 2), attn.transpose(1, 2)).transpose(1, 2)
+
+
+def _cos(a, b):
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=1e-8)
+
+
+def _wei_texts(img_q, img_v, txt_k, txt_v, n_phrases, lam):
+    """compute_weiTexts: a loop over captions, each with its own number of phrases."""
+    i2t, t2i = [], []
+    for i in range(txt_k.shape[0]):
+        n = n_phrases[i]
+        k = txt_k[i, :n][None].repeat(img_q.shape[0], 1, 1)
+        v = txt_v[i, :n][None].repeat(img_q.shape[0], 1, 1)
+        wei_text = _l2(_func_attention(img_q, k, v, lam), 2)
+        i2t.append(_cos(img_v, wei_text).mean(1, keepdim=True))
+        wei_image = _l2(_func_attention(k, img_q, img_v, lam), 2)
+        t2i.append(_cos(v, wei_image).mean(1, keepdim=True))
+    return torch.cat(i2t, 1), torch.cat(t2i, 1)
+
+
+def _toy(b_img=5, b_txt=6, p=4, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = torch.tensor([4, 2, 3, 1, 4, 2])[:b_txt]
+    mask = torch.arange(p)[None] < n[:, None]
+    k = torch.randn(b_txt, p, d, generator=g) * mask[..., None]       # padded slots zero
+    v = torch.randn(b_txt, p, d, generator=g) * mask[..., None]
+    return (torch.randn(b_img, 7, d, generator=g), torch.randn(b_img, 7, d, generator=g),
+            k, v, mask, n.tolist())
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+def test_pairwise_scores_equal_the_official_loop(chunk):
+    q, v, k, tv, mask, n = _toy()
+    want_i2t, want_t2i = _wei_texts(q, v, k, tv, n, 20.0)
+    torch.testing.assert_close(pairwise(i2t_scores, q, v, k, tv, mask, 20.0, chunk), want_i2t)
+    torch.testing.assert_close(pairwise(t2i_scores, q, v, k, tv, mask, 20.0, chunk), want_t2i)
+
+
+def test_padded_phrases_change_nothing():
+    """Masked slots whatever they hold: the scores equal the captions cut to their phrases."""
+    q, v, k, tv, mask, _ = _toy()
+    noisy_k = torch.where(mask[..., None], k, torch.randn_like(k))
+    got = pairwise(i2t_scores, q, v, noisy_k, tv, mask, 20.0, 3)
+    torch.testing.assert_close(got, pairwise(i2t_scores, q, v, k, tv, mask, 20.0, 3))
+
+
+def test_cont_is_the_official_contrastive_loss():
+    from tbps.heads.cmpm import cmpm_from_logits
+
+    q, v, k, tv, mask, n = _toy(b_img=6)
+    pid = torch.tensor([0, 1, 1, 2, 0, 3])
+    i2t, t2i = _wei_texts(q, v, k, tv, n, 20.0)
+    labels = (pid[:, None] == pid[None]).float()
+    norm = labels / labels.norm(dim=1)
+    want = 0.0
+    for s in (i2t, t2i):  # the code: a row softmax over captions in both
+        pred = torch.softmax(s * 20, 1)
+        want = want + (pred * (torch.log_softmax(s * 20, 1) - torch.log(norm + 1e-8))).sum(1).mean()
+    torch.testing.assert_close(cmpm_from_logits(20 * i2t, 20 * t2i, pid), want)
+
+
+def test_fusion_over_the_whole_gallery_equals_the_dense_fusion():
+    g = torch.Generator().manual_seed(1)
+    q, gal = torch.randn(30, 16, generator=g), torch.randn(40, 16, generator=g)
+    qp, gp = torch.randint(0, 8, (30,), generator=g), torch.randint(0, 8, (40,), generator=g)
+    local_dense = torch.rand(30, 40, generator=g) * 2 - 1
+    rescore = lambda extra, gallery, cand: local_dense[extra["row"]].gather(1, cand)  # noqa: E731
+    rows = {"row": torch.arange(30)}
+    sims = F.normalize(q, dim=-1) @ F.normalize(gal, dim=-1).t()
+    for w in (1.0, 0.9, 0.5, 0.0):
+        dense = ranked_metrics(lambda s, e: w * sims[s:e] + (1 - w) * local_dense[s:e], qp, gp)
+        got = fused_metrics(q, qp, gal, gp, rescore, rows, {}, [w], top_k=40, chunk=7)[w]
+        assert got == dense
+    # top k < G: the re-scored candidates come first, the rest in their global order
+    w, k = 0.5, 5
+    got = fused_metrics(q, qp, gal, gp, rescore, rows, {}, [w], top_k=k, chunk=7)[w]
+    top = sims.topk(k, dim=1).indices
+    manual = sims - 4
+    manual.scatter_(1, top, w * sims.gather(1, top) + (1 - w) * local_dense.gather(1, top))
+    assert got == ranked_metrics(lambda s, e: manual[s:e], qp, gp)
+
+
+def test_span_pooling_and_phrase_sequences_match_loops():
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randn(2, 9, 4, generator=g)
+    phrases = torch.tensor([[0, 1, 1, 0, 2, 2, 2, 3, 0], [0, 1, 0, 0, 0, 0, 0, 0, 0]])
+    pooled, mask = span_pool(tokens, phrases, num_phrases=2)   # phrase 3 is beyond the cap
+    assert mask.tolist() == [[True, True], [True, False]]
+    torch.testing.assert_close(pooled[0, 1], tokens[0, 4:7].mean(0))
+    torch.testing.assert_close(pooled[1, 0], tokens[1, 1])
+    assert (pooled[1, 1] == 0).all()
+    ids = torch.tensor([[1, 10, 11, 12, 13, 14, 15, 16, 2], [1, 20, 2, 0, 0, 0, 0, 0, 0]])
+    seq = phrase_token_ids(ids, phrases, num_phrases=2, length=5, sos_id=1, eos_id=2, pad_id=0)
+    assert seq.tolist() == [[1, 10, 11, 2, 0], [1, 13, 14, 15, 2],   # cut to 5: fits
+                            [1, 20, 2, 0, 0], [1, 2, 0, 0, 0]]       # an empty slot
+    short = phrase_token_ids(ids, phrases, num_phrases=2, length=4, sos_id=1, eos_id=2, pad_id=0)
+    assert short[1].tolist() == [1, 13, 14, 2]                       # cut to the length
+
+
+def test_stripes_and_halves_are_row_means():
+    tokens = torch.arange(1 + 8 * 2, dtype=torch.float32)[None, :, None].repeat(1, 1, 3)
+    stripes, halves = stripe_tokens(tokens, (8, 2))
+    rows = tokens[0, 1:, 0].reshape(8, 2).mean(1)
+    assert stripes[0, :, 0].tolist() == [rows[i:i + 2].mean().item() for i in (0, 2, 4, 6)]
+    assert halves[0, :, 0].tolist() == [rows[:4].mean().item(), rows[4:].mean().item()]
+
+
+def test_phrase_annotation_of_real_style_captions():
+    from tbps.data.annotations import phrase_index
+    from tbps.data.tokenizer import CaptionTokenizer
+
+    caps = ["A man in a grey jacket, black trousers and brown shoes carries a black backpack.",
+            "Someone walks down the street."]
+    tok = CaptionTokenizer.clip(context_length=77)
+    made = phrase_index(tok, caps)
+    ids = tok.encode(caps)
+    found = [tok.decode(ids[0][made.tensor[0] == p].tolist()).strip()
+             for p in range(1, int(made.tensor[0].max()) + 1)]
+    assert found == ["a grey jacket", "black trousers", "brown shoes", "a black backpack"]
+    assert made.empty == 1 and made.tensor[1].max() == 1     # the fallback: one phrase, counted
+
+
+@pytest.fixture
+def _experiments(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("TBPS_EXPERIMENTS", str(Path(__file__).parent.parent / "experiments"))
+    monkeypatch.delenv("TBPS_RUN_DIR", raising=False)
+
+
+@pytest.mark.usefixtures("_experiments")
+@pytest.mark.parametrize("extra", [[], ["heads.acsa.phrase_mode=separate",
+                                        "heads.acsa.part_mode=channel_split",
+                                        "heads.acsa.top_k=3"]])
+def test_acsa_synthetic_trains_and_reports_fused_and_global(tiny_synth, tmp_path, extra):
+    from conftest import tiny_overrides
+
+    from tbps.cli import main
+    from tbps.model.checkpoint import load_checkpoint
+
+    args = [a for a in tiny_overrides(tiny_synth, tmp_path) if not a.startswith("heads.mlm")]
+    assert main(["train", "experiment=acsa_synthetic", *args, "trainer.max_epochs=1", *extra]) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    grid = [1.0, 0.95, 0.92, 0.9, 0.88, 0.85, 0.82]
+    assert m["val/fusion_weight"] in grid and m["test/fusion_weight"] == m["val/fusion_weight"]
+    for key in ("R1", "mAP", "mINP"):
+        assert 0 <= m[f"test/{key}"] <= 100 and 0 <= m[f"test/global/{key}"] <= 100
+    # the weight travels with the checkpoint; the global metrics are the plain ranking's
+    module = load_checkpoint(tmp_path / "checkpoints" / "best.ckpt")
+    assert module.fusion_weight == m["val/fusion_weight"]
+    assert not any(k.startswith("_rescorer") for k in module.state_dict())
