@@ -178,3 +178,14 @@ def test_acsa_synthetic_trains_and_reports_fused_and_global(tiny_synth, tmp_path
     module = load_checkpoint(tmp_path / "checkpoints" / "best.ckpt")
     assert module.fusion_weight == m["val/fusion_weight"]
     assert not any(k.startswith("_rescorer") for k in module.state_dict())
+
+
+def test_candidate_scores_equal_the_pairwise_scores():
+    from tbps.heads.acsa import candidate_i2t_scores
+
+    q, v, k, tv, mask, _ = _toy(b_img=9, d=16)
+    dense = pairwise(i2t_scores, q, v, k, tv, mask, 20.0, 4).t()           # [captions, images]
+    cand = torch.stack([torch.randperm(9, generator=torch.Generator().manual_seed(i))[:5]
+                        for i in range(6)])
+    got = candidate_i2t_scores(q, v, k, tv, mask, cand, 20.0)
+    torch.testing.assert_close(got, dense.gather(1, cand), rtol=1e-5, atol=1e-6)

@@ -25,3 +25,12 @@ def test_bench_cpu_version(capsys, tmp_path):
         assert e["irra_R1"] == e["R1"] and abs(e["irra_mAP"] - e["mAP"]) < 0.01
         assert e["product_ms"] > 0 and e["ranking_only_ms"] > 0 and e["irra_rank_ms"] > 0
         assert e["extra_memory_gib"] is not None and e["extra_memory_gib"] >= 0
+
+
+def test_rescoring_benchmark_runs_small():
+    import torch
+
+    from tbps.bench.evaluation import bench_rescoring
+
+    out = bench_rescoring(torch.device("cpu"), 120, 60, dim=32, top_k=10, repeats=1)
+    assert out["with_rescoring_ms"] > 0 and out["global_only_ms"] > 0 and out["ratio"] > 0
