@@ -178,6 +178,23 @@ def test_acsa_synthetic_trains_and_reports_fused_and_global(tiny_synth, tmp_path
     module = load_checkpoint(tmp_path / "checkpoints" / "best.ckpt")
     assert module.fusion_weight == m["val/fusion_weight"]
     assert not any(k.startswith("_rescorer") for k in module.state_dict())
+    if extra:
+        return
+    # the attention notebook draws each phrase's attention over the 7 image tokens
+    from pathlib import Path
+
+    from tbps.analysis.notebooks import run_notebook
+
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    nb = run_notebook(Path(__file__).parent.parent / "notebooks" / "attention.ipynb",
+                      {"TBPS_CKPT": str(tmp_path / "checkpoints" / "best.ckpt"),
+                       "TBPS_FIGURES": str(figures)}, cwd=tmp_path)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors, errors
+    assert (figures / "attention_acsa_phrases.png").is_file()
+    assert not (figures / "attention_masked_words.png").exists()  # no MLM head: said, skipped
 
 
 def test_candidate_scores_equal_the_pairwise_scores():

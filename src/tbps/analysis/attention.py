@@ -108,3 +108,42 @@ def masked_word_regions(module: TBPSModule, image: torch.Tensor, caption: str, w
     heat = weights.mean(0)
     heat = heat - heat.min()
     return (heat / heat.max().clamp(min=1e-8)).reshape(gh, gw), head[0]
+
+
+@torch.no_grad()
+def phrase_scale_attention(module: TBPSModule, image: torch.Tensor, caption: str
+                           ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """ACSA: each phrase of ``caption`` attending over the 7 image tokens (the t2i direction
+    of its cross-attention). Returns (phrases, weights [P, 7], maps [P, gh, gw]): each map
+    spreads a phrase's weights over the regions the tokens pool (the global token: the whole
+    image; stripes: their quarter of the rows; halves: their half). With
+    ``part_mode=channel_split`` the part tokens are channel groups, drawn at their nominal
+    body regions (head, upper, lower, feet)."""
+    from ..data.annotations import phrase_index
+    from ..heads.acsa import l2norm
+
+    head = next((h for h in module.heads.values() if hasattr(h, "image_side")), None)
+    if head is None:
+        raise ValueError("this model has no ACSA head")
+    tok = module.tokenizer
+    ann = phrase_index(tok, [caption]).tensor.long().to(image.device)
+    ids = tok.encode([caption]).to(image.device)
+    text_tokens = module.encoder.encode_text_tokens(ids)
+    kept = head.rescoring_inputs("text", text_tokens, {"caption_ids": ids, "phrases": ann},
+                                 module.encoder)
+    q, _ = head.image_side(module.encoder.encode_image_tokens(image[None]))
+    s = l2norm(q[0]) @ l2norm(kept["k"][0]).t()                           # [7, P]
+    s = l2norm(F.leaky_relu(s, 0.1), dim=-1) * head.lam
+    weights = s.softmax(dim=0).t()                                          # [P, 7]
+    n = int(kept["mask"][0].sum())
+    phrases = [tok.decode(ids[0][ann[0] == p + 1].tolist()).strip() for p in range(n)]
+    gh, gw = grid_size(module)
+    regions = torch.zeros(7, gh, device=image.device)
+    regions[0] = 1.0
+    for j, rows in enumerate(torch.tensor_split(torch.arange(gh), 4)):
+        regions[1 + j, rows] = 1.0
+    for j, rows in enumerate(torch.tensor_split(torch.arange(gh), 2)):
+        regions[5 + j, rows] = 1.0
+    rows = weights[:n] @ (regions / regions.sum(1, keepdim=True))         # [P, gh]
+    maps = rows[:, :, None].expand(-1, gh, gw)
+    return phrases, weights[:n], maps / maps.amax((1, 2), keepdim=True).clamp(min=1e-8)
