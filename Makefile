@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install train eval test synth bench sweep notebooks report clean-runs
+.PHONY: help install train eval test synth bench sweep notebooks report study clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ notebooks: $(STAMP)  ## run notebooks/*.ipynb headless on the newest synthetic r
 
 report: $(STAMP)  ## one table (mean ± std over seeds) and a plot across runs/; ARGS='--by data.noise_rate'
 	$(BIN)/tbps report $(ARGS)
+
+study: $(STAMP)  ## every method on SynthPedes, clean and noisy, 3 seeds, 2 at a time, then the report; ARGS='--epochs 6'
+	$(BIN)/tbps study $(ARGS)
 
 clean-runs:  ## delete runs/
 	rm -rf runs

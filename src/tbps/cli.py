@@ -127,6 +127,16 @@ def _bench(args: argparse.Namespace) -> None:
     print(text)
 
 
+def _study(args: argparse.Namespace) -> None:
+    from .report import report
+    from .study import run_study
+
+    run_study(args.out, args.methods, args.noise, args.seeds, args.epochs, args.parallel,
+              args.overrides, args.dry_run)
+    if not args.dry_run:
+        print(report([args.out], ["data.noise_rate"], os.path.join(args.out, "report")))
+
+
 def _report(args: argparse.Namespace) -> None:
     from .report import report
 
@@ -208,6 +218,20 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--format", choices=["md", "csv", "json"], default="md",
                    help="what to print (all three are written)")
     r.set_defaults(func=_report)
+    st = sub.add_parser("study", help="every method on SynthPedes, clean and noisy, several "
+                        "seeds, the same budget each, then the report")
+    st.add_argument("--out", default="runs/study", help="where the runs and the report go")
+    st.add_argument("--methods", nargs="+", metavar="EXPERIMENT", help="default: "
+                    "synthetic clip_synthetic crue_synthetic acsa_synthetic ucfa_synthetic")
+    st.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.3],
+                    help="caption-noise rates (data.noise_rate)")
+    st.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    st.add_argument("--epochs", type=int, default=6, help="the budget of every run")
+    st.add_argument("--parallel", type=int, default=2, help="trainings at a time, one "
+                    "thread each")
+    st.add_argument("--dry-run", action="store_true", help="list what would be trained")
+    st.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
+    st.set_defaults(func=_study)
     return p
 
 

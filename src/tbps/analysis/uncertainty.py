@@ -73,11 +73,17 @@ def sigma_by_words(ckpt: str, split: str = "test") -> dict:
     if not words:
         raise SystemExit(f"{dm.root} records no attribute words (SynthPedes does): nothing "
                          "to correlate")
-    sigma = caption_sigma(module, dm._caption_ids[split])
+    ids = dm._caption_ids[split]
+    sigma = caption_sigma(module, ids)
     count = torch.tensor([len(w) for w in words], dtype=torch.float32)
+    # the number of words goes with the caption's length: the length's own correlation
+    # says how much of the effect is just "shorter caption"
+    length = module.encoder.text_mask(ids).sum(1).float()
     few = count <= count.median()
     return {"checkpoint": ckpt, "split": split, "captions": len(sigma),
             "spearman_sigma_vs_words": round(float(spearman_corrcoef(sigma, count)), 4),
+            "spearman_sigma_vs_tokens": round(float(spearman_corrcoef(sigma, length)), 4),
+            "spearman_words_vs_tokens": round(float(spearman_corrcoef(count, length)), 4),
             "sigma_fewer_words": round(float(sigma[few].mean()), 5),
             "sigma_more_words": round(float(sigma[~few].mean()), 5),
             "median_words": float(count.median())}
