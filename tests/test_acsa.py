@@ -178,6 +178,12 @@ def test_acsa_synthetic_trains_and_reports_fused_and_global(tiny_synth, tmp_path
     module = load_checkpoint(tmp_path / "checkpoints" / "best.ckpt")
     assert module.fusion_weight == m["val/fusion_weight"]
     assert not any(k.startswith("_rescorer") for k in module.state_dict())
+    # the fusion table: at w = 1 the fused ranking is the global one, at the chosen w the run's
+    from tbps.analysis.fusion import fusion_table
+
+    table = fusion_table(str(tmp_path / "checkpoints" / "best.ckpt"))
+    assert table["test"]["w=1"]["R1"] == round(m["test/global/R1"], 2)
+    assert table["test"][f"w={m['test/fusion_weight']:g}"]["R1"] == round(m["test/R1"], 2)
     if extra:
         return
     # the attention notebook draws each phrase's attention over the 7 image tokens
