@@ -57,8 +57,10 @@ class Encoder(_Strict):
     embed_dim: PositiveInt
     vision: dict[str, Any]   # timm keyword arguments (timm checks them); patch size below
     text: dict[str, Any]     # CLIPTextConfig fields
-    text_pool: Literal["eos", "mean"] = "eos"
+    text_pool: Literal["eos", "mean", "cls"] = "eos"
     pretrained: str | None = None
+    swin_weights: str | None = None   # encoder=swin_bert: local Swin-T / BERT weights
+    bert_weights: str | None = None
     pos_interpolation: Literal["nearest", "bilinear", "bicubic", "area"] = "bilinear"
     act: Literal["gelu", "quick_gelu"] | None = None
 

@@ -37,6 +37,17 @@ def build_tokenizer_and_weights(cfg: DictConfig, dm: TBPSDataModule
     """CLIP runs (``encoder.pretrained``): the CLIP tokenizer and the loaded encoder, whose
     architecture is written into ``cfg.encoder`` so that checkpoints rebuild without the
     weights file. From-scratch runs: a BPE tokenizer trained on the training captions."""
+    for key, kind in (("swin_weights", "file"), ("bert_weights", "folder")):
+        path = cfg.encoder.get(key)
+        if path and not (Path(path).is_file() if kind == "file" else Path(path).is_dir()):
+            raise ConfigError(f"encoder.{key}={path}: no such {kind}; give the local "
+                              f"{'Swin-T checkpoint' if kind == 'file' else 'bert-base-uncased folder'}"
+                              " or leave it unset (random weights)")
+    if cfg.encoder.get("bert_weights"):  # encoder=swin_bert with BERT's own vocabulary
+        tok = CaptionTokenizer.bert(cfg.encoder.bert_weights, cfg.tokenizer.context_length)
+        with open_dict(cfg):
+            cfg.tokenizer.vocab_size = tok.vocab_size
+        return tok, None
     if "pretrained" not in cfg.encoder:
         tok = CaptionTokenizer.train(dm.records["train"].captions, cfg.tokenizer.vocab_size,
                                      cfg.tokenizer.context_length)
@@ -139,6 +150,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     dm.set_tokenizer(tok, module.caption_annotations)
     if pretrained is not None:
         module.load_encoder_weights(pretrained.state_dict())
+    elif resume is None and (cfg.encoder.get("swin_weights") or cfg.encoder.get("bert_weights")):
+        from .model.swin_bert import load_swin_weights, load_bert_weights
+
+        if cfg.encoder.get("swin_weights"):
+            load_swin_weights(module.encoder.vision, cfg.encoder.swin_weights)
+        if cfg.encoder.get("bert_weights"):
+            load_bert_weights(module.encoder.text, cfg.encoder.bert_weights)
+        module.load_encoder_weights(module.encoder.state_dict())  # and every copy of it
     cbs, ckpt, speed = callbacks(run_dir, dm.val_prefix)
     trainer = L.Trainer(**cfg.trainer, default_root_dir=run_dir, callbacks=cbs,
                         logger=make_loggers(cfg, run_dir, resumed=resume is not None),

@@ -12,7 +12,7 @@ from ..model.module import TBPSModule
 
 
 def grid_size(module: TBPSModule) -> tuple[int, int]:
-    return tuple(module.encoder.vision.patch_embed.grid_size)
+    return module.encoder.grid_size
 
 
 @torch.no_grad()

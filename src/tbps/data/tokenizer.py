@@ -15,12 +15,17 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from ..errors import ConfigError
 from .clip_bpe import EOT, MASK, SOT, build_clip_tokenizer, clip_clean
 
 SPECIALS = ["[PAD]", "[UNK]", "[SOS]", "[EOS]", "[MASK]"]
 # CLIP pads with id 0 (which is also the token "!", as in every CLIP codebase) and has no
 # unknown token (byte-level BPE covers every input).
 CLIP_SPECIALS = {"pad": "!", "unk": None, "sos": SOT, "eos": EOT, "mask": MASK}
+
+
+# BERT's WordPiece vocabulary (ACSA's backbone): [CLS] caption [SEP], padded with [PAD]
+BERT_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "sos": "[CLS]", "eos": "[SEP]", "mask": "[MASK]"}
 
 
 class CaptionTokenizer:
@@ -30,8 +35,11 @@ class CaptionTokenizer:
         self.tok = tokenizer
         self.context_length = context_length
         self.is_clip = tokenizer.token_to_id(SOT) is not None
+        is_bert = tokenizer.token_to_id("[CLS]") is not None and tokenizer.token_to_id("[SOS]") is None
         if self.is_clip:
             names = CLIP_SPECIALS
+        elif is_bert:
+            names = BERT_SPECIALS
         else:
             names = dict(zip(("pad", "unk", "sos", "eos", "mask"), SPECIALS))
             missing = [s for s in SPECIALS if tokenizer.token_to_id(s) is None]
@@ -59,6 +67,20 @@ class CaptionTokenizer:
         """CLIP's BPE with ``<|mask|>`` at 49405 (see ``clip_bpe``), from a checkpoint
         folder's vocab.json + merges.txt or from open_clip_torch's copy."""
         return cls(build_clip_tokenizer(folder), context_length)
+
+    @classmethod
+    def bert(cls, folder: str | Path, context_length: int = 64) -> "CaptionTokenizer":
+        """BERT's uncased WordPiece from a Hugging Face folder (tokenizer.json or vocab.txt)."""
+        from tokenizers.implementations import BertWordPieceTokenizer
+
+        folder = Path(folder)
+        if (folder / "tokenizer.json").is_file():
+            return cls(Tokenizer.from_file(str(folder / "tokenizer.json")), context_length)
+        if not (folder / "vocab.txt").is_file():
+            raise ConfigError(f"{folder} has neither tokenizer.json nor vocab.txt: give the "
+                              "bert-base-uncased folder as encoder.bert_weights")
+        wp = BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=True)
+        return cls(wp._tokenizer, context_length)
 
     @classmethod
     def train(cls, captions: Iterable[str], vocab_size: int = 1024,

@@ -8,7 +8,7 @@ from pathlib import Path
 import timm
 import torch
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import BertModel, CLIPTextConfig, CLIPTextModel
 
 from ..errors import ConfigError
 from ..types import EncoderOutput
@@ -27,9 +27,12 @@ class DualEncoder(nn.Module):
     def __init__(self, vision: nn.Module, text: CLIPTextModel, embed_dim: int, eos_id: int,
                  text_pool: str = "eos") -> None:
         super().__init__()
-        if text_pool not in ("eos", "mean"):
-            raise ValueError(f"encoder.text_pool must be 'eos' or 'mean', not {text_pool!r}")
+        if text_pool not in ("eos", "mean", "cls"):
+            raise ValueError(f"encoder.text_pool must be 'eos', 'mean' or 'cls', not {text_pool!r}")
         self.vision, self.text, self.text_pool = vision, text, text_pool
+        # a bidirectional text tower (BERT) must not read the padding; CLIP's causal one
+        # never does
+        self.text_reads_padding = isinstance(text, BertModel)
         self.vision_proj = nn.Linear(vision.embed_dim, embed_dim, bias=False)
         self.text_proj = nn.Linear(text.config.hidden_size, embed_dim, bias=False)
         self.embed_dim, self.eos_id = embed_dim, eos_id
@@ -43,7 +46,17 @@ class DualEncoder(nn.Module):
 
     def encode_text_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, L] token ids -> projected tokens [B, L, D] (causal attention, as CLIP)."""
-        return self.text_proj(self.text(input_ids=ids).last_hidden_state)
+        if self.text_reads_padding:
+            out = self.text(input_ids=ids, attention_mask=self.text_mask(ids).long())
+        else:
+            out = self.text(input_ids=ids)
+        return self.text_proj(out.last_hidden_state)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """The vision tower's token grid (rows, columns) behind the non-global tokens."""
+        grid = getattr(self.vision, "token_grid", None)
+        return tuple(grid) if grid is not None else tuple(self.vision.patch_embed.grid_size)
 
     def text_mask(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, L] bool: the caption's positions up to its end-of-text token. Not ``ids != 0``:
@@ -53,6 +66,8 @@ class DualEncoder(nn.Module):
 
     def text_global(self, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """[B, L, D] tokens -> [B, D] by the configured pooling."""
+        if self.text_pool == "cls":  # BERT's [CLS], the first token
+            return tokens[:, 0]
         if self.text_pool == "mean":
             real = self.text_mask(ids).unsqueeze(-1).to(tokens.dtype)
             return (tokens * real).sum(1) / real.sum(1).clamp(min=1)
@@ -138,6 +153,12 @@ def build_dual_encoder(vision: dict, text: dict, embed_dim: int, vocab_size: int
     name = vision.pop("model")
     if "img_size" in vision:
         vision["img_size"] = tuple(vision["img_size"])
+    if text.get("model") == "bert":  # ACSA's Swin-T + frozen BERT (tbps.model.swin_bert)
+        from .swin_bert import SwinTokens, build_bert
+
+        return DualEncoder(SwinTokens(name, **vision),
+                           build_bert(text, vocab_size, context_length, pad_id),
+                           embed_dim, eos_id, text_pool)
     vit = timm.create_model(name, pretrained=False, num_classes=0, **vision)
     cfg = CLIPTextConfig(vocab_size=vocab_size, max_position_embeddings=context_length,
                          eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=bos_id, **text)

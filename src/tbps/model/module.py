@@ -48,7 +48,7 @@ class TBPSModule(L.LightningModule):
                           vocab_size=tok.vocab_size, mask_id=tok.mask_id, pad_id=tok.pad_id,
                           special_ids=tuple(tok.special_ids), sos_id=tok.sos_id,
                           eos_id=tok.eos_id,
-                          image_grid=tuple(self.encoder.vision.patch_embed.grid_size))
+                          image_grid=self.encoder.grid_size)
         # "object": heads get the HeadContext itself, not an OmegaConf copy of it (which
         # torch.compile cannot trace through)
         self.heads = nn.ModuleDict({name: instantiate(h, ctx=ctx, _convert_="object")
