@@ -163,7 +163,7 @@ def to_markdown(rows: list[dict], by: list[str], unfinished: list[Run]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if unfinished:
         lines.append("")
-        lines.append(f"unfinished (no metrics.json, not averaged): "
+        lines.append("unfinished (no metrics.json, not averaged): "
                      + ", ".join(str(r.path) for r in unfinished))
     return "\n".join(lines)
 
