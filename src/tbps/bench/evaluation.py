@@ -133,9 +133,10 @@ def bench_rescoring(device: torch.device, n_query: int, n_gallery: int, dim: int
     gen = torch.Generator().manual_seed(1)
     n = torch.randint(2, num_phrases + 1, (n_query,), generator=gen)
     mask = (torch.arange(num_phrases)[None] < n[:, None]).to(device)
-    kept_q = {"k": torch.randn(n_query, num_phrases, dim, generator=gen).to(device) * mask[..., None],
-              "v": torch.randn(n_query, num_phrases, dim, generator=gen).to(device) * mask[..., None],
-              "mask": mask}
+    def phrases() -> torch.Tensor:
+        return torch.randn(n_query, num_phrases, dim, generator=gen).to(device) * mask[..., None]
+
+    kept_q = {"k": phrases(), "v": phrases(), "mask": mask}
     kept_g = {"q": torch.randn(n_gallery, 7, dim, generator=gen).to(device),
               "v": torch.randn(n_gallery, 7, dim, generator=gen).to(device)}
     with torch.no_grad():
@@ -143,5 +144,6 @@ def bench_rescoring(device: torch.device, n_query: int, n_gallery: int, dim: int
         fused_s = timed(lambda: fused_metrics(q, qp, g, gp, head.rescore, kept_q, kept_g,
                                               [0.9], top_k), device, repeats)
     return {"queries": n_query, "gallery": n_gallery, "dim": dim, "top_k": top_k,
-            "global_only_ms": round(global_s * 1e3, 1), "with_rescoring_ms": round(fused_s * 1e3, 1),
+            "global_only_ms": round(global_s * 1e3, 1),
+            "with_rescoring_ms": round(fused_s * 1e3, 1),
             "ratio": round(fused_s / global_s, 2)}

@@ -178,7 +178,8 @@ class ACSAHead(AlignmentHead):
                  chunk: PositiveInt = 32) -> None:
         super().__init__(ctx, weight)
         d = ctx.embed_dim
-        self.num_phrases, self.phrase_mode, self.phrase_length = num_phrases, phrase_mode, phrase_length
+        self.num_phrases, self.phrase_mode = num_phrases, phrase_mode
+        self.phrase_length = phrase_length
         self.part_mode, self.lam, self.cont_scale = part_mode, lambda_softmax, cont_scale
         self.top_k, self.chunk = top_k, chunk
         self.fusion_weight = fusion_weight
