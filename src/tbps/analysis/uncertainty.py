@@ -80,10 +80,15 @@ def sigma_by_words(ckpt: str, split: str = "test") -> dict:
     # says how much of the effect is just "shorter caption"
     length = module.encoder.text_mask(ids).sum(1).float()
     few = count <= count.median()
+    sw, st, wt = (float(spearman_corrcoef(a, b)) for a, b in
+                  ((sigma, count), (sigma, length), (count, length)))
+    partial = (sw - st * wt) / max(1e-12, ((1 - st ** 2) * (1 - wt ** 2)) ** 0.5)
     return {"checkpoint": ckpt, "split": split, "captions": len(sigma),
-            "spearman_sigma_vs_words": round(float(spearman_corrcoef(sigma, count)), 4),
-            "spearman_sigma_vs_tokens": round(float(spearman_corrcoef(sigma, length)), 4),
-            "spearman_words_vs_tokens": round(float(spearman_corrcoef(count, length)), 4),
+            "spearman_sigma_vs_words": round(sw, 4),
+            "spearman_sigma_vs_tokens": round(st, 4),
+            "spearman_words_vs_tokens": round(wt, 4),
+            # σ against the words with the caption length held fixed (partial rank corr.)
+            "partial_sigma_vs_words_given_tokens": round(partial, 4),
             "sigma_fewer_words": round(float(sigma[few].mean()), 5),
             "sigma_more_words": round(float(sigma[~few].mean()), 5),
             "median_words": float(count.median())}
