@@ -212,3 +212,53 @@ def test_candidate_scores_equal_the_pairwise_scores():
                         for i in range(6)])
     got = candidate_i2t_scores(q, v, k, tv, mask, cand, 20.0)
     torch.testing.assert_close(got, dense.gather(1, cand), rtol=1e-5, atol=1e-6)
+
+
+def _acsa_rank(rank, world, port, folder):
+    import torch.distributed as dist
+
+    from tbps.heads.acsa import ACSAHead
+    from tbps.heads.base import HeadContext
+    from tbps.types import EncoderOutput
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    torch.save(_acsa_loss(ACSAHead, HeadContext, EncoderOutput, slice(rank * 4, rank * 4 + 4)),
+               f"{folder}/rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _acsa_loss(ACSAHead, HeadContext, EncoderOutput, part):
+    torch.manual_seed(0)
+    head = ACSAHead(HeadContext(16, 4, 50, 4, 0, (0, 1, 2, 3, 4), image_grid=(4, 2)),
+                    num_phrases=3, chunk=3)
+    g = torch.Generator().manual_seed(1)
+    img = torch.randn(8, 9, 16, generator=g).requires_grad_()
+    txt = torch.randn(8, 6, 16, generator=g).requires_grad_()
+    phrases = torch.tensor([[0, 1, 1, 2, 0, 0]] * 4 + [[0, 1, 2, 2, 3, 0]] * 4)
+    enc = EncoderOutput(img[part], txt[part], None, None, None, {})
+    loss = head(enc, {"phrases": phrases[part], "pid": torch.tensor([0, 1, 1, 2, 3, 3, 0, 2])[part]})
+    loss["loss_cont"].backward()
+    return loss["loss_cont"].detach(), img.grad[part], txt.grad[part]
+
+
+def test_cont_over_two_processes_equals_one_process(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from tbps.heads.acsa import ACSAHead
+    from tbps.heads.base import HeadContext
+    from tbps.types import EncoderOutput
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_acsa_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    loss, g_img, g_txt = _acsa_loss(ACSAHead, HeadContext, EncoderOutput, slice(0, 8))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for got in ranks:
+        torch.testing.assert_close(got[0], loss)
+    torch.testing.assert_close(torch.cat([ranks[0][1], ranks[1][1]]) / 2, g_img)
+    torch.testing.assert_close(torch.cat([ranks[0][2], ranks[1][2]]) / 2, g_txt)

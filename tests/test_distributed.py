@@ -120,6 +120,26 @@ def test_eval_identical_with_one_and_two_processes(tiny_checkpoint, tiny_synth):
         assert two[k] == pytest.approx(one[k], abs=1e-6), k
 
 
+def test_eval_with_rescoring_identical_with_one_and_two_processes(tiny_synth, tmp_path):
+    """ACSA's kept tokens and phrase masks are gathered like the features: the fused and
+    the global metrics and the fusion weight are the same with 1 and 2 processes."""
+    from conftest import tiny_overrides
+
+    from tbps.cli import main
+
+    os.environ["TBPS_EXPERIMENTS"] = str(EXPERIMENTS)
+    os.environ.pop("TBPS_RUN_DIR", None)
+    args = [a for a in tiny_overrides(tiny_synth, tmp_path) if not a.startswith("heads.mlm")]
+    assert main(["train", "experiment=acsa_synthetic", *args, "trainer.max_epochs=1",
+                 "heads.acsa.top_k=5"]) == 0
+    ckpt = tmp_path / "checkpoints" / "best.ckpt"
+    one, two = _eval(ckpt, 1, tiny_synth), _eval(ckpt, 2, tiny_synth)
+    assert "test/global/R1" in one and "test/fusion_weight" in one
+    assert set(one) == set(two)
+    for k in one:
+        assert two[k] == pytest.approx(one[k], abs=1e-6), k
+
+
 class Recorder(L.Callback):
     """Writes which training pairs and identities each rank sees, per epoch and step."""
 

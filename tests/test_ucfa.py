@@ -160,26 +160,25 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _leaf_dists():
-    d = _dists(b=B, seed=3)
-    return Distributions(*(t.clone().requires_grad_() for t in
-                           (d.image_mean, d.image_logvar, d.text_mean, d.text_logvar)))
-
-
 def _ucfa_losses(part):
-    """Loss and gradients of DCL and PCL on the ``part`` of a fixed global batch."""
+    """Loss and gradients of DCL and PCL on the ``part`` of a fixed global batch. Each
+    modality's mean and log-variance come from one feature, as in the model (so their
+    gathers share an upstream node)."""
     pid = torch.tensor([0, 1, 1, 2, 3, 3, 4, 0])
+    g = torch.Generator().manual_seed(3)
+    w_mean, w_var = torch.randn(6, 6, generator=g), torch.randn(6, 6, generator=g) * 0.3
+    feats = torch.randn(2, B, 6, generator=g)
     out = {}
     for name, head in (("dcl", DCLHead(CTX)), ("pcl", PCLHead(CTX, num_samples=3, temperature=0.1))):
-        full = _leaf_dists()
-        local = Distributions(*(t[part] for t in (full.image_mean, full.image_logvar,
-                                                   full.text_mean, full.text_logvar)))
+        x = feats.clone().requires_grad_()
+        local = x[:, part]
+        dist = Distributions(local[0] @ w_mean, local[0] @ w_var - 2,
+                             local[1] @ w_mean, local[1] @ w_var - 2)
         torch.manual_seed(11)  # every rank draws the same global samples
-        terms = head(None, {"distributions": local, "pid": pid[part]})
+        terms = head(None, {"distributions": dist, "pid": pid[part]})
         loss = sum(v for k, v in terms.items() if k.startswith("loss_"))
         loss.backward()
-        out[name] = (loss.detach(), [t.grad[part] for t in (full.image_mean, full.image_logvar,
-                                                             full.text_mean, full.text_logvar)])
+        out[name] = (loss.detach(), [x.grad[0, part], x.grad[1, part]])
     return out
 
 

@@ -199,7 +199,7 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     data_cfg = OmegaConf.merge(OmegaConf.create({"data": module.cfg["data"]}),
                                OmegaConf.from_dotlist([o for o in overrides if o.startswith("data.")]))
     dm = build_data(data_cfg)
-    dm.set_tokenizer(module.tokenizer)
+    dm.set_tokenizer(module.tokenizer, module.caption_annotations)  # a re-scoring head's too
     trainer_cfg = {**cfg.trainer, "logger": False, "enable_checkpointing": False}
     trainer = L.Trainer(**trainer_cfg)
     with torch.inference_mode():

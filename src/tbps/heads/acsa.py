@@ -241,8 +241,13 @@ class ACSAHead(AlignmentHead):
                                       batch.get("acsa_phrase_ids"))
         q, v = self.image_side(encoded.image_tokens)
         k, tv, mask = self.text_side(phrases, mask)
-        q, v, k, tv = (gather_with_grad(x) for x in (q, v, k, tv))
-        mask, pid = gather_with_grad(mask), gather_with_grad(batch["pid"])
+        # one collective per side (the mask rides along as a float channel): fewer calls,
+        # and no two gathers of one side whose backward passes could pair up differently
+        d = q.shape[-1]
+        q, v = gather_with_grad(torch.cat([q, v], -1)).split(d, -1)
+        text = gather_with_grad(torch.cat([k, tv, mask[..., None].to(k.dtype)], -1))
+        k, tv, mask = text[..., :d], text[..., d:2 * d], text[..., 2 * d] > 0.5
+        pid = gather_with_grad(batch["pid"])
         i2t = pairwise(i2t_scores, q, v, k, tv, mask, self.lam, self.chunk)
         t2i = pairwise(t2i_scores, q, v, k, tv, mask, self.lam, self.chunk)
         loss = cmpm_from_logits(self.cont_scale * i2t, self.cont_scale * t2i, pid)

@@ -197,10 +197,13 @@ class TextToImageRetrieval(Metric):
 
     def compute_fused(self, rescore: Rescore, weights: list[float], top_k: int
                       ) -> dict[float, dict[str, float]]:
-        """``fused_metrics`` over everything accumulated, for each fusion weight."""
-        extra = {side: {k: dim_zero_cat(getattr(self, f"{side}_extra_{k}")) for k in keys}
-                 for side, keys in self.extra_keys.items()}
-        return fused_metrics(dim_zero_cat(self.query_feats), dim_zero_cat(self.query_pids),
-                             dim_zero_cat(self.gallery_feats), dim_zero_cat(self.gallery_pids),
-                             rescore, extra.get("query", {}), extra.get("gallery", {}),
-                             weights, top_k, self.chunk)
+        """``fused_metrics`` over everything accumulated on every process (synced as
+        ``compute`` is), for each fusion weight."""
+        with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
+            extra = {side: {k: dim_zero_cat(getattr(self, f"{side}_extra_{k}")) for k in keys}
+                     for side, keys in self.extra_keys.items()}
+            return fused_metrics(dim_zero_cat(self.query_feats), dim_zero_cat(self.query_pids),
+                                 dim_zero_cat(self.gallery_feats),
+                                 dim_zero_cat(self.gallery_pids), rescore,
+                                 extra.get("query", {}), extra.get("gallery", {}), weights,
+                                 top_k, self.chunk)
