@@ -61,7 +61,7 @@ def run_study(out: str | Path = "runs/study", methods: list[str] | None = None,
             print(" ".join(r.command(epochs, list(extra))[2:]))
         return runs
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    running: list[tuple[StudyRun, subprocess.Popen, float]] = []
+    running: list[tuple[StudyRun, subprocess.Popen, float, object]] = []
     failed: list[StudyRun] = []
     queue = list(todo)
     while queue or running:
@@ -71,13 +71,14 @@ def run_study(out: str | Path = "runs/study", methods: list[str] | None = None,
             log = open(r.folder / "study.log", "a")
             proc = subprocess.Popen(r.command(epochs, list(extra)), stdout=log,
                                     stderr=subprocess.STDOUT, env=env)
-            running.append((r, proc, time.perf_counter()))
+            running.append((r, proc, time.perf_counter(), log))
             print(f"  started {r.folder}", flush=True)
         time.sleep(2)
         for item in list(running):
-            r, proc, start = item
+            r, proc, start, log = item
             if proc.poll() is not None:
                 running.remove(item)
+                log.close()
                 took = time.perf_counter() - start
                 print(f"  {'done' if proc.returncode == 0 else 'FAILED'} {r.folder} "
                       f"({took:.0f} s)", flush=True)
