@@ -88,6 +88,21 @@ def test_cont_is_the_official_contrastive_loss():
     torch.testing.assert_close(cmpm_from_logits(20 * i2t, 20 * t2i, pid), want)
 
 
+def _fused_reference(sims, local_dense, qp, gp, w, k):
+    """Each query's order written out: its first k images in the stable global order,
+    sorted by (-fused, index), then the rest by (-cosine, index); metrics from that order."""
+    r1 = ap = 0.0
+    for i in range(len(qp)):
+        glob = sorted(range(len(gp)), key=lambda j: (-sims[i, j].item(), j))
+        head = sorted(glob[:k], key=lambda j: (-(w * sims[i, j] + (1 - w) * local_dense[i, j]).item(), j))
+        order = head + glob[k:]
+        match = [gp[j].item() == qp[i].item() for j in order]
+        r1 += match[0]
+        hits = [n for n, m in enumerate(match, 1) if m]
+        ap += sum((h + 1) / rank for h, rank in enumerate(hits)) / len(hits)
+    return 100 * r1 / len(qp), 100 * ap / len(qp)
+
+
 def test_fusion_over_the_whole_gallery_equals_the_dense_fusion():
     g = torch.Generator().manual_seed(1)
     q, gal = torch.randn(30, 16, generator=g), torch.randn(40, 16, generator=g)
@@ -96,17 +111,47 @@ def test_fusion_over_the_whole_gallery_equals_the_dense_fusion():
     rescore = lambda extra, gallery, cand: local_dense[extra["row"]].gather(1, cand)  # noqa: E731
     rows = {"row": torch.arange(30)}
     sims = F.normalize(q, dim=-1) @ F.normalize(gal, dim=-1).t()
+    plain, fused = fused_metrics(q, qp, gal, gp, rescore, rows, {}, [1.0, 0.9, 0.5, 0.0],
+                                 top_k=40, chunk=7)
+    assert plain == ranked_metrics(lambda s, e: sims[s:e], qp, gp)
     for w in (1.0, 0.9, 0.5, 0.0):
         dense = ranked_metrics(lambda s, e: w * sims[s:e] + (1 - w) * local_dense[s:e], qp, gp)
-        got = fused_metrics(q, qp, gal, gp, rescore, rows, {}, [w], top_k=40, chunk=7)[w]
-        assert got == dense
-    # top k < G: the re-scored candidates come first, the rest in their global order
-    w, k = 0.5, 5
-    got = fused_metrics(q, qp, gal, gp, rescore, rows, {}, [w], top_k=k, chunk=7)[w]
-    top = sims.topk(k, dim=1).indices
-    manual = sims - 4
-    manual.scatter_(1, top, w * sims.gather(1, top) + (1 - w) * local_dense.gather(1, top))
-    assert got == ranked_metrics(lambda s, e: manual[s:e], qp, gp)
+        assert fused[w] == dense
+
+
+def test_fusion_of_the_top_k_against_the_written_out_order_with_ties():
+    """Ties everywhere (scores on a coarse grid): at the k-th global score, among the fused
+    scores, and between candidates and the rest."""
+    g = torch.Generator().manual_seed(3)
+    n_q, n_g = 25, 30
+    sims = (torch.randint(-4, 5, (n_q, n_g), generator=g) / 4).float()
+    local_dense = (torch.randint(-2, 3, (n_q, n_g), generator=g) / 2).float()
+    qp, gp = torch.randint(0, 5, (n_q,), generator=g), torch.randint(0, 5, (n_g,), generator=g)
+    gp[:5] = torch.arange(5)  # every query has a match
+    sims[:, 0] = 1.0  # no zero row
+    # queries = the rows of the grid, gallery = one-hot: the cosines are each row of the grid
+    # scaled by one factor, so its ties stay ties; every product is exact
+    q, gal = sims, torch.eye(n_g)
+    sims = F.normalize(q, dim=-1) @ gal.t()
+    rescore = lambda extra, gallery, cand: local_dense[extra["row"]].gather(1, cand)  # noqa: E731
+    rows = {"row": torch.arange(n_q)}
+    for k in (1, 4, 7, 30):
+        for w in (0.5, 0.0):
+            _, fused = fused_metrics(q, qp, gal, gp, rescore, rows, {}, [w], top_k=k, chunk=6)
+            r1, ap = _fused_reference(sims, local_dense, qp, gp, w, k)
+            assert fused[w]["R1"] == pytest.approx(r1)
+            assert fused[w]["mAP"] == pytest.approx(ap)
+
+
+def test_stable_topk_is_the_head_of_the_stable_order():
+    from tbps.metrics.retrieval import stable_topk
+    g = torch.Generator().manual_seed(4)
+    sims = (torch.randint(0, 4, (50, 20), generator=g)).float()
+    for k in (1, 3, 10, 20):
+        values, idx = stable_topk(sims, k)
+        want = sims.argsort(dim=1, descending=True, stable=True)[:, :k]
+        assert torch.equal(idx.sort(1).values, want.sort(1).values)
+        assert torch.equal(values, sims.gather(1, idx))
 
 
 def test_span_pooling_and_phrase_sequences_match_loops():
@@ -204,13 +249,13 @@ def test_acsa_synthetic_trains_and_reports_fused_and_global(tiny_synth, tmp_path
 
 
 def test_candidate_scores_equal_the_pairwise_scores():
-    from tbps.heads.acsa import candidate_i2t_scores
+    from tbps.heads.acsa import candidate_i2t_scores, kept_caption_values, kept_image_values
 
     q, v, k, tv, mask, _ = _toy(b_img=9, d=16)
     dense = pairwise(i2t_scores, q, v, k, tv, mask, 20.0, 4).t()           # [captions, images]
     cand = torch.stack([torch.randperm(9, generator=torch.Generator().manual_seed(i))[:5]
                         for i in range(6)])
-    got = candidate_i2t_scores(q, v, k, tv, mask, cand, 20.0)
+    got = candidate_i2t_scores(kept_image_values(q, v), kept_caption_values(k, tv, mask), cand, 20.0)
     torch.testing.assert_close(got, dense.gather(1, cand), rtol=1e-5, atol=1e-6)
 
 

@@ -132,7 +132,7 @@ def phrase_scale_attention(module: TBPSModule, image: torch.Tensor, caption: str
     kept = head.rescoring_inputs("text", text_tokens, {"caption_ids": ids, "phrases": ann},
                                  module.encoder)
     q, _ = head.image_side(module.encoder.encode_image_tokens(image[None]))
-    s = l2norm(q[0]) @ l2norm(kept["k"][0]).t()                           # [7, P]
+    s = l2norm(q[0]) @ kept["k_hat"][0].t()                                  # [7, P]
     s = l2norm(F.leaky_relu(s, 0.1), dim=-1) * head.lam
     weights = s.softmax(dim=0).t()                                          # [P, 7]
     n = int(kept["mask"][0].sum())

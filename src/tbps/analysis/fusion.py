@@ -35,7 +35,7 @@ def fusion_table(ckpt: str) -> dict:
         for idx, loader in enumerate(dm._eval_loaders(split)):
             for batch in loader:
                 module._eval_step(metric, batch, idx)
-        fused = metric.compute_fused(head.rescore, grid, head.top_k)
+        _, fused = metric.compute_fused(head.rescore, grid, head.top_k)
         out[split] = {f"w={w:g}": {k: round(v, 2) for k, v in fused[w].items()
                                    if k in ("R1", "mAP")} for w in grid}
     return out

@@ -165,7 +165,7 @@ def phrase_token_ids(ids: torch.Tensor, phrases: torch.Tensor, num_phrases: int,
 class ACSAHead(AlignmentHead):
     caption_annotations = ("phrases",)
     rescores = True
-    rescoring_keys = {"gallery": ("q", "v"), "query": ("k", "v", "mask")}
+    rescoring_keys = {"gallery": ("q_hat", "v", "v_norm"), "query": ("k_hat", "v", "gram", "mask")}
 
     def __init__(self, ctx: HeadContext, weight: PositiveFloat = 0.1,
                  num_phrases: PositiveInt = 10,
@@ -260,52 +260,62 @@ class ACSAHead(AlignmentHead):
     def rescoring_inputs(self, modality: Modality, tokens: torch.Tensor, batch: dict,
                          encoder: nn.Module) -> dict[str, torch.Tensor]:
         if modality == "image":
-            q, v = self.image_side(tokens)
-            return {"q": q, "v": v}
+            return kept_image_values(*self.image_side(tokens))
         phrase_tokens = phrase_ids = None
         if self.phrase_mode == "separate":
             phrase_ids = self._phrase_ids(batch["caption_ids"], batch["phrases"])
             phrase_tokens = encoder.encode_text_tokens(phrase_ids)
         phrases, mask = self._phrases(tokens, batch["phrases"], phrase_tokens, phrase_ids)
-        k, v, mask = self.text_side(phrases, mask)
-        return {"k": k, "v": v, "mask": mask}
+        return kept_caption_values(*self.text_side(phrases, mask))
 
     def rescore(self, query: dict[str, torch.Tensor], gallery: dict[str, torch.Tensor],
                 candidates: torch.Tensor) -> torch.Tensor:
         """i2t scores [Q, k] of each query caption with its candidate images [Q, k]:
-        ``candidate_i2t_scores`` in blocks of queries."""
-        step = max(1, 2**22 // (candidates.shape[1] * NUM_IMAGE_TOKENS * query["k"].shape[-1]))
-        q_hat = l2norm(gallery["q"])  # once for all blocks
+        ``candidate_i2t_scores`` in blocks of queries whose gathered image values
+        (2 × block × k × 7 × D floats) stay within a few MB, near the cache."""
+        step = max(1, 2**19 // (candidates.shape[1] * NUM_IMAGE_TOKENS * query["v"].shape[-1]))
         return torch.cat([
-            candidate_i2t_scores(q_hat, gallery["v"], query["k"][s:s + step],
-                                 query["v"][s:s + step], query["mask"][s:s + step],
-                                 candidates[s:s + step], self.lam, normalised=True)
+            candidate_i2t_scores(gallery, {n: t[s:s + step] for n, t in query.items()},
+                                 candidates[s:s + step], self.lam)
             for s in range(0, candidates.shape[0], step)])
 
 
-def candidate_i2t_scores(img_q: torch.Tensor, img_v: torch.Tensor, txt_k: torch.Tensor,
-                         txt_v: torch.Tensor, txt_mask: torch.Tensor, candidates: torch.Tensor,
-                         lam: float, normalised: bool = False) -> torch.Tensor:
-    """``i2t_scores`` of c captions [c, P, D] with their k candidate images (``candidates``
-    [c, k] into img_q, img_v [G, 7, D]) -> [c, k], without forming the attended [c, k, 7, D]
-    values: cos(V_I, Σ_p a_p V_T[p]) = Σ_p a_p (V_I·V_T[p]) / (‖V_I‖ · ‖Σ_p a_p V_T[p]‖),
-    the norm from the caption's P×P Gram matrix. Two batched products per block, the same
-    numbers as ``i2t_scores`` up to rounding (tested). ``normalised``: img_q is already
-    l2-normalised. The cost is memory-bound: every (query, candidate) pair reads its
-    image's 2 × 7 × D values."""
+def kept_image_values(q: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What evaluation keeps of each image for re-scoring: Q̂_I, V_I and ‖V_I‖, each
+    computed once per image instead of once per (caption, image) pair."""
+    return {"q_hat": l2norm(q), "v": v, "v_norm": v.norm(dim=-1)}
+
+
+def kept_caption_values(k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+    """What evaluation keeps of each caption: K̂_T, V_T, the P×P Gram matrix of V_T and
+    the phrase mask, computed once per caption."""
+    return {"k_hat": l2norm(k), "v": v, "gram": v @ v.transpose(-1, -2), "mask": mask}
+
+
+def candidate_i2t_scores(image: dict[str, torch.Tensor], caption: dict[str, torch.Tensor],
+                         candidates: torch.Tensor, lam: float) -> torch.Tensor:
+    """``i2t_scores`` of c captions (``kept_caption_values``, [c, P, …]) with their k
+    candidate images (``candidates`` [c, k] into ``kept_image_values`` of G images) ->
+    [c, k], without forming the attended [c, k, 7, D] values: cos(V_I, Σ_p a_p V_T[p]) =
+    Σ_p a_p (V_I·V_T[p]) / (‖V_I‖ · ‖Σ_p a_p V_T[p]‖), the norm from the caption's Gram
+    matrix. Two batched products, the same numbers as ``i2t_scores`` up to rounding
+    (tested). Every (caption, candidate) pair reads its image's 2 × 7 × D values, copied as
+    whole rows (``index_select`` runs at memory speed; advanced indexing was 2.5× slower):
+    on a CPU this copy, not the products, is most of the cost."""
     c, k = candidates.shape
-    r = img_q.shape[1]
-    q = (img_q if normalised else l2norm(img_q))[candidates].reshape(c, k * r, -1)  # [c, k·7, D]
-    v = img_v[candidates].reshape(c, k * r, -1)
-    s = torch.bmm(l2norm(txt_k), q.transpose(1, 2)).reshape(c, -1, k, r)     # [c, P, k, 7]
+    g, r, d = image["q_hat"].shape
+    flat = candidates.reshape(-1)
+    q = image["q_hat"].reshape(g, r * d).index_select(0, flat).view(c, k * r, d)  # [c, k·7, D]
+    v = image["v"].reshape(g, r * d).index_select(0, flat).view(c, k * r, d)
+    v_norm = image["v_norm"].index_select(0, flat).view(c, k, r)
+    s = torch.bmm(caption["k_hat"], q.transpose(1, 2)).view(c, -1, k, r)     # [c, P, k, 7]
     s = l2norm(F.leaky_relu(s, 0.1), dim=-1) * lam                           # over the 7
-    s = s.masked_fill(~txt_mask[:, :, None, None], float("-inf"))
+    s = s.masked_fill(~caption["mask"][:, :, None, None], float("-inf"))
     a = s.softmax(dim=1)                                                     # over phrases
-    dots = torch.bmm(txt_v, v.transpose(1, 2)).reshape(c, -1, k, r)          # V_T·V_I
-    gram = torch.bmm(txt_v, txt_v.transpose(1, 2))                           # [c, P, P]
+    dots = torch.bmm(caption["v"], v.transpose(1, 2)).view(c, -1, k, r)      # V_T·V_I
     num = (a * dots).sum(1)                                                  # V_I·Ĉ  [c, k, 7]
-    att_norm = torch.einsum("cpkr,cpq,cqkr->ckr", a, gram, a).clamp(min=0).sqrt()   # ‖Ĉ‖
-    v_norm = v.norm(dim=-1).reshape(c, k, r)
+    att_norm = torch.einsum("cpkr,cpq,cqkr->ckr", a, caption["gram"], a).clamp(min=0).sqrt()
     # the code's cos(V_I, l2norm(Ĉ)): l2norm divides by ‖Ĉ‖ + 1e-8, cos by max(‖·‖‖·‖, 1e-8)
     unit = att_norm / (att_norm + EPS)
     cos = (num / (att_norm + EPS)) / (v_norm * unit).clamp(min=EPS)

@@ -51,7 +51,13 @@ def match_columns(query_pids: torch.Tensor, gallery_pids: torch.Tensor
 def match_ranks(sim: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """The 1-based rank of every match in its query's row under a stable descending sort,
     without sorting: rank = 1 + #{scores > its score} + #{equal scores at lower gallery
-    index}. sim [c, G], cols / valid [c, m] -> ranks [c, m] float64, ascending, +inf pads.
+    index}. sim [c, G], cols / valid [c, m] -> ranks [c, m] float64, ascending, +inf pads."""
+    return match_ranks_unsorted(sim, cols, valid).masked_fill(~valid, float("inf")).sort(dim=1).values
+
+
+def match_ranks_unsorted(sim: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor
+                         ) -> torch.Tensor:
+    """``match_ranks`` in the order of ``cols`` (pads hold any value).
 
     Two passes over the row per match (> and ==), each counted through a float buffer (much
     faster than summing a bool tensor; exact while G < 2**24). Rows where another image has
@@ -70,7 +76,7 @@ def match_ranks(sim: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor) -> t
         rows, i = tied.nonzero().unbind(1)
         before = torch.arange(sim.shape[1], device=sim.device)[None, :] < cols[rows, i][:, None]
         rank[rows, i] += ((sim[rows] == t[rows, i][:, None]) & before).sum(1).double()
-    return rank.masked_fill(~valid, float("inf")).sort(dim=1).values
+    return rank
 
 
 def default_chunk(n_gallery: int, device: torch.device) -> int:
@@ -99,66 +105,104 @@ def ranked_metrics(scores: Callable[[int, int], torch.Tensor], query_pids: torch
     (``match_ranks``) instead of sorting the gallery; the ranks equal the stable sort's."""
     cols, valid = match_columns(query_pids, gallery_pids)
     chunk = chunk or default_chunk(len(gallery_pids), gallery_pids.device)
-    # Each match costs two passes over its row, so a chunk only pays for as many match
-    # columns as its own queries need (m_max of the chunk, not of the data set).
-    n_match = valid.sum(1).tolist()
-    # Per-query values are kept and summed once at the end, so the result does not depend
-    # on the chunk size (not even in the last bit).
-    hit_rows, ap_rows, inp_rows = [], [], []
-    n = len(query_pids)
+    rows = _MetricRows(ks)
+    for s, e, m in _chunks(valid, chunk):
+        rows.add(match_ranks(scores(s, e), cols[s:e, :m], valid[s:e, :m]), valid[s:e, :m])
+    return rows.metrics()
+
+
+def _chunks(valid: torch.Tensor, chunk: int):
+    """(start, end, m) per chunk of queries. Each match costs two passes over its row, so a
+    chunk only pays for as many match columns as its own queries need (m of the chunk, not
+    of the data set)."""
+    n_match, n = valid.sum(1).tolist(), len(valid)
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
-        m = max(n_match[s:e])
-        ranks = match_ranks(scores(s, e), cols[s:e, :m], valid[s:e, :m])
-        n_rel = valid[s:e].sum(1)
-        ith = torch.arange(1, m + 1, device=cols.device, dtype=torch.float64)
-        hit_rows.append(torch.stack([ranks[:, 0] <= k for k in ks], 1))
+        yield s, e, max(n_match[s:e])
+
+
+class _MetricRows:
+    """Per-query hits, AP and INP from sorted match ranks, kept and summed once at the end,
+    so the result does not depend on the chunk size (not even in the last bit)."""
+
+    def __init__(self, ks: tuple[int, ...]) -> None:
+        self.ks, self.hit, self.ap, self.inp = ks, [], [], []
+
+    def add(self, ranks: torch.Tensor, valid: torch.Tensor) -> None:
+        """ranks [c, m] ascending (+inf pads), valid [c, m]."""
+        m = ranks.shape[1]
+        n_rel = valid.sum(1)
+        ith = torch.arange(1, m + 1, device=ranks.device, dtype=torch.float64)
+        self.hit.append(torch.stack([ranks[:, 0] <= k for k in self.ks], 1))
         last = (n_rel - 1)[:, None]  # a cumsum adds in order, whatever the chunk's width
-        ap_rows.append((ith / ranks).cumsum(1).gather(1, last).squeeze(1) / n_rel)
-        inp_rows.append(n_rel / ranks.gather(1, last).squeeze(1))
-    hits = torch.cat(hit_rows).double().sum(0).tolist()
-    out = {f"R{k}": 100.0 * hits[j] / n for j, k in enumerate(ks)}
-    out["mAP"] = 100.0 * torch.cat(ap_rows).sum().item() / n
-    out["mINP"] = 100.0 * torch.cat(inp_rows).sum().item() / n
-    out["rSum"] = sum(out[f"R{k}"] for k in ks)
-    return out
+        self.ap.append((ith / ranks).cumsum(1).gather(1, last).squeeze(1) / n_rel)
+        self.inp.append(n_rel / ranks.gather(1, last).squeeze(1))
+
+    def metrics(self) -> dict[str, float]:
+        n = sum(len(h) for h in self.hit)
+        hits = torch.cat(self.hit).double().sum(0).tolist()
+        out = {f"R{k}": 100.0 * hits[j] / n for j, k in enumerate(self.ks)}
+        out["mAP"] = 100.0 * torch.cat(self.ap).sum().item() / n
+        out["mINP"] = 100.0 * torch.cat(self.inp).sum().item() / n
+        out["rSum"] = sum(out[f"R{k}"] for k in self.ks)
+        return out
 
 
 Rescore = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
-# Below every fused score (both terms are cosines in [-1, 1]): the candidates outside a
-# query's top k keep their global order, after all of its candidates.
-_BELOW = 4.0
+
+
+def stable_topk(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first k of each row in the stable descending order (ties: lower index first),
+    as (values, indices) [c, k] in no particular order. ``topk`` breaks ties at the k-th
+    value arbitrarily; rows where it could have (more than k scores >= the k-th) are
+    taken again from a stable sort, so the candidates are exactly the head of the global
+    ranking."""
+    values, indices = sims.topk(k, dim=1, sorted=False)
+    kth = values.min(1, keepdim=True).values
+    at_least = torch.ge(sims, kth, out=torch.empty_like(sims)).sum(1)
+    rows = (at_least > k).nonzero().squeeze(1)
+    if len(rows):
+        order = sims[rows].argsort(dim=1, descending=True, stable=True)[:, :k]
+        indices[rows], values[rows] = order, sims[rows].gather(1, order)
+    return values, indices
 
 
 def fused_metrics(query: torch.Tensor, query_pids: torch.Tensor, gallery: torch.Tensor,
                   gallery_pids: torch.Tensor, rescore: Rescore,
                   query_extra: dict[str, torch.Tensor], gallery_extra: dict[str, torch.Tensor],
-                  weights: list[float], top_k: int, chunk: int | None = None
-                  ) -> dict[float, dict[str, float]]:
-    """Metrics of the fused ranking for each w in ``weights``: each query's ``top_k`` gallery
-    items by the global cosine are re-scored (``rescore`` on the kept extras, once for all
-    w) and ranked by w·cosine + (1 − w)·local, ahead of the rest in their global order.
-    With ``top_k`` covering the gallery this is the dense fusion exactly."""
+                  weights: list[float], top_k: int, chunk: int | None = None,
+                  ks: tuple[int, ...] = (1, 5, 10)
+                  ) -> tuple[dict[str, float], dict[float, dict[str, float]]]:
+    """(the global ranking's metrics, {w: the fused ranking's metrics}) in one pass over
+    the similarities: each query's first ``top_k`` gallery items in the global ranking are
+    re-scored (``rescore`` on the kept extras, once for all w) and ranked among themselves
+    by w·cosine + (1 − w)·local (ties: lower gallery index first), ahead of the rest, which
+    keep their global order and so their global ranks. No second product and no second
+    pass over a row: a match outside the candidates keeps its global rank, one inside is
+    ranked among the k candidates. With ``top_k`` covering the gallery this is the dense
+    fusion exactly (tested)."""
     query, gallery = F.normalize(query.float(), dim=-1), F.normalize(gallery.float(), dim=-1)
     k = min(top_k, len(gallery))
+    cols, valid = match_columns(query_pids, gallery_pids)
     chunk = chunk or default_chunk(len(gallery), gallery.device)
-    candidates, local = [], []
-    for s in range(0, len(query), chunk):
-        cand = (query[s:s + chunk] @ gallery.t()).topk(k, dim=1).indices
-        extra = {n: t[s:s + chunk] for n, t in query_extra.items()}
-        candidates.append(cand)
-        local.append(rescore(extra, gallery_extra, cand).float())
-    candidates, local = torch.cat(candidates), torch.cat(local)
-
-    def fused(w: float):
-        def scores(s: int, e: int) -> torch.Tensor:
-            sims = query[s:e] @ gallery.t()
-            cand = candidates[s:e]
-            out = sims - _BELOW
-            return out.scatter_(1, cand, w * sims.gather(1, cand) + (1 - w) * local[s:e])
-        return scores
-
-    return {w: ranked_metrics(fused(w), query_pids, gallery_pids, chunk=chunk) for w in weights}
+    plain, fused = _MetricRows(ks), {w: _MetricRows(ks) for w in weights}
+    for s, e, m in _chunks(valid, chunk):
+        sims = query[s:e] @ gallery.t()
+        c, v = cols[s:e, :m], valid[s:e, :m]
+        ranks = match_ranks_unsorted(sims, c, v)
+        plain.add(ranks.masked_fill(~v, float("inf")).sort(dim=1).values, v)
+        cand_sims, cand = stable_topk(sims, k)
+        local = rescore({n: t[s:e] for n, t in query_extra.items()}, gallery_extra, cand).float()
+        hit = cand[:, None, :] == c[:, :, None]                 # [c, m, k]: match is candidate
+        inside = hit.any(-1)
+        before = cand[:, None, :] < c[:, :, None]               # lower gallery index
+        for w, rows in fused.items():
+            f = w * cand_sims + (1 - w) * local                 # [c, k]
+            f_match = (f[:, None, :] * hit).sum(-1, keepdim=True)
+            ahead = (f[:, None, :] > f_match) | ((f[:, None, :] == f_match) & before)
+            r = torch.where(inside, 1 + ahead.sum(-1).double(), ranks)
+            rows.add(r.masked_fill(~v, float("inf")).sort(dim=1).values, v)
+    return plain.metrics(), {w: rows.metrics() for w, rows in fused.items()}
 
 
 class TextToImageRetrieval(Metric):
@@ -196,9 +240,9 @@ class TextToImageRetrieval(Metric):
                                  chunk=self.chunk)
 
     def compute_fused(self, rescore: Rescore, weights: list[float], top_k: int
-                      ) -> dict[float, dict[str, float]]:
+                      ) -> tuple[dict[str, float], dict[float, dict[str, float]]]:
         """``fused_metrics`` over everything accumulated on every process (synced as
-        ``compute`` is), for each fusion weight."""
+        ``compute`` is): the global metrics and those of each fusion weight."""
         with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
             extra = {side: {k: dim_zero_cat(getattr(self, f"{side}_extra_{k}")) for k in keys}
                      for side, keys in self.extra_keys.items()}

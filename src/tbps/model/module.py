@@ -258,7 +258,7 @@ class TBPSModule(L.LightningModule):
         metric.update(feature, batch["pid"], is_query=dataloader_idx == 1, extra=kept)
 
     def _fused(self, metric: TextToImageRetrieval, weights: list[float]
-               ) -> dict[float, dict[str, float]]:
+               ) -> tuple[dict[str, float], dict[float, dict[str, float]]]:
         return metric.compute_fused(self._rescorer.rescore, weights, self._rescorer.top_k)
 
     def _eval_results(self, metric: TextToImageRetrieval, prefix: str, choose: bool
@@ -267,19 +267,18 @@ class TBPSModule(L.LightningModule):
         the usual keys, the global ranking's under ``prefix/global/``, and the fusion weight
         (``choose``: the best of the head's grid by R@1 here, on validation; otherwise the
         weight chosen there)."""
-        plain = metric.compute()
         if self._rescorer is None:
-            return {f"{prefix}/{k}": v for k, v in plain.items()}
+            return {f"{prefix}/{k}": v for k, v in metric.compute().items()}
         grid = list(self._rescorer.fusion_grid)
         if choose:
-            fused = self._fused(metric, grid)
+            plain, fused = self._fused(metric, grid)
             w = max(grid, key=lambda g: (fused[g]["R1"], -grid.index(g)))  # first of a tie
             self.fusion_weight = w
         else:
             w = self.fusion_weight
             if w is None:  # never validated (a checkpoint of a run without validation)
                 w = grid[0]
-            fused = self._fused(metric, [w])
+            plain, fused = self._fused(metric, [w])
         out = {f"{prefix}/{k}": v for k, v in fused[w].items()}
         out.update({f"{prefix}/global/{k}": v for k, v in plain.items()})
         out[f"{prefix}/fusion_weight"] = w
