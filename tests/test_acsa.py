@@ -248,14 +248,25 @@ def test_acsa_synthetic_trains_and_reports_fused_and_global(tiny_synth, tmp_path
     assert not (figures / "attention_masked_words.png").exists()  # no MLM head: said, skipped
 
 
-def test_candidate_scores_equal_the_pairwise_scores():
-    from tbps.heads.acsa import candidate_i2t_scores, kept_caption_values, kept_image_values
+@pytest.mark.parametrize("part_mode", ["stripes", "channel_split"])
+def test_candidate_scores_equal_the_pairwise_scores(part_mode):
+    """What evaluation keeps (the projections folded into the caption side) gives the
+    training-time i2t scores of each caption's candidates."""
+    from tbps.heads.acsa import ACSAHead, candidate_i2t_scores
+    from tbps.heads.base import HeadContext
 
-    q, v, k, tv, mask, _ = _toy(b_img=9, d=16)
+    torch.manual_seed(0)
+    d, p = 16, 4
+    head = ACSAHead(HeadContext(d, 2, 10, 4, 0, (0,), image_grid=(4, 2)), num_phrases=p,
+                    part_mode=part_mode).eval()
+    _, _, k, tv, mask, _ = _toy(b_img=9, d=d)
+    tokens = torch.randn(9, 1 + 8, d)
+    q, v = head.image_side(tokens)
     dense = pairwise(i2t_scores, q, v, k, tv, mask, 20.0, 4).t()           # [captions, images]
     cand = torch.stack([torch.randperm(9, generator=torch.Generator().manual_seed(i))[:5]
                         for i in range(6)])
-    got = candidate_i2t_scores(kept_image_values(q, v), kept_caption_values(k, tv, mask), cand, 20.0)
+    kept_image = head.kept_image(head.image_scales(tokens))
+    got = candidate_i2t_scores(kept_image, head.kept_caption(k, tv, mask), cand, 20.0)
     torch.testing.assert_close(got, dense.gather(1, cand), rtol=1e-5, atol=1e-6)
 
 

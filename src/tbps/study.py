@@ -64,6 +64,7 @@ def run_study(out: str | Path = "runs/study", methods: list[str] | None = None,
     running: list[tuple[StudyRun, subprocess.Popen, float, object]] = []
     failed: list[StudyRun] = []
     queue = list(todo)
+    began = time.perf_counter()
     while queue or running:
         while queue and len(running) < parallel:
             r = queue.pop(0)
@@ -84,6 +85,8 @@ def run_study(out: str | Path = "runs/study", methods: list[str] | None = None,
                       f"({took:.0f} s)", flush=True)
                 if proc.returncode != 0:
                     failed.append(r)
+    print(f"study: trained {len(todo) - len(failed)} runs in {(time.perf_counter() - began) / 60:.1f} "
+          f"min of wall clock ({parallel} at a time)", flush=True)
     if failed:
         raise ConfigError(f"{len(failed)} study runs failed; see study.log in "
                           + ", ".join(str(r.folder) for r in failed))

@@ -129,13 +129,13 @@ def phrase_scale_attention(module: TBPSModule, image: torch.Tensor, caption: str
     ann = phrase_index(tok, [caption]).tensor.long().to(image.device)
     ids = tok.encode([caption]).to(image.device)
     text_tokens = module.encoder.encode_text_tokens(ids)
-    kept = head.rescoring_inputs("text", text_tokens, {"caption_ids": ids, "phrases": ann},
-                                 module.encoder)
+    k, _, mask = head.caption_side(text_tokens, {"caption_ids": ids, "phrases": ann},
+                                   module.encoder)
     q, _ = head.image_side(module.encoder.encode_image_tokens(image[None]))
-    s = l2norm(q[0]) @ kept["k_hat"][0].t()                                  # [7, P]
+    s = l2norm(q[0]) @ l2norm(k[0]).t()                                     # [7, P]
     s = l2norm(F.leaky_relu(s, 0.1), dim=-1) * head.lam
     weights = s.softmax(dim=0).t()                                          # [P, 7]
-    n = int(kept["mask"][0].sum())
+    n = int(mask[0].sum())
     phrases = [tok.decode(ids[0][ann[0] == p + 1].tolist()).strip() for p in range(n)]
     gh, gw = grid_size(module)
     regions = torch.zeros(7, gh, device=image.device)

@@ -165,7 +165,7 @@ def phrase_token_ids(ids: torch.Tensor, phrases: torch.Tensor, num_phrases: int,
 class ACSAHead(AlignmentHead):
     caption_annotations = ("phrases",)
     rescores = True
-    rescoring_keys = {"gallery": ("q_hat", "v", "v_norm"), "query": ("k_hat", "v", "gram", "mask")}
+    rescoring_keys = {"gallery": ("x", "q_inv", "v_norm"), "query": ("a", "c", "gram", "mask")}
 
     def __init__(self, ctx: HeadContext, weight: PositiveFloat = 0.1,
                  num_phrases: PositiveInt = 10,
@@ -194,15 +194,18 @@ class ACSAHead(AlignmentHead):
         self.value_norm = nn.LayerNorm([num_phrases, d])
 
     # --- the two sides -------------------------------------------------------------------
-    def image_side(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image tokens [B, 1 + N, D] -> (Q_I, V_I), each [B, 7, D]."""
+    def image_scales(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Image tokens [B, 1 + N, D] -> the 7 tokens at several scales, [B, 7, D]."""
         tokens = tokens.float()
         stripes, halves = stripe_tokens(tokens, self.grid)
         if self.parts is None:
-            scales = torch.cat([tokens[:, :1], stripes, halves], 1)
-        else:
-            six = torch.cat([self.parts(tokens[:, 0]), halves], 1)
-            scales = torch.cat([six.mean(1, keepdim=True), six], 1)
+            return torch.cat([tokens[:, :1], stripes, halves], 1)
+        six = torch.cat([self.parts(tokens[:, 0]), halves], 1)
+        return torch.cat([six.mean(1, keepdim=True), six], 1)
+
+    def image_side(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image tokens [B, 1 + N, D] -> (Q_I, V_I), each [B, 7, D]."""
+        scales = self.image_scales(tokens)
         return self.img_query(scales), self.img_value(scales)
 
     def text_side(self, phrases: torch.Tensor, mask: torch.Tensor
@@ -260,62 +263,77 @@ class ACSAHead(AlignmentHead):
     def rescoring_inputs(self, modality: Modality, tokens: torch.Tensor, batch: dict,
                          encoder: nn.Module) -> dict[str, torch.Tensor]:
         if modality == "image":
-            return kept_image_values(*self.image_side(tokens))
+            return self.kept_image(self.image_scales(tokens))
+        return self.kept_caption(*self.caption_side(tokens, batch, encoder))
+
+    def caption_side(self, tokens: torch.Tensor, batch: dict, encoder: nn.Module
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(K_T, V_T, mask) of captions at inference, from their text tokens (and, with
+        ``phrase_mode: separate``, each phrase encoded alone)."""
         phrase_tokens = phrase_ids = None
         if self.phrase_mode == "separate":
             phrase_ids = self._phrase_ids(batch["caption_ids"], batch["phrases"])
             phrase_tokens = encoder.encode_text_tokens(phrase_ids)
         phrases, mask = self._phrases(tokens, batch["phrases"], phrase_tokens, phrase_ids)
-        return kept_caption_values(*self.text_side(phrases, mask))
+        return self.text_side(phrases, mask)
+
+    # What evaluation keeps of each item, so that a (caption, image) pair costs as little as
+    # it can: Q_I = W_q X + b_q and V_I = W_v X + b_v are linear in the image's 7 scale
+    # tokens X, so K̂_T·Q_I = (K̂_T W_q)·X + K̂_T·b_q and V_T·V_I = (V_T W_v)·X + V_T·b_v.
+    # The caption keeps K̂_T W_q and V_T W_v, the image keeps X alone: a pair reads 7 × D
+    # image values instead of 2 × 7 × D (the re-scoring is bound by that read on a CPU).
+    def kept_image(self, scales: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Of each image: X [7, D], 1 / (‖Q_I‖ + 1e-8) (SCAN's l2norm of Q_I) and ‖V_I‖."""
+        q, v = self.img_query(scales), self.img_value(scales)
+        return {"x": scales, "q_inv": 1 / (q.norm(dim=-1) + EPS), "v_norm": v.norm(dim=-1)}
+
+    def kept_caption(self, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+        """Of each caption: a = [K̂_T W_q; V_T W_v] [2P, D], c = [K̂_T·b_q; V_T·b_v] [2P],
+        the Gram matrix V_T V_Tᵀ [P, P] and the phrase mask."""
+        k_hat = l2norm(k)
+        wq, wv = self.img_query, self.img_value
+        return {"a": torch.cat([k_hat @ wq.weight, v @ wv.weight], -2),
+                "c": torch.cat([k_hat @ wq.bias, v @ wv.bias], -1),
+                "gram": v @ v.transpose(-1, -2), "mask": mask}
 
     def rescore(self, query: dict[str, torch.Tensor], gallery: dict[str, torch.Tensor],
                 candidates: torch.Tensor) -> torch.Tensor:
         """i2t scores [Q, k] of each query caption with its candidate images [Q, k]:
         ``candidate_i2t_scores`` in blocks of queries whose gathered image values
-        (2 × block × k × 7 × D floats) stay within a few MB, near the cache."""
-        step = max(1, 2**19 // (candidates.shape[1] * NUM_IMAGE_TOKENS * query["v"].shape[-1]))
+        (block × k × 7 × D floats) stay within a few MB, near the cache."""
+        step = max(1, 2**20 // (candidates.shape[1] * NUM_IMAGE_TOKENS * query["a"].shape[-1]))
         return torch.cat([
             candidate_i2t_scores(gallery, {n: t[s:s + step] for n, t in query.items()},
                                  candidates[s:s + step], self.lam)
             for s in range(0, candidates.shape[0], step)])
 
 
-def kept_image_values(q: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
-    """What evaluation keeps of each image for re-scoring: Q̂_I, V_I and ‖V_I‖, each
-    computed once per image instead of once per (caption, image) pair."""
-    return {"q_hat": l2norm(q), "v": v, "v_norm": v.norm(dim=-1)}
-
-
-def kept_caption_values(k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
-                        ) -> dict[str, torch.Tensor]:
-    """What evaluation keeps of each caption: K̂_T, V_T, the P×P Gram matrix of V_T and
-    the phrase mask, computed once per caption."""
-    return {"k_hat": l2norm(k), "v": v, "gram": v @ v.transpose(-1, -2), "mask": mask}
-
-
 def candidate_i2t_scores(image: dict[str, torch.Tensor], caption: dict[str, torch.Tensor],
                          candidates: torch.Tensor, lam: float) -> torch.Tensor:
-    """``i2t_scores`` of c captions (``kept_caption_values``, [c, P, …]) with their k
-    candidate images (``candidates`` [c, k] into ``kept_image_values`` of G images) ->
+    """``i2t_scores`` of c captions (``ACSAHead.kept_caption``, [c, …]) with their k
+    candidate images (``candidates`` [c, k] into ``ACSAHead.kept_image`` of G images) ->
     [c, k], without forming the attended [c, k, 7, D] values: cos(V_I, Σ_p a_p V_T[p]) =
     Σ_p a_p (V_I·V_T[p]) / (‖V_I‖ · ‖Σ_p a_p V_T[p]‖), the norm from the caption's Gram
-    matrix. Two batched products, the same numbers as ``i2t_scores`` up to rounding
-    (tested). Every (caption, candidate) pair reads its image's 2 × 7 × D values, copied as
-    whole rows (``index_select`` runs at memory speed; advanced indexing was 2.5× slower):
-    on a CPU this copy, not the products, is most of the cost."""
+    matrix. One batched product per block, the same numbers as ``i2t_scores`` up to
+    rounding (tested). Every (caption, candidate) pair reads its image's 7 × D values,
+    copied as whole rows (``index_select`` runs at memory speed; advanced indexing was
+    2.5× slower): on a CPU that copy is a large part of the cost."""
     c, k = candidates.shape
-    g, r, d = image["q_hat"].shape
+    g, r, d = image["x"].shape
+    p = caption["mask"].shape[1]
     flat = candidates.reshape(-1)
-    q = image["q_hat"].reshape(g, r * d).index_select(0, flat).view(c, k * r, d)  # [c, k·7, D]
-    v = image["v"].reshape(g, r * d).index_select(0, flat).view(c, k * r, d)
-    v_norm = image["v_norm"].index_select(0, flat).view(c, k, r)
-    s = torch.bmm(caption["k_hat"], q.transpose(1, 2)).view(c, -1, k, r)     # [c, P, k, 7]
+    x = image["x"].reshape(g, r * d).index_select(0, flat).view(c, k * r, d)  # [c, k·7, D]
+    both = torch.baddbmm(caption["c"][..., None], caption["a"], x.transpose(1, 2))
+    both = both.view(c, 2 * p, k, r)                                         # [c, 2P, k, 7]
+    q_inv = image["q_inv"].index_select(0, flat).view(c, 1, k, r)
+    s = both[:, :p] * q_inv                                                  # K̂_T·Q̂_I
     s = l2norm(F.leaky_relu(s, 0.1), dim=-1) * lam                           # over the 7
     s = s.masked_fill(~caption["mask"][:, :, None, None], float("-inf"))
     a = s.softmax(dim=1)                                                     # over phrases
-    dots = torch.bmm(caption["v"], v.transpose(1, 2)).view(c, -1, k, r)      # V_T·V_I
-    num = (a * dots).sum(1)                                                  # V_I·Ĉ  [c, k, 7]
+    num = (a * both[:, p:]).sum(1)                                           # V_I·Ĉ  [c, k, 7]
     att_norm = torch.einsum("cpkr,cpq,cqkr->ckr", a, caption["gram"], a).clamp(min=0).sqrt()
+    v_norm = image["v_norm"].index_select(0, flat).view(c, k, r)
     # the code's cos(V_I, l2norm(Ĉ)): l2norm divides by ‖Ĉ‖ + 1e-8, cos by max(‖·‖‖·‖, 1e-8)
     unit = att_norm / (att_norm + EPS)
     cos = (num / (att_norm + EPS)) / (v_norm * unit).clamp(min=EPS)
