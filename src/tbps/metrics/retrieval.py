@@ -52,7 +52,12 @@ def match_ranks(sim: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor) -> t
     """The 1-based rank of every match in its query's row under a stable descending sort,
     without sorting: rank = 1 + #{scores > its score} + #{equal scores at lower gallery
     index}. sim [c, G], cols / valid [c, m] -> ranks [c, m] float64, ascending, +inf pads."""
-    return match_ranks_unsorted(sim, cols, valid).masked_fill(~valid, float("inf")).sort(dim=1).values
+    return ascending(match_ranks_unsorted(sim, cols, valid), valid)
+
+
+def ascending(ranks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each row's match ranks [c, m] sorted ascending, +inf at the pads."""
+    return ranks.masked_fill(~valid, float("inf")).sort(dim=1).values
 
 
 def match_ranks_unsorted(sim: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor
@@ -190,7 +195,7 @@ def fused_metrics(query: torch.Tensor, query_pids: torch.Tensor, gallery: torch.
         sims = query[s:e] @ gallery.t()
         c, v = cols[s:e, :m], valid[s:e, :m]
         ranks = match_ranks_unsorted(sims, c, v)
-        plain.add(ranks.masked_fill(~v, float("inf")).sort(dim=1).values, v)
+        plain.add(ascending(ranks, v), v)
         cand_sims, cand = stable_topk(sims, k)
         local = rescore({n: t[s:e] for n, t in query_extra.items()}, gallery_extra, cand).float()
         hit = cand[:, None, :] == c[:, :, None]                 # [c, m, k]: match is candidate
@@ -201,7 +206,7 @@ def fused_metrics(query: torch.Tensor, query_pids: torch.Tensor, gallery: torch.
             f_match = (f[:, None, :] * hit).sum(-1, keepdim=True)
             ahead = (f[:, None, :] > f_match) | ((f[:, None, :] == f_match) & before)
             r = torch.where(inside, 1 + ahead.sum(-1).double(), ranks)
-            rows.add(r.masked_fill(~v, float("inf")).sort(dim=1).values, v)
+            rows.add(ascending(r, v), v)
     return plain.metrics(), {w: rows.metrics() for w, rows in fused.items()}
 
 
