@@ -104,3 +104,33 @@ def test_unreadable_training_image_stops_or_is_skipped(tmp_path):
     assert batch["image"].shape[0] == 1 and batch["skipped_images"] == 1
     with pytest.raises(DatasetError, match="all 1 images of a batch"):
         collate_trimmed([ds[1]])
+
+
+def test_cached_images_give_the_same_augmented_tensors_and_are_read_once(tmp_path):
+    from PIL import Image
+
+    from tbps.data.transforms import augment_transform, resize, train_transform
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(2):
+        paths.append(tmp_path / f"{k}.png")
+        Image.fromarray(rng.integers(0, 256, (40, 16, 3), dtype=np.uint8)).save(paths[-1])
+    ids = torch.ones(4, 5, dtype=torch.long)
+    pairs = [(0, 0, 0), (1, 1, 1), (0, 2, 0), (1, 3, 1)]
+    knobs = dict(flip=0.5, pad=2, erase=0.5)
+    plain = PairDataset(paths, pairs, ids, train_transform((20, 8), **knobs), [False] * 4)
+    cached = PairDataset(paths, pairs, ids, augment_transform((20, 8), **knobs), [False] * 4,
+                         resize=resize((20, 8)))
+    for epoch in range(3):
+        for k in range(4):
+            np.random.seed(100 * epoch + k)
+            a = plain[k]["image"]
+            np.random.seed(100 * epoch + k)
+            b = cached[k]["image"]
+            assert torch.equal(a, b)
+    assert sorted(cached.cache) == [0, 1] and cached.cache[0].shape == (20, 8, 3)
+    for p in paths:
+        p.unlink()  # read once: later epochs never open the files again
+    np.random.seed(7)
+    assert cached[2]["image"].shape == (3, 20, 8)

@@ -155,6 +155,28 @@ def test_mlm_head_predicts_only_masked_positions():
     assert enc.image_tokens.grad.abs().sum() > 0  # the cross-attention reaches the image
 
 
+def test_mlm_batch_share_reconstructs_the_first_captions_only():
+    torch.manual_seed(0)
+    head = MLMHead(CTX, depth=1, num_heads=2, batch_share=0.5)
+    ids = torch.randint(5, 30, (7, 9))
+    ids[:, 0], ids[:, -1] = 2, 3
+    batch = {"caption_ids": ids}
+    batch.update(head.extra_inputs(batch))
+    assert batch["mlm_ids"].shape == (4, 9) and batch["mlm_labels"].shape == (4, 9)  # ceil(3.5)
+    assert torch.equal(batch["mlm_ids"][batch["mlm_labels"] == IGNORE], ids[:4][batch["mlm_labels"] == IGNORE])
+    enc = _encoded(7)
+    enc.extra_text["mlm_ids"] = torch.randn(4, 9, 8)
+    out = head(enc, batch)
+    # Reference: the whole-batch head on the first four captions and their images alone.
+    logits = head.mlm_head(head.cross_former(enc.extra_text["mlm_ids"], enc.image_tokens[:4]))
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 30), batch["mlm_labels"].reshape(-1),
+                                            ignore_index=IGNORE)
+    assert out["loss_mlm"].item() == pytest.approx(ref.item(), rel=1e-5)
+    out["loss_mlm"].backward()
+    assert enc.image_tokens.grad[:4].abs().sum() > 0 and enc.image_tokens.grad[4:].abs().sum() == 0
+    assert MLMHead(CTX, depth=1, num_heads=2, batch_share=0.01).reconstructed(7) == 1
+
+
 def test_a_head_without_forward_cannot_be_built():
     from tbps.heads.base import AlignmentHead
 

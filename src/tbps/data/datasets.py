@@ -31,13 +31,18 @@ class PairDataset(Dataset):
     An unreadable image stops training with its path, or, with ``skip_bad_images``, gives
     ``None``: the collate function drops it and counts it (``train/skipped_images``). It is
     never retried, unlike IRRA's endless retry loop.
+
+    With ``resize`` (``data.cache_images``), each image is decoded and resized once and kept
+    in memory (in each loader worker, which lives across epochs); ``transform`` is then the
+    random rest of the pipeline (``augment_transform``).
     """
 
     def __init__(self, image_paths: list[Path], pairs: list[tuple[int, int, int]],
                  caption_ids: torch.Tensor, transform, noisy: list[bool],
                  skip_bad_images: bool = False,
-                 annotations: dict[str, torch.Tensor] | None = None) -> None:
+                 annotations: dict[str, torch.Tensor] | None = None, resize=None) -> None:
         self.image_paths, self.pairs = image_paths, pairs  # (image index, caption index, label)
+        self.resize, self.cache = resize, {}
         self.caption_ids, self.transform, self.noisy = caption_ids, transform, noisy
         self.skip_bad_images = skip_bad_images
         self.annotations = annotations or {}  # per-caption token annotations heads asked for
@@ -48,7 +53,7 @@ class PairDataset(Dataset):
     def __getitem__(self, k: int) -> dict:
         img_idx, cap_idx, label = self.pairs[k]
         try:
-            pixels = load_rgb(self.image_paths[img_idx])
+            pixels = self.pixels(img_idx)
         except DatasetError as exc:
             if not self.skip_bad_images:
                 raise
@@ -63,6 +68,14 @@ class PairDataset(Dataset):
         return {"image": image, "caption_ids": self.caption_ids[cap_idx], "pid": label,
                 "image_id": img_idx, "index": k, "noisy": self.noisy[cap_idx],
                 **{name: a[cap_idx].long() for name, a in self.annotations.items()}}
+
+
+    def pixels(self, img_idx: int) -> np.ndarray:
+        if self.resize is None:
+            return load_rgb(self.image_paths[img_idx])
+        if img_idx not in self.cache:
+            self.cache[img_idx] = self.resize(image=load_rgb(self.image_paths[img_idx]))["image"]
+        return self.cache[img_idx]
 
 
 class ImageDataset(Dataset):

@@ -27,19 +27,34 @@ class Augment(TypedDict, total=False):
 def train_transform(size: tuple[int, int], mean: tuple = CLIP_MEAN, std: tuple = CLIP_STD,
                     flip: float = 0.5, pad: int = 10, erase: float = 0.5) -> A.Compose:
     """Resize, horizontal flip, pad-and-crop, normalise, random erasing (IRRA's --img_aug)."""
+    return A.Compose([resize(size), *augment_steps(size, mean, std, flip, pad, erase)])
+
+
+def resize(size: tuple[int, int]) -> A.Resize:
+    """The deterministic first step of both pipelines (what ``data.cache_images`` keeps)."""
+    return A.Resize(*size, interpolation=cv2.INTER_LINEAR)
+
+
+def augment_transform(size: tuple[int, int], mean: tuple = CLIP_MEAN, std: tuple = CLIP_STD,
+                      flip: float = 0.5, pad: int = 10, erase: float = 0.5) -> A.Compose:
+    """``train_transform`` without its resize, for images already resized: the same random
+    draws for the same seed, so a cached image gives the same tensor as a decoded one."""
+    return A.Compose(augment_steps(size, mean, std, flip, pad, erase))
+
+
+def augment_steps(size: tuple[int, int], mean: tuple, std: tuple, flip: float, pad: int,
+                  erase: float) -> list:
     h, w = size
-    return A.Compose([
-        A.Resize(h, w, interpolation=cv2.INTER_LINEAR),
+    return [
         A.HorizontalFlip(p=flip),
         A.PadIfNeeded(h + 2 * pad, w + 2 * pad, border_mode=cv2.BORDER_CONSTANT, fill=0),
         A.RandomCrop(h, w),
         A.Normalize(mean=mean, std=std),
         A.Erasing(scale=(0.02, 0.4), fill=0, p=erase),  # 0 after normalising = the mean colour
         ToTensorV2(),
-    ])
+    ]
 
 
 def eval_transform(size: tuple[int, int], mean: tuple = CLIP_MEAN, std: tuple = CLIP_STD) -> A.Compose:
     h, w = size
-    return A.Compose([A.Resize(h, w, interpolation=cv2.INTER_LINEAR),
-                      A.Normalize(mean=mean, std=std), ToTensorV2()])
+    return A.Compose([resize((h, w)), A.Normalize(mean=mean, std=std), ToTensorV2()])
