@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .data.datamodule import TBPSDataModule
 from .data.tokenizer import CaptionTokenizer
+from . import STARTED
 from .errors import ConfigError, TBPSError
 from .model.encoder import DualEncoder
 from .model.checkpoint import load_checkpoint
@@ -174,6 +175,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         write_metrics(run_dir / "metrics.json", metrics)
         print_table(metrics, f"{cfg.experiment}: {run_dir}")
         print(f"training {fit_seconds:.0f} s, {speed.samples_per_s:.0f} samples/s; "
+              f"{time.perf_counter() - STARTED:.0f} s since the command started; "
               f"run folder {run_dir}")
     return metrics
 
