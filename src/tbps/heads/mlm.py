@@ -11,7 +11,7 @@ masked positions (same loss, far less compute), and GELU replaces CLIP's QuickGE
 ``batch_share`` < 1 (IRRA: 1) reconstructs only the first ``ceil(share · B)`` captions of a
 batch: the batch is shuffled, so they are a random subset, and the second text pass, the
 cross-former and the vocabulary head cost that share; SDM and ID still see the whole batch.
-The CPU default experiment uses 0.5 (the MLM branch was 43% of its step).
+The CPU default experiment uses 0.25 (the MLM branch was 43% of its forward pass).
 """
 
 from __future__ import annotations
