@@ -318,3 +318,26 @@ def test_cont_over_two_processes_equals_one_process(tmp_path):
         torch.testing.assert_close(got[0], loss)
     torch.testing.assert_close(torch.cat([ranks[0][1], ranks[1][1]]) / 2, g_img)
     torch.testing.assert_close(torch.cat([ranks[0][2], ranks[1][2]]) / 2, g_txt)
+
+
+def test_rescore_keeps_only_real_phrases_and_equals_the_padded_scores():
+    """Captions grouped by their number of phrases and cut to the real ones (padding at the
+    end or anywhere) score their candidates as the padded computation does."""
+    from tbps.heads.acsa import ACSAHead, candidate_i2t_scores
+    from tbps.heads.base import HeadContext
+
+    torch.manual_seed(0)
+    d, p, g, c, k = 16, 5, 11, 9, 4
+    head = ACSAHead(HeadContext(d, 2, 10, 4, 0, (0,), image_grid=(4, 2)), num_phrases=p).eval()
+    mask = torch.rand(c, p) < 0.6
+    mask[:, 0] |= ~mask.any(1)            # at least one phrase, as the data module makes
+    mask[0], mask[1] = True, False        # a full caption, and one with a single phrase
+    mask[1, 3] = True
+    keep = mask[..., None].float()
+    kept_q = head.kept_caption(torch.randn(c, p, d) * keep, torch.randn(c, p, d) * keep, mask)
+    kept_g = head.kept_image(torch.randn(g, 7, d))
+    cand = torch.stack([torch.randperm(g)[:k] for _ in range(c)])
+    got = head.rescore(kept_q, kept_g, cand)
+    ref = candidate_i2t_scores(kept_g, kept_q, cand, head.lam)
+    assert len(mask.sum(1).unique()) >= 3
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)

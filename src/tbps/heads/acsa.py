@@ -300,13 +300,37 @@ class ACSAHead(AlignmentHead):
     def rescore(self, query: dict[str, torch.Tensor], gallery: dict[str, torch.Tensor],
                 candidates: torch.Tensor) -> torch.Tensor:
         """i2t scores [Q, k] of each query caption with its candidate images [Q, k]:
-        ``candidate_i2t_scores`` in blocks of queries whose gathered image values
-        (block × k × 7 × D floats) stay within a few MB, near the cache."""
+        ``candidate_i2t_scores`` for the captions with the same number of phrases together,
+        each kept only with its real phrases (a padded slot adds nothing but work: its
+        attention weight is 0), in blocks whose gathered image values (block × k × 7 × D
+        floats) stay within a few MB, near the cache."""
+        out = torch.empty(candidates.shape, device=candidates.device)
         step = max(1, 2**20 // (candidates.shape[1] * NUM_IMAGE_TOKENS * query["a"].shape[-1]))
-        return torch.cat([
-            candidate_i2t_scores(gallery, {n: t[s:s + step] for n, t in query.items()},
-                                 candidates[s:s + step], self.lam)
-            for s in range(0, candidates.shape[0], step)])
+        counts = query["mask"].sum(1)
+        for n in counts.unique().tolist():
+            rows = (counts == n).nonzero().squeeze(1)
+            kept = real_phrases(query, rows, max(n, 1))
+            for s in range(0, len(rows), step):
+                block = rows[s:s + step]
+                out[block] = candidate_i2t_scores(
+                    gallery, {name: t[s:s + step] for name, t in kept.items()},
+                    candidates[block], self.lam)
+        return out
+
+
+def real_phrases(caption: dict[str, torch.Tensor], rows: torch.Tensor, n: int
+                 ) -> dict[str, torch.Tensor]:
+    """``ACSAHead.kept_caption`` of the captions ``rows`` (each with n real phrases) cut to
+    those n slots, in their order, wherever the padding sits."""
+    mask = caption["mask"][rows]
+    p = mask.shape[1]
+    slots = torch.argsort((~mask).int(), dim=1, stable=True)[:, :n]          # real ones first
+    both = torch.cat([slots, slots + p], 1)                                  # K̂W_q rows, V W_v rows
+    a = caption["a"][rows].gather(1, both[..., None].expand(-1, -1, caption["a"].shape[-1]))
+    gram = caption["gram"][rows].gather(1, slots[..., None].expand(-1, -1, p))
+    return {"a": a, "c": caption["c"][rows].gather(1, both),
+            "gram": gram.gather(2, slots[:, None, :].expand(-1, n, -1)),
+            "mask": mask.gather(1, slots)}
 
 
 def candidate_i2t_scores(image: dict[str, torch.Tensor], caption: dict[str, torch.Tensor],
