@@ -11,9 +11,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from . import STARTED
 from .data.datamodule import TBPSDataModule
 from .data.tokenizer import CaptionTokenizer
-from . import STARTED
 from .errors import ConfigError, TBPSError
 from .model.encoder import DualEncoder
 from .model.checkpoint import load_checkpoint

@@ -189,13 +189,13 @@ class TBPSDataModule(L.LightningDataModule):
         rec = self.records["train"]
         labels = self.train_labels
         pairs = [(img, k, labels[rec.image_pids[img]]) for k, img in enumerate(rec.caption_image)]
-        # cache_images: decoded and resized once per worker, not once per epoch (SynthPedes:
-        # 9 KB an image at 96x32; CUHK-PEDES at 384x128 would hold 5 GB per worker)
-        make = augment_transform if self.cache_images else train_transform
-        ds = PairDataset(rec.image_paths, pairs, self._caption_ids["train"],
-                         make(self.image_size, **self.augment), rec.caption_noisy,
-                         self.skip_bad_images, self._annotations.get("train"),
-                         resize(self.image_size) if self.cache_images else None)
+        if self.cache_images:  # decoded and resized once per worker, not once per epoch
+            transform, once = augment_transform(self.image_size, **self.augment), resize(self.image_size)
+        else:
+            transform, once = train_transform(self.image_size, **self.augment), None
+        ds = PairDataset(rec.image_paths, pairs, self._caption_ids["train"], transform,
+                         rec.caption_noisy, self.skip_bad_images, self._annotations.get("train"),
+                         once)
         world, rank = self._world()
         if self.sampler == "identity":
             sampler = IdentitySampler([p[2] for p in pairs], self.batch_size, self.num_instances,

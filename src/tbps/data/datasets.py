@@ -69,7 +69,6 @@ class PairDataset(Dataset):
                 "image_id": img_idx, "index": k, "noisy": self.noisy[cap_idx],
                 **{name: a[cap_idx].long() for name, a in self.annotations.items()}}
 
-
     def pixels(self, img_idx: int) -> np.ndarray:
         if self.resize is None:
             return load_rgb(self.image_paths[img_idx])

@@ -56,5 +56,4 @@ def augment_steps(size: tuple[int, int], mean: tuple, std: tuple, flip: float, p
 
 
 def eval_transform(size: tuple[int, int], mean: tuple = CLIP_MEAN, std: tuple = CLIP_STD) -> A.Compose:
-    h, w = size
-    return A.Compose([resize((h, w)), A.Normalize(mean=mean, std=std), ToTensorV2()])
+    return A.Compose([resize(size), A.Normalize(mean=mean, std=std), ToTensorV2()])
