@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tbps.heads.acsa import (i2t_scores, pairwise, phrase_token_ids, span_pool, stripe_tokens,
-                             t2i_scores)
+from tbps.heads.acsa import pairwise, phrase_token_ids, span_pool, stripe_tokens
 from tbps.metrics.retrieval import fused_metrics, ranked_metrics
 
 
@@ -61,16 +60,34 @@ def _toy(b_img=5, b_txt=6, p=4, d=8, seed=0):
 def test_pairwise_scores_equal_the_official_loop(chunk):
     q, v, k, tv, mask, n = _toy()
     want_i2t, want_t2i = _wei_texts(q, v, k, tv, n, 20.0)
-    torch.testing.assert_close(pairwise(i2t_scores, q, v, k, tv, mask, 20.0, chunk), want_i2t)
-    torch.testing.assert_close(pairwise(t2i_scores, q, v, k, tv, mask, 20.0, chunk), want_t2i)
+    i2t, t2i = pairwise(q, v, k, tv, mask, 20.0, chunk)
+    torch.testing.assert_close(i2t, want_i2t)
+    torch.testing.assert_close(t2i, want_t2i)
+
+
+def test_pairwise_gradients_equal_the_official_loop():
+    """The products form (no attended vectors) backpropagates as the official loop does:
+    gradients of a weighted sum of both score matrices, at the images and the real phrases
+    (in float64, so that a difference is the formula's, not rounding's)."""
+    *feats, mask, n = _toy()
+    q, v, k, tv = (t.double() for t in feats)
+    w_i2t, w_t2i = torch.randn(5, 6).double(), torch.randn(5, 6).double()
+    grads = []
+    for scores in (lambda *x: pairwise(*x, mask, 20.0, 2), lambda *x: _wei_texts(*x, n, 20.0)):
+        inputs = [t.clone().requires_grad_() for t in (q, v, k, tv)]
+        i2t, t2i = scores(*inputs)
+        grads.append(torch.autograd.grad((w_i2t * i2t).sum() + (w_t2i * t2i).sum(), inputs))
+    for got, want in zip(*grads):
+        keep = mask[..., None] if got.shape[:2] == mask.shape else True
+        torch.testing.assert_close(got * keep, want * keep, rtol=1e-9, atol=1e-12)
 
 
 def test_padded_phrases_change_nothing():
     """Masked slots whatever they hold: the scores equal the captions cut to their phrases."""
     q, v, k, tv, mask, _ = _toy()
     noisy_k = torch.where(mask[..., None], k, torch.randn_like(k))
-    got = pairwise(i2t_scores, q, v, noisy_k, tv, mask, 20.0, 3)
-    torch.testing.assert_close(got, pairwise(i2t_scores, q, v, k, tv, mask, 20.0, 3))
+    got = pairwise(q, v, noisy_k, tv, mask, 20.0, 3)[0]
+    torch.testing.assert_close(got, pairwise(q, v, k, tv, mask, 20.0, 3)[0])
 
 
 def test_cont_is_the_official_contrastive_loss():
@@ -262,11 +279,13 @@ def test_candidate_scores_equal_the_pairwise_scores(part_mode):
     _, _, k, tv, mask, _ = _toy(b_img=9, d=d)
     tokens = torch.randn(9, 1 + 8, d)
     q, v = head.image_side(tokens)
-    dense = pairwise(i2t_scores, q, v, k, tv, mask, 20.0, 4).t()           # [captions, images]
+    dense = pairwise(q, v, k, tv, mask, 20.0, 4)[0].t()                    # [captions, images]
     cand = torch.stack([torch.randperm(9, generator=torch.Generator().manual_seed(i))[:5]
                         for i in range(6)])
-    kept_image = head.kept_image(head.image_scales(tokens))
-    got = candidate_i2t_scores(kept_image, head.kept_caption(k, tv, mask), cand, 20.0)
+    kept_image = head.kept_image(tokens)
+    assert kept_image["x"].shape[1] == (5 if part_mode == "stripes" else 6)
+    got = candidate_i2t_scores(kept_image, head.kept_caption(k, tv, mask), cand, 20.0,
+                               head.scale_mix)
     torch.testing.assert_close(got, dense.gather(1, cand), rtol=1e-5, atol=1e-6)
 
 
@@ -335,9 +354,9 @@ def test_rescore_keeps_only_real_phrases_and_equals_the_padded_scores():
     mask[1, 3] = True
     keep = mask[..., None].float()
     kept_q = head.kept_caption(torch.randn(c, p, d) * keep, torch.randn(c, p, d) * keep, mask)
-    kept_g = head.kept_image(torch.randn(g, 7, d))
+    kept_g = head.kept_image(torch.randn(g, 1 + 8, d))
     cand = torch.stack([torch.randperm(g)[:k] for _ in range(c)])
     got = head.rescore(kept_q, kept_g, cand)
-    ref = candidate_i2t_scores(kept_g, kept_q, cand, head.lam)
+    ref = candidate_i2t_scores(kept_g, kept_q, cand, head.lam, head.scale_mix)
     assert len(mask.sum(1).unique()) >= 3
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)

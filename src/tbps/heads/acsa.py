@@ -54,48 +54,92 @@ def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return x / (x.norm(dim=dim, keepdim=True) + EPS)
 
 
-def scan_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                   key_mask: torch.Tensor | None, lam: float) -> torch.Tensor:
-    """[..., Nq, D] queries attend over [..., Nk, D] keys/values (``key_mask`` [..., Nk]:
-    True at real keys) -> [..., Nq, D]. Leading dimensions broadcast."""
-    s = torch.matmul(l2norm(key), l2norm(query).transpose(-1, -2))      # [..., Nk, Nq]
-    s = l2norm(F.leaky_relu(s, 0.1), dim=-1) * lam                      # over the queries
-    if key_mask is not None:
-        s = s.masked_fill(~key_mask[..., :, None], float("-inf"))
-    return torch.matmul(s.softmax(dim=-2).transpose(-1, -2), value)
+def cos_to_unit(dot: torch.Tensor, att_norm: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """The code's cos(v, l2norm(A)) from v·A, ‖A‖ and ‖v‖: l2norm divides A by ‖A‖ + 1e-8,
+    cos divides by max(‖v‖‖l2norm(A)‖, 1e-8)."""
+    unit = att_norm / (att_norm + EPS)
+    return (dot / (att_norm + EPS)) / (norm * unit).clamp(min=EPS)
 
 
-def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The code's cosine: a·b / max(‖a‖‖b‖, 1e-8), over the last axis."""
-    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=EPS)
+def quadratic_norm(a: torch.Tensor, equation: str, gram: torch.Tensor) -> torch.Tensor:
+    """‖Σ_j a_j u_j‖ = sqrt(aᵀ G a) with G the Gram matrix of the u_j (``equation`` names
+    the einsum); kept off 0 so that its gradient stays finite."""
+    return torch.einsum(equation, a, gram, a).clamp(min=EPS**2).sqrt()
 
 
-def i2t_scores(img_q: torch.Tensor, img_v: torch.Tensor, txt_k: torch.Tensor,
-               txt_v: torch.Tensor, txt_mask: torch.Tensor, lam: float) -> torch.Tensor:
+# The two scores from products alone. A pair's attention needs only the P × 7 cosines
+# K̂_T·Q̂_I, and cos(V, l2norm(Σ a V')) needs only the P × 7 products V_T·V_I and the Gram
+# matrix of the attended side: ‖Σ_j a_j u_j‖² = aᵀ G a. So no pair forms attended
+# D-dimensional vectors: every caption's phrases meet every image's tokens in two matrix
+# products, and what follows works on [captions, P, images, 7].
+def i2t_from_products(s: torch.Tensor, sv: torch.Tensor, gram_t: torch.Tensor,
+                      v_norm: torch.Tensor, mask: torch.Tensor, lam: float) -> torch.Tensor:
     """Image tokens attend to phrases: mean over the 7 tokens of cos(V_I, l2norm(A)).
-    Image [..., 7, D] and text [..., P, D] inputs broadcast over their leading axes."""
-    attended = l2norm(scan_attention(img_q, txt_k, txt_v, txt_mask, lam))
-    return _cos(img_v, attended).mean(-1)
+    ``s`` = K̂_T·Q̂_I and ``sv`` = V_T·V_I [T, P, I, 7] (T captions, I images), ``gram_t`` =
+    V_T V_Tᵀ [T, P, P], ``v_norm`` = ‖V_I‖ [T or 1, I, 7], ``mask`` [T, P] -> [T, I]."""
+    s = l2norm(F.leaky_relu(s, 0.1), dim=-1) * lam                      # over the 7 queries
+    s = s.masked_fill(~mask[:, :, None, None], float("-inf"))
+    a = s.softmax(dim=1)                                                 # over the phrases
+    att = quadratic_norm(a, "tpir,tpq,tqir->tir", gram_t)
+    return cos_to_unit((a * sv).sum(1), att, v_norm).mean(-1)
 
 
-def t2i_scores(img_q: torch.Tensor, img_v: torch.Tensor, txt_k: torch.Tensor,
-               txt_v: torch.Tensor, txt_mask: torch.Tensor, lam: float) -> torch.Tensor:
-    """Phrases attend to image tokens: mean over the real phrases of cos(V_T, l2norm(A))."""
-    attended = l2norm(scan_attention(txt_k, img_q, img_v, None, lam))
-    cos = _cos(txt_v, attended)
-    mask = txt_mask.to(cos.dtype)
-    return (cos * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+def t2i_from_products(s: torch.Tensor, sv: torch.Tensor, gram_i: torch.Tensor,
+                      t_norm: torch.Tensor, mask: torch.Tensor, lam: float) -> torch.Tensor:
+    """Phrases attend to image tokens: mean over the real phrases of cos(V_T, l2norm(A)).
+    ``s``, ``sv`` as in ``i2t_from_products``, ``gram_i`` = V_I V_Iᵀ [I, 7, 7], ``t_norm``
+    = ‖V_T‖ [T, P] -> [T, I]. As in the code, the l2-normalisation over the phrases (the
+    queries here) sees the padded slots, whose zero keys add nothing to it."""
+    s = l2norm(F.leaky_relu(s, 0.1), dim=1) * lam                       # over the P queries
+    a = s.softmax(dim=-1)                                                # over the 7
+    att = quadratic_norm(a, "tpir,irs,tpis->tpi", gram_i)
+    cos = cos_to_unit((a * sv).sum(-1), att, t_norm[..., None])          # [T, P, I]
+    keep = mask[..., None].to(cos.dtype)
+    return (cos * keep).sum(1) / keep.sum(1).clamp(min=1)
 
 
-def pairwise(score_fn, img_q, img_v, txt_k, txt_v, txt_mask, lam: float, chunk: int
-             ) -> torch.Tensor:
-    """[B_img, B_txt] scores of every image with every caption, ``chunk`` images at a time
-    (memory O(chunk × B_txt × 7 × D)), without a loop over captions."""
-    rows = []
-    for s in range(0, img_q.shape[0], chunk):
-        q, v = img_q[s:s + chunk, None], img_v[s:s + chunk, None]          # [c, 1, 7, D]
-        rows.append(score_fn(q, v, txt_k[None], txt_v[None], txt_mask[None], lam))
-    return torch.cat(rows)
+def pair_products(text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Every phrase of every caption against every token of every image: [T, P, D] ×
+    [I, 7, D] -> [T, P, I, 7], one matrix product."""
+    t, p, d = text.shape
+    out = text.reshape(t * p, d) @ image.reshape(-1, d).t()
+    return out.view(t, p, image.shape[0], image.shape[1])
+
+
+def pairwise(img_q: torch.Tensor, img_v: torch.Tensor, txt_k: torch.Tensor,
+             txt_v: torch.Tensor, txt_mask: torch.Tensor, lam: float, chunk: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(i2t, t2i), each [B_img, B_txt]: the scores of every image with every caption,
+    ``chunk`` images at a time (memory O(B_txt × P × chunk × 7))."""
+    k_hat, t_norm = l2norm(txt_k), txt_v.norm(dim=-1)
+    gram_t = txt_v @ txt_v.transpose(-1, -2)
+    i2t, t2i = [], []
+    for start in range(0, img_q.shape[0], chunk):
+        q, v = img_q[start:start + chunk], img_v[start:start + chunk]
+        s, sv = pair_products(k_hat, l2norm(q)), pair_products(txt_v, v)
+        i2t.append(i2t_from_products(s, sv, gram_t, v.norm(dim=-1)[None], txt_mask, lam))
+        t2i.append(t2i_from_products(s, sv, v @ v.transpose(-1, -2), t_norm, txt_mask, lam))
+    return torch.cat(i2t, 1).t(), torch.cat(t2i, 1).t()
+
+
+def scale_basis(part_mode: str, grid: tuple[int, int]) -> tuple[list[int], torch.Tensor]:
+    """Which of the 7 scale tokens span them all, and M [7, b] with tokens = M · those.
+    Stripes: a half is the row-weighted mean of the two stripes it covers when the grid's
+    rows split so (24 rows: 6 + 6 = 12); otherwise all 7 are kept. Channel split: the first
+    token is the mean of the other six."""
+    eye = torch.eye(NUM_IMAGE_TOKENS)
+    if part_mode == "channel_split":
+        mix = eye[:, 1:].clone()
+        mix[0] = 1 / 6
+        return list(range(1, 7)), mix
+    stripes = [len(r) for r in torch.tensor_split(torch.arange(grid[0]), 4)]
+    halves = [len(r) for r in torch.tensor_split(torch.arange(grid[0]), 2)]
+    if stripes[0] + stripes[1] != halves[0]:
+        return list(range(NUM_IMAGE_TOKENS)), eye
+    mix = eye[:, :5].clone()
+    for half, (a, b) in enumerate(((1, 2), (3, 4))):
+        mix[5 + half, a], mix[5 + half, b] = stripes[a - 1] / halves[half], stripes[b - 1] / halves[half]
+    return list(range(5)), mix
 
 
 def stripe_tokens(tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,6 +236,9 @@ class ACSAHead(AlignmentHead):
         self.txt_key, self.txt_value = nn.Linear(d, d), nn.Linear(d, d)
         self.key_norm = nn.LayerNorm([num_phrases, d])
         self.value_norm = nn.LayerNorm([num_phrases, d])
+        basis, mix = scale_basis(part_mode, self.grid)
+        self.basis = basis
+        self.register_buffer("scale_mix", mix, persistent=False)
 
     # --- the two sides -------------------------------------------------------------------
     def image_scales(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -251,8 +298,7 @@ class ACSAHead(AlignmentHead):
         text = gather_with_grad(torch.cat([k, tv, mask[..., None].to(k.dtype)], -1))
         k, tv, mask = text[..., :d], text[..., d:2 * d], text[..., 2 * d] > 0.5
         pid = gather_with_grad(batch["pid"])
-        i2t = pairwise(i2t_scores, q, v, k, tv, mask, self.lam, self.chunk)
-        t2i = pairwise(t2i_scores, q, v, k, tv, mask, self.lam, self.chunk)
+        i2t, t2i = pairwise(q, v, k, tv, mask, self.lam, self.chunk)
         loss = cmpm_from_logits(self.cont_scale * i2t, self.cont_scale * t2i, pid)
         positive = pid[:, None] == pid[None, :]
         return {"loss_cont": self.weight * loss,
@@ -263,7 +309,7 @@ class ACSAHead(AlignmentHead):
     def rescoring_inputs(self, modality: Modality, tokens: torch.Tensor, batch: dict,
                          encoder: nn.Module) -> dict[str, torch.Tensor]:
         if modality == "image":
-            return self.kept_image(self.image_scales(tokens))
+            return self.kept_image(tokens)
         return self.kept_caption(*self.caption_side(tokens, batch, encoder))
 
     def caption_side(self, tokens: torch.Tensor, batch: dict, encoder: nn.Module
@@ -282,10 +328,16 @@ class ACSAHead(AlignmentHead):
     # tokens X, so K̂_T·Q_I = (K̂_T W_q)·X + K̂_T·b_q and V_T·V_I = (V_T W_v)·X + V_T·b_v.
     # The caption keeps K̂_T W_q and V_T W_v, the image keeps X alone: a pair reads 7 × D
     # image values instead of 2 × 7 × D (the re-scoring is bound by that read on a CPU).
-    def kept_image(self, scales: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Of each image: X [7, D], 1 / (‖Q_I‖ + 1e-8) (SCAN's l2norm of Q_I) and ‖V_I‖."""
+    # And X = M X_b: some of the 7 tokens are weighted means of the others (``scale_basis``),
+    # M's rows sum to 1, so the products with X are M times those with X_b (bias included):
+    # the image keeps only X_b (5 of the 7 tokens with stripes, 6 with the channel split).
+    def kept_image(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Of each image (its encoder tokens [B, 1 + N, D]): X_b [b, D], and of its 7 scale
+        tokens 1 / (‖Q_I‖ + 1e-8) (SCAN's l2norm of Q_I) and ‖V_I‖."""
+        scales = self.image_scales(tokens)
         q, v = self.img_query(scales), self.img_value(scales)
-        return {"x": scales, "q_inv": 1 / (q.norm(dim=-1) + EPS), "v_norm": v.norm(dim=-1)}
+        return {"x": scales[:, self.basis], "q_inv": 1 / (q.norm(dim=-1) + EPS),
+                "v_norm": v.norm(dim=-1)}
 
     def kept_caption(self, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
                      ) -> dict[str, torch.Tensor]:
@@ -314,7 +366,7 @@ class ACSAHead(AlignmentHead):
                 block = rows[s:s + step]
                 out[block] = candidate_i2t_scores(
                     gallery, {name: t[s:s + step] for name, t in kept.items()},
-                    candidates[block], self.lam)
+                    candidates[block], self.lam, self.scale_mix)
         return out
 
 
@@ -334,31 +386,26 @@ def real_phrases(caption: dict[str, torch.Tensor], rows: torch.Tensor, n: int
 
 
 def candidate_i2t_scores(image: dict[str, torch.Tensor], caption: dict[str, torch.Tensor],
-                         candidates: torch.Tensor, lam: float) -> torch.Tensor:
-    """``i2t_scores`` of c captions (``ACSAHead.kept_caption``, [c, …]) with their k
-    candidate images (``candidates`` [c, k] into ``ACSAHead.kept_image`` of G images) ->
-    [c, k], without forming the attended [c, k, 7, D] values: cos(V_I, Σ_p a_p V_T[p]) =
-    Σ_p a_p (V_I·V_T[p]) / (‖V_I‖ · ‖Σ_p a_p V_T[p]‖), the norm from the caption's Gram
-    matrix. One batched product per block, the same numbers as ``i2t_scores`` up to
-    rounding (tested). Every (caption, candidate) pair reads its image's 7 × D values,
-    copied as whole rows (``index_select`` runs at memory speed; advanced indexing was
-    2.5× slower): on a CPU that copy is a large part of the cost."""
+                         candidates: torch.Tensor, lam: float, mix: torch.Tensor
+                         ) -> torch.Tensor:
+    """The training-time i2t scores (``pairwise``) of c captions (``ACSAHead.kept_caption``,
+    [c, …]) with their k candidate images (``candidates`` [c, k] into
+    ``ACSAHead.kept_image`` of G images, whose b kept tokens give the 7 through ``mix``)
+    -> [c, k], up to rounding (tested). One batched product per block gives both products
+    of ``i2t_from_products``. Every (caption, candidate) pair reads its image's b × D
+    values, copied as whole rows (``index_select`` runs at memory speed; advanced indexing
+    was 2.5× slower): on a CPU that copy is a large part of the cost."""
     c, k = candidates.shape
-    g, r, d = image["x"].shape
+    g, b, d = image["x"].shape
+    r = NUM_IMAGE_TOKENS
     p = caption["mask"].shape[1]
     flat = candidates.reshape(-1)
-    x = image["x"].reshape(g, r * d).index_select(0, flat).view(c, k * r, d)  # [c, k·7, D]
+    x = image["x"].reshape(g, b * d).index_select(0, flat).view(c, k * b, d)  # [c, k·b, D]
     both = torch.baddbmm(caption["c"][..., None], caption["a"], x.transpose(1, 2))
-    both = both.view(c, 2 * p, k, r)                                         # [c, 2P, k, 7]
-    q_inv = image["q_inv"].index_select(0, flat).view(c, 1, k, r)
-    s = both[:, :p] * q_inv                                                  # K̂_T·Q̂_I
-    s = l2norm(F.leaky_relu(s, 0.1), dim=-1) * lam                           # over the 7
-    s = s.masked_fill(~caption["mask"][:, :, None, None], float("-inf"))
-    a = s.softmax(dim=1)                                                     # over phrases
-    num = (a * both[:, p:]).sum(1)                                           # V_I·Ĉ  [c, k, 7]
-    att_norm = torch.einsum("cpkr,cpq,cqkr->ckr", a, caption["gram"], a).clamp(min=0).sqrt()
+    both = both.view(c, 2 * p, k, b)
+    if b != r:
+        both = both @ mix.t()                                                # [c, 2P, k, 7]
+    q_inv = image["q_inv"].index_select(0, flat).view(c, 1, k, r)            # 1/‖Q_I‖
     v_norm = image["v_norm"].index_select(0, flat).view(c, k, r)
-    # the code's cos(V_I, l2norm(Ĉ)): l2norm divides by ‖Ĉ‖ + 1e-8, cos by max(‖·‖‖·‖, 1e-8)
-    unit = att_norm / (att_norm + EPS)
-    cos = (num / (att_norm + EPS)) / (v_norm * unit).clamp(min=EPS)
-    return cos.mean(-1)
+    return i2t_from_products(both[:, :p] * q_inv, both[:, p:], caption["gram"], v_norm,
+                             caption["mask"], lam)
