@@ -196,6 +196,24 @@ def test_stripes_and_halves_are_row_means():
     assert halves[0, :, 0].tolist() == [rows[:4].mean().item(), rows[4:].mean().item()]
 
 
+@pytest.mark.parametrize("part_mode,rows,kept", [
+    ("stripes", 24, 5), ("stripes", 12, 5), ("stripes", 7, 5), ("stripes", 5, 5),
+    ("stripes", 6, 7), ("stripes", 10, 7), ("channel_split", 6, 6)])
+def test_the_kept_scale_tokens_give_all_seven(part_mode, rows, kept):
+    """Evaluation keeps the tokens that span the 7 (a half is a weighted mean of its two
+    stripes only where the rows split so; the channel split's first token is the mean of
+    the rest): the mixing matrix gives the 7 back."""
+    from tbps.heads.acsa import ACSAHead
+    from tbps.heads.base import HeadContext
+
+    head = ACSAHead(HeadContext(8, 2, 10, 4, 0, (0,), image_grid=(rows, 3)),
+                    part_mode=part_mode).eval()
+    tokens = torch.randn(4, 1 + rows * 3, 8)
+    x = head.kept_image(tokens)["x"]
+    assert x.shape[1] == kept
+    torch.testing.assert_close(head.scale_mix @ x, head.image_scales(tokens))
+
+
 def test_phrase_annotation_of_real_style_captions():
     from tbps.data.annotations import phrase_index
     from tbps.data.tokenizer import CaptionTokenizer
@@ -284,9 +302,13 @@ def test_candidate_scores_equal_the_pairwise_scores(part_mode):
                         for i in range(6)])
     kept_image = head.kept_image(tokens)
     assert kept_image["x"].shape[1] == (5 if part_mode == "stripes" else 6)
-    got = candidate_i2t_scores(kept_image, head.kept_caption(k, tv, mask), cand, 20.0,
-                               head.scale_mix)
+    kept_caption = head.kept_caption(k, tv, mask)
+    got = candidate_i2t_scores(kept_image, kept_caption, cand, 20.0, head.scale_mix)
     torch.testing.assert_close(got, dense.gather(1, cand), rtol=1e-5, atol=1e-6)
+    # gathered one caption at a time: the same scores
+    small = candidate_i2t_scores(kept_image, kept_caption, cand, 20.0, head.scale_mix,
+                                 gather_floats=5 * kept_image["x"][0].numel() * 2 - 1)
+    torch.testing.assert_close(small, got)
 
 
 def _acsa_rank(rank, world, port, folder):
@@ -360,3 +382,6 @@ def test_rescore_keeps_only_real_phrases_and_equals_the_padded_scores():
     ref = candidate_i2t_scores(kept_g, kept_q, cand, head.lam, head.scale_mix)
     assert len(mask.sum(1).unique()) >= 3
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    head.slab_values = 2 * k * 7 * 2 * p     # slabs of a few captions, gathered one by one
+    head.gather_floats = 1
+    torch.testing.assert_close(head.rescore(kept_q, kept_g, cand), got)

@@ -210,6 +210,9 @@ class ACSAHead(AlignmentHead):
     caption_annotations = ("phrases",)
     rescores = True
     rescoring_keys = {"gallery": ("x", "q_inv", "v_norm"), "query": ("a", "c", "gram", "mask")}
+    # re-scoring in slabs of about this many pair values, and within them, captions whose
+    # gathered image values fit this many floats (4 MB), near the cache
+    slab_values, gather_floats = 2**21, 2**20
 
     def __init__(self, ctx: HeadContext, weight: PositiveFloat = 0.1,
                  num_phrases: PositiveInt = 10,
@@ -354,19 +357,21 @@ class ACSAHead(AlignmentHead):
         """i2t scores [Q, k] of each query caption with its candidate images [Q, k]:
         ``candidate_i2t_scores`` for the captions with the same number of phrases together,
         each kept only with its real phrases (a padded slot adds nothing but work: its
-        attention weight is 0), in blocks whose gathered image values (block × k × 7 × D
-        floats) stay within a few MB, near the cache."""
+        attention weight is 0), in slabs of about 2M pair values (the element-wise steps
+        cost a fixed overhead per call: blocks of 2 captions spent more time on it than on
+        the arithmetic)."""
         out = torch.empty(candidates.shape, device=candidates.device)
-        step = max(1, 2**20 // (candidates.shape[1] * NUM_IMAGE_TOKENS * query["a"].shape[-1]))
         counts = query["mask"].sum(1)
         for n in counts.unique().tolist():
+            n = max(n, 1)
             rows = (counts == n).nonzero().squeeze(1)
-            kept = real_phrases(query, rows, max(n, 1))
-            for s in range(0, len(rows), step):
-                block = rows[s:s + step]
+            kept = real_phrases(query, rows, n)
+            slab = max(1, self.slab_values // (candidates.shape[1] * NUM_IMAGE_TOKENS * 2 * n))
+            for s in range(0, len(rows), slab):
+                block = rows[s:s + slab]
                 out[block] = candidate_i2t_scores(
-                    gallery, {name: t[s:s + step] for name, t in kept.items()},
-                    candidates[block], self.lam, self.scale_mix)
+                    gallery, {name: t[s:s + slab] for name, t in kept.items()},
+                    candidates[block], self.lam, self.scale_mix, self.gather_floats)
         return out
 
 
@@ -378,21 +383,24 @@ def real_phrases(caption: dict[str, torch.Tensor], rows: torch.Tensor, n: int
     p = mask.shape[1]
     slots = torch.argsort((~mask).int(), dim=1, stable=True)[:, :n]          # real ones first
     both = torch.cat([slots, slots + p], 1)                                  # K̂W_q rows, V W_v rows
-    a = caption["a"][rows].gather(1, both[..., None].expand(-1, -1, caption["a"].shape[-1]))
+    a = caption["a"]
+    flat = (rows[:, None] * a.shape[1] + both).reshape(-1)                   # copied once
+    a = a.reshape(-1, a.shape[-1]).index_select(0, flat).view(len(rows), 2 * n, -1)
     gram = caption["gram"][rows].gather(1, slots[..., None].expand(-1, -1, p))
     return {"a": a, "c": caption["c"][rows].gather(1, both),
             "gram": gram.gather(2, slots[:, None, :].expand(-1, n, -1)),
             "mask": mask.gather(1, slots)}
 
 
+@torch.no_grad()   # inference only: the products are written into one buffer
 def candidate_i2t_scores(image: dict[str, torch.Tensor], caption: dict[str, torch.Tensor],
-                         candidates: torch.Tensor, lam: float, mix: torch.Tensor
-                         ) -> torch.Tensor:
+                         candidates: torch.Tensor, lam: float, mix: torch.Tensor,
+                         gather_floats: int = 2**20) -> torch.Tensor:
     """The training-time i2t scores (``pairwise``) of c captions (``ACSAHead.kept_caption``,
     [c, …]) with their k candidate images (``candidates`` [c, k] into
     ``ACSAHead.kept_image`` of G images, whose b kept tokens give the 7 through ``mix``)
-    -> [c, k], up to rounding (tested). One batched product per block gives both products
-    of ``i2t_from_products``. Every (caption, candidate) pair reads its image's b × D
+    -> [c, k], up to rounding (tested). One batched product per block of captions (their
+    gathered values within ``gather_floats``) gives both products of ``i2t_from_products``. Every (caption, candidate) pair reads its image's b × D
     values, copied as whole rows (``index_select`` runs at memory speed; advanced indexing
     was 2.5× slower): on a CPU that copy is a large part of the cost."""
     c, k = candidates.shape
@@ -400,8 +408,12 @@ def candidate_i2t_scores(image: dict[str, torch.Tensor], caption: dict[str, torc
     r = NUM_IMAGE_TOKENS
     p = caption["mask"].shape[1]
     flat = candidates.reshape(-1)
-    x = image["x"].reshape(g, b * d).index_select(0, flat).view(c, k * b, d)  # [c, k·b, D]
-    both = torch.baddbmm(caption["c"][..., None], caption["a"], x.transpose(1, 2))
+    both = torch.empty(c, 2 * p, k * b, device=candidates.device)
+    rows = max(1, gather_floats // (k * b * d))      # captions gathered at a time
+    for s in range(0, c, rows):
+        x = image["x"].reshape(g, b * d).index_select(0, flat[s * k:(s + rows) * k])
+        torch.baddbmm(caption["c"][s:s + rows, :, None], caption["a"][s:s + rows],
+                      x.view(-1, k * b, d).transpose(1, 2), out=both[s:s + rows])
     both = both.view(c, 2 * p, k, b)
     if b != r:
         both = both @ mix.t()                                                # [c, 2P, k, 7]
