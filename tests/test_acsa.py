@@ -71,7 +71,7 @@ def test_pairwise_gradients_equal_the_official_loop():
     (in float64, so that a difference is the formula's, not rounding's)."""
     *feats, mask, n = _toy()
     q, v, k, tv = (t.double() for t in feats)
-    w_i2t, w_t2i = torch.randn(5, 6).double(), torch.randn(5, 6).double()
+    w_i2t, w_t2i = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(5)).double()
     grads = []
     for scores in (lambda *x: pairwise(*x, mask, 20.0, 2), lambda *x: _wei_texts(*x, n, 20.0)):
         inputs = [t.clone().requires_grad_() for t in (q, v, k, tv)]
@@ -385,3 +385,21 @@ def test_rescore_keeps_only_real_phrases_and_equals_the_padded_scores():
     head.slab_values = 2 * k * 7 * 2 * p     # slabs of a few captions, gathered one by one
     head.gather_floats = 1
     torch.testing.assert_close(head.rescore(kept_q, kept_g, cand), got)
+
+
+def test_rescoring_inputs_are_float32_under_autocast():
+    """Evaluation may run in bf16 autocast; what the head keeps stays float32, so that the
+    re-scoring's products never mix precisions."""
+    from tbps.heads.acsa import ACSAHead
+    from tbps.heads.base import HeadContext
+
+    head = ACSAHead(HeadContext(16, 2, 10, 4, 0, (0,), image_grid=(4, 2)), num_phrases=3).eval()
+    phrases = torch.tensor([[0, 1, 1, 2, 0, 0], [0, 1, 2, 2, 3, 0]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        kept_g = head.rescoring_inputs("image", torch.randn(5, 1 + 8, 16).bfloat16(), {}, None)
+        kept_q = head.rescoring_inputs("text", torch.randn(2, 6, 16).bfloat16(),
+                                       {"phrases": phrases}, None)
+    for kept in (kept_g, kept_q):
+        assert all(t.dtype in (torch.float32, torch.bool) for t in kept.values())
+    scores = head.rescore(kept_q, kept_g, torch.tensor([[0, 3], [4, 1]]))
+    assert scores.shape == (2, 2) and scores.isfinite().all()

@@ -138,7 +138,8 @@ def scale_basis(part_mode: str, grid: tuple[int, int]) -> tuple[list[int], torch
         return list(range(NUM_IMAGE_TOKENS)), eye
     mix = eye[:, :5].clone()
     for half, (a, b) in enumerate(((1, 2), (3, 4))):
-        mix[5 + half, a], mix[5 + half, b] = stripes[a - 1] / halves[half], stripes[b - 1] / halves[half]
+        mix[5 + half, a] = stripes[a - 1] / halves[half]
+        mix[5 + half, b] = stripes[b - 1] / halves[half]
     return list(range(5)), mix
 
 
@@ -311,9 +312,12 @@ class ACSAHead(AlignmentHead):
     # --- inference-time re-scoring (the head contract) -----------------------------------
     def rescoring_inputs(self, modality: Modality, tokens: torch.Tensor, batch: dict,
                          encoder: nn.Module) -> dict[str, torch.Tensor]:
-        if modality == "image":
-            return self.kept_image(tokens)
-        return self.kept_caption(*self.caption_side(tokens, batch, encoder))
+        # kept in float32 whatever the evaluation's autocast: the re-scoring multiplies
+        # them exactly, and one product may not mix bf16 and float32
+        with torch.autocast(tokens.device.type, enabled=False):
+            if modality == "image":
+                return self.kept_image(tokens.float())
+            return self.kept_caption(*self.caption_side(tokens.float(), batch, encoder))
 
     def caption_side(self, tokens: torch.Tensor, batch: dict, encoder: nn.Module
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -329,8 +333,8 @@ class ACSAHead(AlignmentHead):
     # What evaluation keeps of each item, so that a (caption, image) pair costs as little as
     # it can: Q_I = W_q X + b_q and V_I = W_v X + b_v are linear in the image's 7 scale
     # tokens X, so K̂_T·Q_I = (K̂_T W_q)·X + K̂_T·b_q and V_T·V_I = (V_T W_v)·X + V_T·b_v.
-    # The caption keeps K̂_T W_q and V_T W_v, the image keeps X alone: a pair reads 7 × D
-    # image values instead of 2 × 7 × D (the re-scoring is bound by that read on a CPU).
+    # The caption keeps K̂_T W_q and V_T W_v, the image keeps X alone: a pair reads the
+    # image's tokens once, not both projections (the re-scoring is bound by that read on a CPU).
     # And X = M X_b: some of the 7 tokens are weighted means of the others (``scale_basis``),
     # M's rows sum to 1, so the products with X are M times those with X_b (bias included):
     # the image keeps only X_b (5 of the 7 tokens with stripes, 6 with the channel split).
@@ -400,9 +404,10 @@ def candidate_i2t_scores(image: dict[str, torch.Tensor], caption: dict[str, torc
     [c, …]) with their k candidate images (``candidates`` [c, k] into
     ``ACSAHead.kept_image`` of G images, whose b kept tokens give the 7 through ``mix``)
     -> [c, k], up to rounding (tested). One batched product per block of captions (their
-    gathered values within ``gather_floats``) gives both products of ``i2t_from_products``. Every (caption, candidate) pair reads its image's b × D
-    values, copied as whole rows (``index_select`` runs at memory speed; advanced indexing
-    was 2.5× slower): on a CPU that copy is a large part of the cost."""
+    gathered values within ``gather_floats``) gives both products of ``i2t_from_products``.
+    Every (caption, candidate) pair reads its image's b × D values, copied as whole rows
+    (``index_select`` runs at memory speed; advanced indexing was 2.5× slower): on a CPU
+    that copy is a large part of the cost."""
     c, k = candidates.shape
     g, b, d = image["x"].shape
     r = NUM_IMAGE_TOKENS
