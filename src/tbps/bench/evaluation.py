@@ -156,7 +156,6 @@ def bench_rescoring(device: torch.device, n_query: int, n_gallery: int, dim: int
         sims = [qn[s:s + chunk] @ gn.t() for s in range(0, n_query, chunk)]
         topk_s = timed(lambda: [stable_topk(x, min(top_k, n_gallery)) for x in sims],
                        device, repeats)
-        del sims
     # the arithmetic each needs: the similarity product, and per (caption, candidate) pair
     # one [2·phrases × b] product over D (K̂_T W_q and V_T W_v against the image's b kept
     # scale tokens), over the caption's real phrases (the head skips padded slots)
