@@ -120,7 +120,7 @@ def phrase_scale_attention(module: TBPSModule, image: torch.Tensor, caption: str
     ``part_mode=channel_split`` the part tokens are channel groups, drawn at their nominal
     body regions (head, upper, lower, feet)."""
     from ..data.annotations import phrase_index
-    from ..heads.acsa import l2norm
+    from ..heads.acsa import l2norm, t2i_attention
 
     head = next((h for h in module.heads.values() if hasattr(h, "image_side")), None)
     if head is None:
@@ -132,9 +132,8 @@ def phrase_scale_attention(module: TBPSModule, image: torch.Tensor, caption: str
     k, _, mask = head.caption_side(text_tokens, {"caption_ids": ids, "phrases": ann},
                                    module.encoder)
     q, _ = head.image_side(module.encoder.encode_image_tokens(image[None]))
-    s = l2norm(q[0]) @ l2norm(k[0]).t()                                     # [7, P]
-    s = l2norm(F.leaky_relu(s, 0.1), dim=-1) * head.lam
-    weights = s.softmax(dim=0).t()                                          # [P, 7]
+    s = l2norm(k[0]) @ l2norm(q[0]).t()                                     # [P, 7]
+    weights = t2i_attention(s[None, :, None], head.lam)[0, :, 0]            # [P, 7]
     n = int(mask[0].sum())
     phrases = [tok.decode(ids[0][ann[0] == p + 1].tolist()).strip() for p in range(n)]
     gh, gw = grid_size(module)

@@ -90,12 +90,17 @@ def t2i_from_products(s: torch.Tensor, sv: torch.Tensor, gram_i: torch.Tensor,
     ``s``, ``sv`` as in ``i2t_from_products``, ``gram_i`` = V_I V_Iᵀ [I, 7, 7], ``t_norm``
     = ‖V_T‖ [T, P] -> [T, I]. As in the code, the l2-normalisation over the phrases (the
     queries here) sees the padded slots, whose zero keys add nothing to it."""
-    s = l2norm(F.leaky_relu(s, 0.1), dim=1) * lam                       # over the P queries
-    a = s.softmax(dim=-1)                                                # over the 7
+    a = t2i_attention(s, lam)
     att = quadratic_norm(a, "tpir,irs,tpis->tpi", gram_i)
     cos = cos_to_unit((a * sv).sum(-1), att, t_norm[..., None])          # [T, P, I]
     keep = mask[..., None].to(cos.dtype)
     return (cos * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+
+def t2i_attention(s: torch.Tensor, lam: float) -> torch.Tensor:
+    """Each phrase's attention over the 7 image tokens from the cosines ``s`` [T, P, I, 7]:
+    l2-normalised over the phrases (the queries), softmax over the 7."""
+    return (l2norm(F.leaky_relu(s, 0.1), dim=1) * lam).softmax(dim=-1)
 
 
 def pair_products(text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
