@@ -37,7 +37,8 @@ def test_search_ranks_caches_and_skips(tiny_run, gallery, capsys, monkeypatch, t
     status, res = _search(capsys, "--ckpt", str(ckpt), "--gallery", str(gallery),
                           "--queries", str(queries), "--query", "a person in blue jeans",
                           "--topk", "5", "--out", str(tmp_path / "grid.png"))
-    assert status == 0 and not res["cached"] and res["images"] == 31 and res["encoded"] == 30
+    assert status == 0 and not res["cached"] and res["images"] == 31 and res["indexed"] == 30
+    assert res["update"]["added"] == 31 and res["update"]["encoded"] == 30
     assert res["unreadable"]["count"] == 1 and "broken.jpg" in res["unreadable"]["first"][0]
     assert [q["query"] for q in res["queries"]] == ["a person in blue jeans",
                                                     "a man in a red jacket",
@@ -50,22 +51,23 @@ def test_search_ranks_caches_and_skips(tiny_run, gallery, capsys, monkeypatch, t
 
     assert Image.open(tmp_path / "grid.png").size[1] > 3 * 160
 
-    # The same folder again: features come from the cache, the image tower is not run.
-    monkeypatch.setattr(search_mod, "encode_folder", lambda *a, **k: pytest.fail("re-encoded"))
+    # The same folder again: features come from the index, the image tower is not run.
+    monkeypatch.setattr(search_mod.Model, "__call__", lambda *a, **k: pytest.fail("re-encoded"))
     status, again = _search(capsys, "--ckpt", str(ckpt), "--gallery", str(gallery),
                             "--query", "a person in blue jeans", "--topk", "5")
     assert status == 0 and again["cached"]
     assert again["queries"][0] == res["queries"][0]
-    # A changed folder is encoded again.
+    # A new image is encoded alone.
     monkeypatch.undo()
     shutil.copy(next(gallery.glob("*.jpg")), gallery / "new.jpg")
     status, changed = _search(capsys, "--ckpt", str(ckpt), "--gallery", str(gallery),
                               "--query", "x")
     assert status == 0 and not changed["cached"] and changed["images"] == 32
+    assert changed["update"]["added"] == 1 and changed["update"]["encoded"] == 1
     main(["search", "--ckpt", str(ckpt), "--gallery", str(gallery), "--query", "a man",
           "--workers", "0", "--topk", "3"])
     text = capsys.readouterr().out
-    assert "query: a man" in text and "   1. " in text and "from cache" in text
+    assert "query: a man" in text and "   1. " in text and "from the index" in text
 
 
 def test_search_errors(tiny_run, tmp_path, capsys):
@@ -94,15 +96,15 @@ def test_search_2000_images_timing(tiny_run, tmp_path, capsys):
     ckpt = tiny_run / "checkpoints" / "best.ckpt"
     status, first = _search(capsys, "--ckpt", str(ckpt), "--gallery", str(folder),
                             "--query", "a man in a red jacket")
-    assert status == 0 and first["encoded"] == 2000
+    assert status == 0 and first["indexed"] == 2000
     start = time.perf_counter()
     status, second = _search(capsys, "--ckpt", str(ckpt), "--gallery", str(folder),
                              "--query", "a woman with a white bag")
     wall = time.perf_counter() - start
     assert status == 0 and second["cached"]
-    print(f"\n2,000 images: encoded in {first['encode_seconds']} s "
-          f"({first['images_per_s']} images/s); {second['query_ms']} ms per query from the "
-          f"cache; second command {wall:.2f} s end to end (model load included)")
+    print(f"\n2,000 images: encoded in {first['update']['encode_seconds']} s "
+          f"({first['update']['images_per_s']} images/s); {second['query_ms']} ms per query "
+          f"from the index; second command {wall:.2f} s end to end")
 
 
 HEAVY = ("lightning", "timm", "transformers", "albumentations", "torchvision")
@@ -125,14 +127,14 @@ def test_a_cached_query_loads_no_training_stack_and_ranks_as_the_model(tiny_run,
     ckpt = tiny_run / "checkpoints" / "best.ckpt"
     query = "a woman in a white top and black trousers"
     status, full = _search(capsys, "--ckpt", str(ckpt), "--gallery", str(gallery),
-                           "--query", query, "--cache-dir", str(gallery.parent / "c"))
+                           "--query", query, "--index", str(gallery.parent / "c"))
     assert status == 0 and list((gallery.parent / "c").glob("text-*.pt2"))
     code = f"""
 import json, sys, time
 start = time.perf_counter()
 from tbps.cli import main
 main(["search", "--ckpt", {str(ckpt)!r}, "--gallery", {str(gallery)!r}, "--query", {query!r},
-      "--cache-dir", {str(gallery.parent / 'c')!r}, "--json", "--workers", "0"])
+      "--index", {str(gallery.parent / 'c')!r}, "--json", "--workers", "0"])
 wall = time.perf_counter() - start
 print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))))
 print(wall)

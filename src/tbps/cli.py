@@ -1,4 +1,4 @@
-"""The `tbps` console script: train, eval, synth, check-data, search, bench and report.
+"""The `tbps` console script: train, eval, synth, check-data, search, index, bench, report.
 
 `tbps train [experiment=<name>] [key=value ...]` takes Hydra overrides (also in W&B's
 `--key=value` form); user mistakes print one clear paragraph and exit with status 2.
@@ -106,11 +106,42 @@ def _search(args: argparse.Namespace) -> None:
     from .search import draw_results, format_results, read_queries, search, to_json
 
     queries = list(args.query or []) + (read_queries(args.queries) if args.queries else [])
-    result = search(args.ckpt, args.gallery, queries, args.topk, args.cache_dir, args.device,
-                    args.batch_size, args.workers)
+    result = search(args.ckpt, args.gallery, queries, args.topk, args.index, args.device,
+                    args.batch_size, args.workers, args.kind, args.nprobe, not args.no_update)
     if args.out:
         result["picture"] = str(draw_results(result, args.out))
     print(to_json(result) if args.json else format_results(result))
+
+
+def _index(args: argparse.Namespace) -> None:
+    import shutil
+    from pathlib import Path
+
+    from .search import format_update, index_root, open_index
+
+    if args.action == "build":  # afresh: whatever was there goes, with its checkpoint's claim
+        root = index_root(args.ckpt, args.gallery, args.index)
+        if root.exists() and not (root / "index.sqlite").is_file():
+            raise TBPSError(f"{root} exists and is not a tbps index; `index build` starts an "
+                            "index afresh there, so pass an empty or new --index folder")
+        if not Path(args.ckpt).is_file() or not Path(args.gallery).is_dir():
+            open_index(args.ckpt, args.gallery, args.index, args.device, create=False)
+        shutil.rmtree(root, ignore_errors=True)
+    index, model = open_index(args.ckpt, args.gallery, args.index, args.device,
+                              create=args.action != "info")
+    out = {}
+    if args.action in ("build", "update"):
+        report = index.update(model, args.batch_size, args.workers, args.flush_every)
+        print(format_update(report.summary()), file=sys.stderr)
+        out["update"] = dict(report.summary(), added_files=report.added[:20],
+                             removed_files=report.removed[:20],
+                             reencoded_files=report.reencoded[:20],
+                             new_unreadable_files=[f"{p}: {w}" for p, w in report.unreadable[:20]])
+        if len(index):
+            index.vector_index(args.kind)
+    out.update(index.info())
+    out["first_unreadable"] = [f"{p}: {w}" for p, w in index.unreadable(limit=5)]
+    print(json.dumps(out, indent=1))
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -141,6 +172,17 @@ def _report(args: argparse.Namespace) -> None:
     from .report import report
 
     print(report(args.runs, args.by or [], args.out, args.format))
+
+
+def _index_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", help="the index folder (default: checkpoints/search_index/"
+                   "<gallery>-<hash> beside the checkpoint)")
+    p.add_argument("--kind", choices=["auto", "flat", "ivf"], default="auto",
+                   help="exact (flat) or approximate (ivf) vector search; auto: ivf from "
+                   "200,000 images")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64)
+    p.add_argument("--workers", type=NON_NEGATIVE_INT, default=2, help="image decoding processes")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -186,12 +228,21 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--topk", type=POSITIVE_INT, default=10)
     q.add_argument("--out", help="draw the top-k of every query into this PNG")
     q.add_argument("--json", action="store_true", help="print the results as JSON")
-    q.add_argument("--cache-dir", help="where gallery features are cached (default: next to "
-                   "the checkpoint)")
-    q.add_argument("--device", type=_device, default="auto", help="auto, cpu or cuda[:N]")
-    q.add_argument("--batch-size", type=POSITIVE_INT, default=64)
-    q.add_argument("--workers", type=NON_NEGATIVE_INT, default=2, help="image decoding processes")
+    _index_options(q)
+    q.add_argument("--nprobe", type=POSITIVE_INT, help="cells an approximate (ivf) index "
+                   "scans per query (default 32: more is slower and finds more)")
+    q.add_argument("--no-update", action="store_true", help="search the index as it is, "
+                   "without looking for new, changed or removed images")
     q.set_defaults(func=_search)
+    ix = sub.add_parser("index", help="the on-disk index of a gallery folder that search and "
+                        "serve use: build (afresh), update (encode only what changed), info")
+    ix.add_argument("action", choices=["build", "update", "info"])
+    ix.add_argument("gallery", help="folder of images (searched recursively)")
+    ix.add_argument("--ckpt", required=True, help="a checkpoints/best.ckpt from tbps train")
+    _index_options(ix)
+    ix.add_argument("--flush-every", type=POSITIVE_INT, default=2048, help="images encoded "
+                    "between two writes to disk (a killed run loses at most these)")
+    ix.set_defaults(func=_index)
     b = sub.add_parser("bench", help="training throughput, MFU, memory, loader, encoding and "
                        "evaluation timings as JSON (small CPU version without a GPU)")
     b.add_argument("--device", type=_device, default="auto", help="auto, cpu or cuda[:N]")

@@ -1,133 +1,107 @@
-"""`tbps search`: rank the images of a folder for sentences, with a trained checkpoint.
+"""`tbps search`: rank the images of a folder for sentences, as the evaluation ranks.
 
-The folder is encoded once; the features are cached in ``<run>/checkpoints/search_cache/``
-(or ``--cache-dir``) under a fingerprint of the checkpoint and of every file's path, size
-and modification time, so later queries on an unchanged folder cost only the text encoder
-and one matrix product. The text side (``TBPSModule.embed_texts``, head projections
-included) is saved beside it as a ``torch.export`` program with the tokenizer, so a cached
-query loads neither Lightning nor timm nor transformers: it answers in about 2.5 s where the
-full model took about 6 s (2-core CPU). Unreadable images are listed and skipped, never fatal.
+The folder lives in a ``GalleryIndex`` (``tbps.index``): encoded once, kept in step file by
+file, searched with FAISS (``tbps.vectors``). A query goes through the module's inference
+path (``TBPSModule.query_entries`` / ``candidate_scores``): the retrieval projection, and
+for a model whose head re-scores (ACSA) the head's local scores of the best
+``candidates_to_rescore`` images fused at the weight chosen on validation, which the
+checkpoint stores. So what is searched is what was evaluated.
+
+A model without re-scoring answers a query on an indexed folder without loading Lightning,
+timm or transformers: its text path (``embed_texts``) is kept in the index as a
+``torch.export`` program with the tokenizer.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import textwrap
 import time
+from functools import cached_property
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
 from .data.tokenizer import CaptionTokenizer
-from .errors import ConfigError, DatasetError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
-
-def list_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise ConfigError(f"gallery {folder} is not a folder; pass --gallery DIR")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise ConfigError(f"no images under {folder} (looked for "
-                          f"{', '.join(sorted(IMAGE_SUFFIXES))}, in sub-folders too)")
-    return paths
+from .errors import ConfigError
+from .index import GalleryIndex, checkpoint_fingerprint, default_index_dir
 
 
-def _checkpoint_key(ckpt: Path) -> str:
-    stat = ckpt.stat()
-    return f"{ckpt.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
-def fingerprint(ckpt: Path, folder: Path, paths: list[Path]) -> str:
-    h = hashlib.sha1()
-    h.update(_checkpoint_key(ckpt).encode())
-    for p in paths:
-        s = p.stat()
-        h.update(f"|{p.relative_to(folder)}|{s.st_size}|{s.st_mtime_ns}".encode())
-    return h.hexdigest()[:20]
+class Model:
+    """A checkpoint, loaded only when something needs the full model (encoding images,
+    re-scoring, a query the exported text path cannot answer)."""
+
+    def __init__(self, ckpt: Path, device: torch.device) -> None:
+        if not ckpt.is_file():
+            raise ConfigError(f"checkpoint {ckpt} not found; pass a checkpoints/best.ckpt or "
+                              "last.ckpt written by `tbps train`")
+        self.ckpt, self.device = ckpt, device
+        self.fingerprint = checkpoint_fingerprint(ckpt)
+
+    @cached_property
+    def module(self):
+        from .model.checkpoint import load_checkpoint
+
+        return load_checkpoint(self.ckpt).to(self.device).eval()
+
+    @property
+    def transform(self):
+        from .data.transforms import eval_transform
+
+        return eval_transform(tuple(self.module.cfg["data"]["image_size"]))
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Gallery images -> (embedding, what the re-scoring head keeps): the index's encoder."""
+        return self.module.gallery_entries(images.to(self.device))
 
 
-class _Gallery(Dataset):
-    def __init__(self, paths: list[Path], transform) -> None:
-        self.paths, self.transform = paths, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, k: int):
-        from .data.datasets import load_rgb
-
-        try:
-            return k, self.transform(image=load_rgb(self.paths[k]))["image"], ""
-        except DatasetError as exc:
-            return k, None, str(exc.__cause__ or exc)
-
-
-def _collate(items):
-    ok = [(k, x) for k, x, _ in items if x is not None]
-    bad = [(k, why) for k, x, why in items if x is None]
-    return ([k for k, _ in ok], torch.stack([x for _, x in ok]) if ok else None, bad)
-
-
-@torch.inference_mode()
-def encode_folder(module, paths: list[Path], device: torch.device, batch_size: int,
-                  workers: int) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
-    """Normalised image features of the readable images, their indices, and the failures."""
-    from .data.transforms import eval_transform
-
-    size = tuple(module.cfg["data"]["image_size"])
-    loader = DataLoader(_Gallery(paths, eval_transform(size)), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_collate)
-    feats, kept, bad = [], [], []
-    for idx, images, failed in loader:
-        bad += failed
-        if images is not None:
-            feats.append(F.normalize(module.embed_images(images.to(device)).float(), dim=-1).cpu())
-            kept += idx
-    if not feats:
-        raise ConfigError(f"none of the {len(paths)} images could be read; first failure: "
-                          f"{paths[bad[0][0]]}: {bad[0][1]}")
-    return torch.cat(feats), kept, bad
-
-
-class _TextProgram:
+class TextProgram:
     """``embed_texts`` of a checkpoint exported with ``torch.export`` (CPU, any batch size)
-    and its tokenizer, stored in the search cache under the checkpoint's fingerprint."""
+    and its tokenizer, in the index folder; also records whether the model re-scores, in
+    which case queries need the full model and nothing is exported."""
 
-    def __init__(self, cache: Path, ckpt: Path) -> None:
-        key = hashlib.sha1(_checkpoint_key(ckpt).encode()).hexdigest()[:20]
-        self.program, self.tokenizer = cache / f"text-{key}.pt2", cache / f"text-{key}.json"
+    def __init__(self, folder: Path, fingerprint: str) -> None:
+        self.program = folder / f"text-{fingerprint}.pt2"
+        self.meta = folder / f"text-{fingerprint}.json"
+
+    def rescores(self) -> bool | None:
+        """Whether the model re-scores (None: not recorded yet)."""
+        if not self.meta.is_file():
+            return None
+        return json.loads(self.meta.read_text())["rescore_candidates"] > 0
 
     def load(self):
-        """(encode: ids -> embeddings, tokenizer), or None if not cached."""
-        if not (self.program.is_file() and self.tokenizer.is_file()):
+        """(encode: ids -> embeddings, tokenizer), or None if there is no program."""
+        if not (self.program.is_file() and self.meta.is_file()):
             return None
-        meta = json.loads(self.tokenizer.read_text())
+        meta = json.loads(self.meta.read_text())
         encode = torch.export.load(self.program).module()
         return encode, CaptionTokenizer.from_json(meta["tokenizer"], meta["context_length"])
 
     def save(self, module) -> None:
-        """Exports the module's text path; a module that cannot be exported (or one on a GPU)
-        simply is not cached, and its queries use the full model."""
-        if next(module.parameters()).device.type != "cpu":
-            return
-        ids = module.tokenizer.encode(["a person", "a man in a red coat"])
-        try:
-            batch = torch.export.Dim("batch", min=1, max=65536)
-            program = torch.export.export(_EmbedTexts(module), (ids,),
-                                          dynamic_shapes={"ids": {0: batch}})
-        except Exception as exc:  # noqa: BLE001 - export support varies by model
-            print(f"note: the text encoder could not be exported ({type(exc).__name__}); "
-                  "cached queries will load the full model")
-            return
-        self.program.parent.mkdir(parents=True, exist_ok=True)
-        torch.export.save(program, self.program)
-        self.tokenizer.write_text(json.dumps({"tokenizer": module.tokenizer.to_json(),
-                                              "context_length": module.tokenizer.context_length}))
+        """Exports the module's text path when it is all a query needs; a module that cannot
+        be exported (or one on a GPU) is not, and its queries use the full model."""
+        k = module.candidates_to_rescore
+        if k == 0 and next(module.parameters()).device.type == "cpu":
+            ids = module.tokenizer.encode(["a person", "a man in a red coat"])
+            try:
+                batch = torch.export.Dim("batch", min=1, max=65536)
+                program = torch.export.export(_EmbedTexts(module), (ids,),
+                                              dynamic_shapes={"ids": {0: batch}})
+                torch.export.save(program, self.program)
+            except Exception as exc:  # noqa: BLE001 - export support varies by model
+                print(f"note: the text encoder could not be exported ({type(exc).__name__}); "
+                      "queries will load the full model")
+        self.meta.write_text(json.dumps({"tokenizer": module.tokenizer.to_json(),
+                                         "context_length": module.tokenizer.context_length,
+                                         "rescore_candidates": k}))
 
 
 class _EmbedTexts(torch.nn.Module):
@@ -139,60 +113,95 @@ class _EmbedTexts(torch.nn.Module):
         return self.module.embed_texts(ids)
 
 
+def index_root(ckpt: str | Path, gallery: str | Path, index_dir: str | Path | None) -> Path:
+    return Path(index_dir) if index_dir else default_index_dir(Path(ckpt), Path(gallery))
+
+
+def open_index(ckpt: str | Path, gallery: str | Path, index_dir: str | Path | None = None,
+               device: str = "auto", create: bool = True) -> tuple[GalleryIndex, Model]:
+    """The gallery's index for this checkpoint (refused if another built it) and the model."""
+    model = Model(Path(ckpt), resolve_device(device))
+    if not Path(gallery).is_dir():
+        raise ConfigError(f"gallery {gallery} is not a folder; pass --gallery DIR")
+    root = index_root(ckpt, gallery, index_dir)
+    return GalleryIndex.open(root, Path(gallery), model.fingerprint, create=create), model
+
+
+def rank(index: GalleryIndex, model: Model, queries: list[str], topk: int,
+         kind: str = "auto", nprobe: int | None = None) -> tuple[list[list[tuple[int, float]]], dict]:
+    """Each query's best ``topk`` (entry id, score), as the evaluation ranks, and timings."""
+    program = TextProgram(index.root, model.fingerprint)
+    vectors = index.vector_index(kind)
+    if nprobe:
+        vectors.nprobe = nprobe
+    exported = program.load() if program.rescores() is False else None
+    if exported is None and not program.meta.is_file():
+        program.save(model.module)  # the next query of a model without re-scoring uses it
+    start = time.perf_counter()
+    if exported is not None:
+        embed, tokenizer = exported
+        with torch.inference_mode():
+            text = embed(tokenizer.encode(queries))
+        query_kept, k_rescore = {}, 0
+    else:
+        module = model.module
+        with torch.inference_mode():
+            batch = {k: v.to(model.device) for k, v in module.query_batch(queries).items()}
+            text, query_kept = module.query_entries(batch)
+        k_rescore = module.candidates_to_rescore
+    text = F.normalize(text.float(), dim=-1).cpu().numpy()
+    cosines, ids = vectors.search(text, max(topk, k_rescore))
+    order = torch.from_numpy(ids)
+    scores = torch.from_numpy(cosines)
+    if k_rescore:
+        scores, order = _rescored(index, model.module, query_kept, scores, order, k_rescore)
+    out = [[(int(i), float(s)) for s, i in zip(scores[q, :topk], order[q, :topk]) if i >= 0]
+           for q in range(len(queries))]
+    return out, {"query_ms": (time.perf_counter() - start) * 1e3 / len(queries),
+                 "vector_index": vectors.kind, "rescored_candidates": k_rescore}
+
+
+def _rescored(index: GalleryIndex, module, query_kept: dict, cosines: torch.Tensor,
+              ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` candidates of each row ranked by the module's fused score (ties:
+    the image indexed first, as the evaluation's lower gallery index), the rest after
+    them in the global order, as ``fused_metrics`` ranks."""
+    head_ids, head_cos = ids[:, :k], cosines[:, :k]
+    unique, compact = torch.unique(head_ids, return_inverse=True)
+    kept = {n: torch.from_numpy(a).to(module.device)
+            for n, a in index.kept(unique.numpy()).items()}
+    with torch.inference_mode():
+        fused = module.candidate_scores(query_kept, kept, head_cos.to(module.device),
+                                        compact.to(module.device)).float().cpu()
+    by_id = head_ids.argsort(dim=1, stable=True)                 # ties: lower id first
+    order = by_id.gather(1, fused.gather(1, by_id).argsort(dim=1, descending=True, stable=True))
+    return (torch.cat([fused.gather(1, order), cosines[:, k:]], 1),
+            torch.cat([head_ids.gather(1, order), ids[:, k:]], 1))
+
+
 def search(ckpt: str | Path, gallery: str | Path, queries: list[str], topk: int = 10,
-           cache_dir: str | Path | None = None, device: str = "auto", batch_size: int = 64,
-           workers: int = 2) -> dict:
-    ckpt, folder = Path(ckpt), Path(gallery)
+           index_dir: str | Path | None = None, device: str = "auto", batch_size: int = 64,
+           workers: int = 2, kind: str = "auto", nprobe: int | None = None,
+           update: bool = True) -> dict:
     if not queries:
         raise ConfigError("no query: pass --query \"...\" or --queries FILE")
-    paths = list_images(folder)
-    if not ckpt.is_file():
-        raise ConfigError(f"checkpoint {ckpt} not found; pass a checkpoints/best.ckpt or "
-                          "last.ckpt written by `tbps train`")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    cache = Path(cache_dir) if cache_dir else ckpt.parent / "search_cache"
-    cache_file = cache / f"{fingerprint(ckpt, folder, paths)}.pt"
-    text_program = _TextProgram(cache, ckpt)
-    module, encode_s = None, None
-
-    def model():
-        from .model.checkpoint import load_checkpoint
-
-        return load_checkpoint(ckpt).to(dev).eval()
-
-    if cache_file.is_file():
-        stored = torch.load(cache_file, map_location="cpu", weights_only=True)
-        feats, kept, bad = stored["features"], stored["kept"], [tuple(b) for b in stored["bad"]]
-    else:
-        module = model()
-        start = time.perf_counter()
-        feats, kept, bad = encode_folder(module, paths, dev, batch_size, workers)
-        encode_s = time.perf_counter() - start
-        cache.mkdir(parents=True, exist_ok=True)
-        torch.save({"features": feats, "kept": kept, "bad": [list(b) for b in bad]}, cache_file)
-    exported = text_program.load()
-    if exported is None:
-        module = module or model()
-        text_program.save(module)
-        embed, tokenizer, text_dev = module.embed_texts, module.tokenizer, dev
-    else:
-        (embed, tokenizer), text_dev = exported, torch.device("cpu")
-    start = time.perf_counter()
-    with torch.inference_mode():
-        text = F.normalize(embed(tokenizer.encode(queries).to(text_dev)).float(), dim=-1).cpu()
-        scores, order = (text @ feats.t()).topk(min(topk, len(kept)), dim=1)
-    query_ms = (time.perf_counter() - start) * 1e3 / len(queries)
-    results = [{"query": q, "results": [
-        {"rank": r + 1, "path": str(paths[kept[int(i)]]), "score": round(float(s), 4)}
-        for r, (s, i) in enumerate(zip(scores[n], order[n]))]} for n, q in enumerate(queries)]
-    return {"checkpoint": str(ckpt), "gallery": str(folder), "images": len(paths),
-            "encoded": len(kept), "cached": encode_s is None, "cache_file": str(cache_file),
-            "encode_seconds": None if encode_s is None else round(encode_s, 3),
-            "images_per_s": None if encode_s is None else round(len(paths) / encode_s, 1),
-            "query_ms": round(query_ms, 2),
-            "unreadable": {"count": len(bad), "first": [f"{paths[k]}: {why}" for k, why in bad[:5]]},
-            "queries": results}
+    index, model = open_index(ckpt, gallery, index_dir, device)
+    report = index.update(model, batch_size, workers) if update else None
+    ranked, timing = rank(index, model, queries, topk, kind, nprobe)
+    paths = index.paths([i for row in ranked for i, _ in row])
+    folder = Path(gallery)
+    bad = index.unreadable(limit=5)
+    return {"checkpoint": str(ckpt), "gallery": str(folder), "index": str(index.root),
+            "images": len(index) + index.unreadable_count(), "indexed": len(index),
+            "cached": report is None or report.encoded + len(report.unreadable) == 0,
+            "update": None if report is None else report.summary(),
+            "query_ms": round(timing["query_ms"], 2), "vector_index": timing["vector_index"],
+            "rescored_candidates": timing["rescored_candidates"],
+            "unreadable": {"count": index.unreadable_count(),
+                           "first": [f"{folder / p}: {why}" for p, why in bad]},
+            "queries": [{"query": q, "results": [
+                {"rank": r + 1, "path": str(folder / paths[i]), "score": round(s, 4)}
+                for r, (i, s) in enumerate(row)]} for q, row in zip(queries, ranked)]}
 
 
 def draw_results(result: dict, out: str | Path, thumb: tuple[int, int] = (64, 160)) -> Path:
@@ -219,15 +228,24 @@ def draw_results(result: dict, out: str | Path, thumb: tuple[int, int] = (64, 16
     return Path(out)
 
 
+def format_update(summary: dict) -> str:
+    enc = (f"encoded {summary['encoded']} in {summary['encode_seconds']} s "
+           f"({summary['images_per_s']} images/s)" if summary["encoded"] else "nothing to encode")
+    return (f"index: {summary['added']} added, {summary['removed']} removed, "
+            f"{summary['reencoded']} re-encoded, {summary['new_unreadable']} newly unreadable; "
+            + enc)
+
+
 def format_results(result: dict) -> str:
     lines = []
     for row in result["queries"]:
         lines.append(f"query: {row['query']}")
         lines += [f"  {h['rank']:>3}. {h['score']:.4f}  {h['path']}" for h in row["results"]]
-    enc = ("from cache" if result["cached"] else
-           f"encoded in {result['encode_seconds']} s ({result['images_per_s']} images/s)")
-    lines.append(f"{result['encoded']} of {result['images']} images ({enc}); "
-                 f"{result['query_ms']} ms per query")
+    if result["update"] is not None:
+        lines.append(format_update(result["update"]))
+    lines.append(f"{result['indexed']} of {result['images']} images indexed ("
+                 f"{'from the index' if result['cached'] else 'index updated'}, "
+                 f"{result['vector_index']} search); {result['query_ms']} ms per query")
     if result["unreadable"]["count"]:
         lines.append(f"skipped {result['unreadable']['count']} unreadable images: "
                      + "; ".join(result["unreadable"]["first"]))
@@ -243,3 +261,4 @@ def read_queries(path: str | Path) -> list[str]:
 
 def to_json(result: dict) -> str:
     return json.dumps(result, indent=1)
+

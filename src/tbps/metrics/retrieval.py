@@ -153,6 +153,12 @@ class _MetricRows:
         return out
 
 
+def fuse(weight: float, cosines: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """The fused score of re-scored candidates: w·global cosine + (1 − w)·local score. One
+    formula for the evaluation and for search, so both rank alike."""
+    return weight * cosines + (1 - weight) * local
+
+
 Rescore = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
 
@@ -202,7 +208,7 @@ def fused_metrics(query: torch.Tensor, query_pids: torch.Tensor, gallery: torch.
         inside = hit.any(-1)
         before = cand[:, None, :] < c[:, :, None]               # lower gallery index
         for w, rows in fused.items():
-            f = w * cand_sims + (1 - w) * local                 # [c, k]
+            f = fuse(w, cand_sims, local)                       # [c, k]
             f_match = (f[:, None, :] * hit).sum(-1, keepdim=True)
             ahead = (f[:, None, :] > f_match) | ((f[:, None, :] == f_match) & before)
             r = torch.where(inside, 1 + ahead.sum(-1).double(), ranks)

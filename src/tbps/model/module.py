@@ -23,6 +23,7 @@ from ..errors import ConfigError, DivergedError
 from ..heads.base import HeadContext
 from ..heads.mlm import replacement_ids
 from ..metrics import TextToImageRetrieval
+from ..metrics.retrieval import fuse
 from .compile import compile_step
 from .encoder import build_dual_encoder
 from .optim import param_groups, warmup_cosine
@@ -124,14 +125,12 @@ class TBPSModule(L.LightningModule):
         """Pixels [B, 3, H, W] -> the embeddings ranking uses [B, D] (not normalised):
         the global image feature, through a head's retrieval projection if one claims it."""
         feature = self.encoder.encode_image(images)
-        project = self._retrieval["image"]
-        return feature if project is None else project(feature)
+        return self._project("image", feature)
 
     def embed_texts(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids [B, L] -> the embeddings ranking uses [B, D] (not normalised)."""
         feature = self.encoder.encode_text(ids)
-        project = self._retrieval["text"]
-        return feature if project is None else project(feature)
+        return self._project("text", feature)
 
     def load_encoder_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Loads pretrained weights into the encoder and restarts every copy of it (the
@@ -235,26 +234,74 @@ class TBPSModule(L.LightningModule):
         batch["memory"] = view
         return view
 
-    # --- evaluation: dataloader 0 = gallery images, 1 = query captions -------------------
-    def _eval_step(self, metric: TextToImageRetrieval, batch: dict, dataloader_idx: int) -> None:
+    # --- inference: the one path evaluation, search and serving rank through -------------
+    def gallery_entries(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Pixels [B, 3, H, W] -> (retrieval embedding [B, D], not normalised; what the
+        re-scoring head keeps of each image, {} without one)."""
         rescorer = self._rescorer
         if rescorer is None:
-            if dataloader_idx == 0:
-                metric.update(self.embed_images(batch["image"]), batch["pid"], is_query=False)
-            else:
-                metric.update(self.embed_texts(batch["caption_ids"]), batch["pid"], is_query=True)
-            return
-        # the same embeddings, from tokens that the re-scoring head also keeps what it needs of
-        enc, modality = self.encoder, ("image", "text")[dataloader_idx]
-        if dataloader_idx == 0:
-            tokens = enc.encode_image_tokens(batch["image"])
-            feature = tokens[:, 0]
-        else:
-            tokens = enc.encode_text_tokens(batch["caption_ids"])
-            feature = enc.text_global(tokens, batch["caption_ids"])
+            return self.embed_images(images), {}
+        tokens = self.encoder.encode_image_tokens(images)
+        return (self._project("image", tokens[:, 0]),
+                rescorer.rescoring_inputs("image", tokens, {"image": images}, self.encoder))
+
+    def query_entries(self, batch: dict[str, torch.Tensor]
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Captions (``caption_ids`` [B, L] and the annotations ``query_batch`` makes) ->
+        (retrieval embedding [B, D], not normalised; what the re-scoring head keeps)."""
+        rescorer = self._rescorer
+        if rescorer is None:
+            return self.embed_texts(batch["caption_ids"]), {}
+        enc = self.encoder
+        tokens = enc.encode_text_tokens(batch["caption_ids"])
+        feature = self._project("text", enc.text_global(tokens, batch["caption_ids"]))
+        return feature, rescorer.rescoring_inputs("text", tokens, batch, enc)
+
+    def query_batch(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Sentences -> the batch ``query_entries`` reads: token ids and the caption
+        annotations the heads read, made as the data module makes them for test captions."""
+        from ..data.annotations import annotate
+
+        batch = {"caption_ids": self.tokenizer.encode(captions)}
+        for name in self.caption_annotations:
+            made = annotate(name, self.tokenizer, captions, [None] * len(captions))
+            batch[name] = made.tensor.long()  # as the data sets hand them out
+        return batch
+
+    def _project(self, modality: str, feature: torch.Tensor) -> torch.Tensor:
         project = self._retrieval[modality]
-        feature = feature if project is None else project(feature)
-        kept = rescorer.rescoring_inputs(modality, tokens, batch, enc)
+        return feature if project is None else project(feature)
+
+    @property
+    def candidates_to_rescore(self) -> int:
+        """How many of each query's best global candidates the ranking re-scores (0: the
+        global cosine is the ranking)."""
+        return 0 if self._rescorer is None else int(self._rescorer.top_k)
+
+    @property
+    def inference_fusion_weight(self) -> float:
+        """w of w·global + (1 − w)·local: the weight chosen on validation, else the first
+        of the head's grid (a checkpoint of a run that never validated)."""
+        w = self.fusion_weight
+        return float(self._rescorer.fusion_grid[0] if w is None else w)
+
+    def candidate_scores(self, query_kept: dict[str, torch.Tensor],
+                         gallery_kept: dict[str, torch.Tensor], cosines: torch.Tensor,
+                         candidates: torch.Tensor) -> torch.Tensor:
+        """The ranking scores [Q, k] of each query's candidates (``candidates`` [Q, k]
+        indices into ``gallery_kept``, ``cosines`` their global cosines): the cosine
+        itself, or the re-scoring head's fusion, as the evaluation ranks them."""
+        if self._rescorer is None:
+            return cosines
+        local = self._rescorer.rescore(query_kept, gallery_kept, candidates).float()
+        return fuse(self.inference_fusion_weight, cosines, local)
+
+    # --- evaluation: dataloader 0 = gallery images, 1 = query captions -------------------
+    def _eval_step(self, metric: TextToImageRetrieval, batch: dict, dataloader_idx: int) -> None:
+        if dataloader_idx == 0:
+            feature, kept = self.gallery_entries(batch["image"])
+        else:
+            feature, kept = self.query_entries(batch)
         metric.update(feature, batch["pid"], is_query=dataloader_idx == 1, extra=kept)
 
     def _fused(self, metric: TextToImageRetrieval, weights: list[float]
@@ -275,9 +322,7 @@ class TBPSModule(L.LightningModule):
             w = max(grid, key=lambda g: (fused[g]["R1"], -grid.index(g)))  # first of a tie
             self.fusion_weight = w
         else:
-            w = self.fusion_weight
-            if w is None:  # never validated (a checkpoint of a run without validation)
-                w = grid[0]
+            w = self.inference_fusion_weight
             plain, fused = self._fused(metric, [w])
         out = {f"{prefix}/{k}": v for k, v in fused[w].items()}
         out.update({f"{prefix}/global/{k}": v for k, v in plain.items()})
