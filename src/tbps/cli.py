@@ -63,20 +63,43 @@ NON_NEGATIVE_INT = _number(int, 0, what="a whole number")
 RATE = _number(float, 0.0, 1.0, what="a number in [0, 1]")
 
 
-def _train(args: argparse.Namespace) -> None:
+def _jobs(args: argparse.Namespace):
+    """(experiment name, overrides, composed config) per job: one, or with -m every
+    combination of the comma-separated values; ``--cfg job`` prints each and runs none."""
+    from omegaconf import OmegaConf
+
     from .config import compose_experiment, split_experiment
+    from .hydra_args import expand_multirun, parse_hydra_args
+
+    hydra = parse_hydra_args(args.overrides, args.command)
+    jobs = expand_multirun(hydra.overrides) if hydra.multirun else [hydra.overrides]
+    composed = []
+    for n, overrides in enumerate(jobs):
+        name, overrides = split_experiment(overrides)
+        cfg = compose_experiment(name, overrides)  # all checked before the first job runs
+        if hydra.cfg:
+            if len(jobs) > 1:
+                print(f"# job {n + 1} of {len(jobs)}: {' '.join(jobs[n])}")
+            print(OmegaConf.to_yaml(cfg))
+        composed.append((name, overrides, cfg))
+    return [] if hydra.cfg else composed
+
+
+def _train(args: argparse.Namespace) -> None:
     from .train import train
 
-    name, overrides = split_experiment(args.overrides)
-    train(compose_experiment(name, overrides))
+    jobs = _jobs(args)
+    for n, (_, overrides, cfg) in enumerate(jobs):
+        if len(jobs) > 1:
+            print(f"multirun: job {n + 1} of {len(jobs)}: {' '.join(overrides)}", flush=True)
+        train(cfg)
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .config import compose_experiment, split_experiment
     from .train import evaluate
 
-    name, overrides = split_experiment(args.overrides)
-    evaluate(compose_experiment(name, overrides), overrides)
+    for _, overrides, cfg in _jobs(args):
+        evaluate(cfg, overrides)
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -149,7 +172,7 @@ def _bench(args: argparse.Namespace) -> None:
 
     result = run_benchmarks(args.device, args.batch_size, args.steps, args.compile,
                             args.peak_tflops, args.loader_images, args.workers,
-                            args.experiment, args.only)
+                            args.experiment, args.only, args.search_sizes, args.fit)
     text = json.dumps(result, indent=1)
     if args.out:
         from pathlib import Path
@@ -254,9 +277,15 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=NON_NEGATIVE_INT, help="loader worker processes (default: all cores)")
     b.add_argument("--experiment", default="synthetic", help="whose heads the training step "
                    "runs (the encoder is IRRA's ViT-B/16 on a GPU, the tiny one on the CPU)")
-    b.add_argument("--only", choices=["train", "eval"], help="only the training-step "
-                   "benchmark, or only the evaluation at CUHK-PEDES and ICFG-PEDES size "
-                   "(with IRRA's rank() beside it)")
+    b.add_argument("--only", choices=["train", "eval", "search", "data"], help="only the "
+                   "training-step benchmark; the evaluation at CUHK-PEDES and ICFG-PEDES size "
+                   "(with IRRA's rank() beside it); vector search over 10k, 100k and 1M "
+                   "images (exact, approximate, torch); or SynthPedes generation and reading "
+                   "a CUHK-PEDES-sized annotation")
+    b.add_argument("--search-sizes", nargs="+", type=POSITIVE_INT, metavar="N",
+                   help="gallery sizes for --only search (default 10000 100000 1000000)")
+    b.add_argument("--fit", metavar="CKPT", help="with --only search: shape the galleries "
+                   "after this checkpoint's test features instead of the stored shape")
     b.add_argument("--out", help="also write the JSON to this file")
     b.set_defaults(func=_bench)
     r = sub.add_parser("report", help="one table (mean ± std over seeds) and a plot across "
@@ -286,20 +315,31 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _in_order(argv: list[str], command: str, unknown: list[str], rest: list[str]) -> list[str]:
+    """The train/eval arguments as typed (``--cfg job`` keeps its value beside it)."""
+    after = argv[argv.index(command) + 1:] if command in argv else unknown + rest
+    return after if sorted(after) == sorted(unknown + rest) else unknown + rest
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
     p = parser()
     args, unknown = p.parse_known_args(argv)
-    if unknown:  # W&B's --key=value overrides, which argparse will not leave to REMAINDER
-        if args.command not in ("train", "eval") or not all(u.startswith("--") and "=" in u
-                                                              for u in unknown):
+    if unknown:  # Hydra's flags and W&B's --key=value, which argparse leaves out of REMAINDER
+        if args.command not in ("train", "eval"):
             p.error(f"unrecognized arguments: {' '.join(unknown)}")
-        args.overrides = unknown + list(args.overrides)
+        args.overrides = _in_order(argv if argv is not None else sys.argv[1:], args.command,
+                                   unknown, list(args.overrides))
     try:
         status = args.func(args)
+        sys.stdout.flush()
     except TBPSError as exc:
         print(f"tbps {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tbps report | head`: the reader has what it wanted
+        # Python's documented way out: no second error while flushing at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return status or 0
 
 

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,13 +192,14 @@ class GalleryIndex:
 
     # --- keeping it in step with the folder -----------------------------------------------
     def update(self, encode, batch_size: int = 64, workers: int = 2, flush_every: int = 2048,
-               log=print) -> UpdateReport:
+               log=None) -> UpdateReport:
         """Encodes the files that are new or changed since the last update and forgets the
         removed ones. ``encode(images [B, 3, H, W]) -> (embedding [B, D], kept {name: [B, ...]})``
         with its ``transform`` attribute the albumentations pipeline for the images."""
         on_disk = list_images(self.gallery)
         known = {p: (s, m) for p, s, m in self.db.execute("SELECT path, size, mtime_ns FROM entries")}
         bad = {p: (s, m) for p, s, m in self.db.execute("SELECT path, size, mtime_ns FROM unreadable")}
+        log = log or _progress
         report = UpdateReport()
         report.removed = sorted(p for p in {**known, **bad} if p not in on_disk)
         stale = sorted(p for p, stat in on_disk.items()
@@ -215,7 +217,7 @@ class GalleryIndex:
                                    {p: on_disk[p] for p in shard_paths + [f for f, _ in failed]})
                 report.unreadable += failed
                 report.encoded += len(shard_paths)
-                if log and len(todo) > flush_every:
+                if len(todo) > flush_every:
                     log(f"index: {report.encoded + len(report.unreadable):,} of {len(todo):,} "
                         "images encoded")
             report.encode_seconds = time.perf_counter() - start
@@ -299,7 +301,7 @@ class GalleryIndex:
         return {n: np.stack([self._shard_array(where[i][0], f"kept_{n}")[where[i][1]]
                              for i in flat]) for n in names}
 
-    def vector_index(self, kind: str = "auto", log=print) -> VectorIndex:
+    def vector_index(self, kind: str = "auto", log=None) -> VectorIndex:
         """The FAISS index over the live embeddings, read from disk when it is of this
         generation and kind, built (and saved) otherwise."""
         n = len(self)
@@ -311,6 +313,7 @@ class GalleryIndex:
         path = self.root / f"vectors-{gen}-{kind}.faiss"
         if path.is_file():
             return read_vector_index(path)
+        log = log or _progress
         start = time.perf_counter()
         ids, feats = self.embeddings()
         index = build_vector_index(feats, ids, kind)
@@ -321,10 +324,15 @@ class GalleryIndex:
             if old != path:
                 old.unlink(missing_ok=True)
         self._set_meta({"vector_kind": kind})
-        if log and n > 50_000:
+        if n > 50_000:
             log(f"index: {kind} vector index over {n:,} images built in "
                 f"{time.perf_counter() - start:.1f} s")
         return index
+
+
+def _progress(line: str) -> None:
+    """Progress goes to stderr: stdout carries the JSON of `tbps index` and `tbps search`."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _encoded_batches(gallery: Path, todo: list[str], encode, batch_size: int, workers: int,

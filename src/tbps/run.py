@@ -6,6 +6,7 @@ import json
 import netrc
 import os
 import random
+import sys
 import time
 import uuid
 from datetime import datetime
@@ -14,7 +15,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import (Callback, ModelCheckpoint, ProgressBar,
+                                         TQDMProgressBar)
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -114,10 +116,16 @@ class RandomStates(Callback):
 
 
 class TrainThroughput(Callback):
-    """Training samples per second over the epochs' training phases (validation excluded)."""
+    """Training samples per second over the epochs' training phases (validation excluded),
+    and the seconds of ``fit`` — both summed over every resume of the run (kept in the
+    checkpoints), so that a run's figures add up however often it was interrupted."""
 
     def __init__(self) -> None:
         self.samples, self.seconds, self._start = 0, 0.0, 0.0
+        self._fit_before, self._fit_start = 0.0, None
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -133,8 +141,21 @@ class TrainThroughput(Callback):
     def samples_per_s(self) -> float:
         return self.samples / max(self.seconds, 1e-9)
 
+    @property
+    def fit_seconds(self) -> float:
+        """Seconds in ``fit`` over this command and every earlier start of the run."""
+        now = 0.0 if self._fit_start is None else time.perf_counter() - self._fit_start
+        return self._fit_before + now
 
-def callbacks(run_dir: Path, val_prefix: str = "val"
+    def state_dict(self) -> dict:
+        return {"samples": self.samples, "seconds": self.seconds, "fit_seconds": self.fit_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.samples, self.seconds = int(state["samples"]), float(state["seconds"])
+        self._fit_before = float(state.get("fit_seconds", 0.0))
+
+
+def callbacks(run_dir: Path, val_prefix: str = "val", show_progress: bool = True
               ) -> tuple[list[Callback], ModelCheckpoint, TrainThroughput]:
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=f"{val_prefix}/R1",
                            mode="max", auto_insert_metric_name=False, enable_version_counter=False)
@@ -145,7 +166,54 @@ def callbacks(run_dir: Path, val_prefix: str = "val"
                            save_top_k=1, every_n_epochs=1, auto_insert_metric_name=False,
                            enable_version_counter=False)
     speed = TrainThroughput()
-    return [ckpt, last, speed, RandomStates(), TQDMProgressBar(refresh_rate=10)], ckpt, speed
+    shown = [progress_display()] if show_progress else []
+    return [ckpt, last, speed, RandomStates(), *shown], ckpt, speed
+
+
+def progress_display() -> Callback:
+    """A bar on a terminal; plain lines elsewhere (a job scheduler's log, ``| tee``), where
+    a bar's carriage returns and cursor codes would fill the file. `tbps train` and
+    `tbps eval` both use it."""
+    return TQDMProgressBar(refresh_rate=10) if sys.stdout.isatty() else LineProgress()
+
+
+class LineProgress(ProgressBar):
+    """One line per ``every`` training steps and one per epoch and evaluation, for logs."""
+
+    def __init__(self, every: int = 50) -> None:
+        super().__init__()
+        self.every, self._enabled, self._start = every, True, 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _print(self, text: str) -> None:
+        if self._enabled:
+            print(text, flush=True)
+
+    def _values(self, trainer: L.Trainer) -> str:
+        shown = {k: v for k, v in self.get_metrics(trainer, trainer.lightning_module).items()
+                 if k != "v_num"}
+        return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in shown.items())
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % self.every == 0:
+            self._print(f"epoch {trainer.current_epoch} step {batch_idx + 1}/"
+                        f"{trainer.num_training_batches} {self._values(trainer)}")
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self._print(f"epoch {trainer.current_epoch} done in "
+                    f"{time.perf_counter() - self._start:.0f} s: {self._values(trainer)}")
+
+    def on_test_end(self, trainer, module) -> None:
+        self._print("test done")
 
 
 def write_metrics(path: Path, metrics: dict[str, float]) -> None:

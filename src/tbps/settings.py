@@ -191,6 +191,7 @@ def validate_config(cfg: DictConfig, source: str = "") -> None:
         if c.get(key) is not None:
             _check(model, c[key], key, problems)
     _check(_trainer_model(), c.get("trainer"), "trainer", problems)
+    _check_trainer_owned(c.get("trainer") or {}, problems)
     for key, group in [("data", c.get("data"))] + [(f"heads.{n}", h) for n, h in
                                                     (c.get("heads") or {}).items()]:
         if not isinstance(group, dict) or "_target_" not in group:
@@ -241,6 +242,30 @@ def _check_shared_parts(c: dict, problems: list[str]) -> None:
         if annotated:
             problems.append(f"heads {annotated} read token annotations of the caption, which "
                             "text_augment.delete would misalign: set text_augment.delete=0")
+
+
+# Trainer arguments that tbps sets itself, and what a user sets instead
+_TRAINER_OWNED = {
+    "callbacks": "tbps adds its own (checkpoints best/last, throughput, random states, the "
+                 "progress display); turn the progress display off with "
+                 "trainer.enable_progress_bar=false",
+    "logger": "set logger.wandb=true|false and logger.csv=true|false",
+    "default_root_dir": "set run_dir=<folder> (or runs_dir=<folder> for runs/<exp>/<time>/)",
+    "plugins": "tbps writes checkpoints atomically through its own plugin",
+    "enable_checkpointing": "every run keeps checkpoints/best.ckpt and last.ckpt (the run "
+                            "folder's contract); delete them afterwards if unwanted",
+}
+
+
+def _check_trainer_owned(trainer: dict, problems: list[str]) -> None:
+    for key, instead in _TRAINER_OWNED.items():
+        if key in trainer:
+            problems.append(f"setting trainer.{key} is set by tbps, not from the config: "
+                            f"{instead}")
+    if trainer.get("max_epochs") == 0:
+        problems.append("setting trainer.max_epochs=0 trains nothing, and the test of random "
+                        "weights would land in metrics.json beside real runs: use "
+                        "`tbps eval` (make eval) to test a checkpoint, or max_epochs >= 1")
 
 
 def _check_patch_size(c: dict, problems: list[str]) -> None:

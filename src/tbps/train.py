@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -19,7 +20,8 @@ from .model.encoder import DualEncoder
 from .model.checkpoint import load_checkpoint
 from .model.checkpoint_io import AtomicCheckpointIO, partial_writes
 from .model.module import TBPSModule
-from .run import callbacks, make_loggers, make_run_dir, print_table, write_metrics
+from .run import (callbacks, make_loggers, make_run_dir, print_table, progress_display,
+                  write_metrics)
 
 
 def build_data(cfg: DictConfig) -> TBPSDataModule:
@@ -159,13 +161,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.encoder.get("bert_weights"):
             load_bert_weights(module.encoder.text, cfg.encoder.bert_weights)
         module.load_encoder_weights(module.encoder.state_dict())  # and every copy of it
-    cbs, ckpt, speed = callbacks(run_dir, dm.val_prefix)
-    trainer = L.Trainer(**cfg.trainer, default_root_dir=run_dir, callbacks=cbs,
-                        logger=make_loggers(cfg, run_dir, resumed=resume is not None),
+    cbs, ckpt, speed = callbacks(run_dir, dm.val_prefix,
+                                 show_progress=cfg.trainer.get("enable_progress_bar", True))
+    loggers = make_loggers(cfg, run_dir, resumed=resume is not None)
+    if loggers:  # the learning rate of every parameter group, per step
+        cbs.append(LearningRateMonitor(logging_interval="step"))
+    trainer = L.Trainer(**cfg.trainer, default_root_dir=run_dir, callbacks=cbs, logger=loggers,
                         plugins=[AtomicCheckpointIO()])
-    start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
-    fit_seconds = time.perf_counter() - start
+    fit_seconds = speed.fit_seconds  # this command's and every earlier start's
     test = trainer.test(module, datamodule=dm, ckpt_path=ckpt.best_model_path or None,
                         verbose=False)[0]
     metrics = {**module.best_val, **test, "train/samples_per_s": speed.samples_per_s,
@@ -203,7 +207,8 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     dm = build_data(data_cfg)
     dm.set_tokenizer(module.tokenizer, module.caption_annotations)  # a re-scoring head's too
     trainer_cfg = {**cfg.trainer, "logger": False, "enable_checkpointing": False}
-    trainer = L.Trainer(**trainer_cfg)
+    shown = [progress_display()] if trainer_cfg.get("enable_progress_bar", True) else []
+    trainer = L.Trainer(**trainer_cfg, callbacks=shown)
     with torch.inference_mode():
         test = trainer.test(module, datamodule=dm, verbose=False)[0]
     out = path.parent.parent / "metrics_eval.json"

@@ -26,7 +26,8 @@ REAL_EVAL_SIZES = [(6156, 3074), (19848, 19848)]  # CUHK-PEDES and ICFG-PEDES te
 def run_benchmarks(device: str = "auto", batch_size: int | None = None, steps: int | None = None,
                    compile: bool = False, peak: float | None = None,
                    loader_images: int | None = None, workers: int | None = None,
-                   experiment: str = "synthetic", only: str | None = None) -> dict:
+                   experiment: str = "synthetic", only: str | None = None,
+                   search_sizes: list[int] | None = None, fit: str | None = None) -> dict:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     gpu = dev.type == "cuda"
@@ -36,6 +37,20 @@ def run_benchmarks(device: str = "auto", batch_size: int | None = None, steps: i
     precision = "bf16" if gpu else "fp32"
     out = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda if gpu else None,
            "mode": "gpu" if gpu else "cpu-small"}
+    if only == "data":
+        from .data import bench_data
+
+        out.update(mode="data", data=bench_data())
+        return out
+    if only == "search":
+        from .search import GALLERY_SHAPE, SIZES, bench_search, fit_gallery_shape
+
+        shape = GALLERY_SHAPE
+        if fit:
+            shape = fit_gallery_shape(fit)
+            out["fitted_shape"] = shape
+        out.update(mode="search", search=bench_search(search_sizes or SIZES, shape))
+        return out
     if only == "eval":  # the evaluation at the real test-set sizes, on any device
         out["mode"] = "eval"
         # medians of more repeats where one run takes milliseconds and noise dominates

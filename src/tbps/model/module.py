@@ -25,6 +25,7 @@ from ..heads.mlm import replacement_ids
 from ..metrics import TextToImageRetrieval
 from ..metrics.retrieval import fuse
 from .compile import compile_step
+from .loop_state import finish_saved_epoch
 from .encoder import build_dual_encoder
 from .optim import param_groups, warmup_cosine
 
@@ -358,6 +359,7 @@ class TBPSModule(L.LightningModule):
         checkpoint["tbps_fusion_weight"] = self.fusion_weight
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        finish_saved_epoch(checkpoint)  # before Lightning restores its loops from it
         self.best_val = dict(checkpoint.get("tbps_best_val", {}))
         self.nonfinite_skipped = int(checkpoint.get("tbps_nonfinite_skipped", 0))
         self.fusion_weight = checkpoint.get("tbps_fusion_weight")
