@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install train eval test synth bench sweep notebooks report study clean-runs
+.PHONY: help install train eval test synth bench sweep notebooks lab docs-figures report study clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,11 +44,21 @@ bench: $(STAMP)  ## throughput/MFU/memory/loader/eval benchmark as JSON (ARGS='-
 
 sweep: $(STAMP)  ## create the W&B sweep SWEEP=experiments/sweeps/<name>.yaml and run an agent on it
 	@test -n "$(SWEEP)" || { echo "make sweep: set SWEEP=experiments/sweeps/<name>.yaml" >&2; exit 2; }
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/wandb sweep --project tbps $(SWEEP) 2>&1 | tee .sweep.log
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/wandb agent $$(grep -o 'wandb agent [^ ]*' .sweep.log | tail -1 | cut -d' ' -f3)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/tbps sweep $(SWEEP) $(ARGS)
 
-notebooks: $(STAMP)  ## run notebooks/*.ipynb headless on the newest synthetic run; figures to docs/
-	$(BIN)/python -m tbps.analysis.notebooks docs
+NB_STAMP := $(VENV)/.notebooks-stamp
+$(NB_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[notebooks]'
+	@touch $(NB_STAMP)
+
+notebooks: $(NB_STAMP)  ## install Jupyter, run notebooks/*.ipynb headless on the newest synthetic run (or TBPS_CKPT); figures to <run>/figures/
+	$(BIN)/python -m tbps.analysis.notebooks
+
+lab: $(NB_STAMP)  ## open the notebooks in JupyterLab (kernel: this .venv)
+	$(BIN)/jupyter lab notebooks/
+
+docs-figures: $(NB_STAMP)  ## regenerate the README's notebook figures in docs/ (from TBPS_CKPT or the newest synthetic run)
+	$(BIN)/python -m tbps.analysis.notebooks --figures docs
 
 report: $(STAMP)  ## one table (mean ± std over seeds) and a plot across runs/; ARGS='--by data.noise_rate'
 	$(BIN)/tbps report $(ARGS)

@@ -105,3 +105,21 @@ def test_ui_default_command_with_double_hyphens(tiny_synth, tmp_path):
     cfg = _run([*cmd, *extra, *TINY_MODEL], tmp_path / "run")
     assert cfg["optim"]["lr"] == 0.002 and cfg["heads"]["sdm"]["weight"] == 0.5
     assert cfg["experiment"] == "synthetic"
+
+
+@pytest.mark.parametrize("env", [{"WANDB_MODE": "offline"}, {"HOME": "nohome"}])
+def test_a_sweep_without_a_server_stops_with_one_paragraph(env, tmp_path, monkeypatch, capsys):
+    from tbps.cli import main
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("NETRC", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, str(tmp_path / v) if k == "HOME" else v)
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", str(SWEEPS[0])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ("wandb login" in err or "offline" in err)
+    assert list(tmp_path.glob(".sweep*")) == []
+    assert main(["sweep", str(tmp_path / "none.yaml")]) == 2
+    assert "cannot read the sweep file" in capsys.readouterr().err

@@ -181,6 +181,12 @@ def _bench(args: argparse.Namespace) -> None:
     print(text)
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep
+
+    return run_sweep(args.file, args.project, args.count)
+
+
 def _study(args: argparse.Namespace) -> None:
     from .report import report
     from .study import run_study
@@ -288,6 +294,13 @@ def parser() -> argparse.ArgumentParser:
                    "after this checkpoint's test features instead of the stored shape")
     b.add_argument("--out", help="also write the JSON to this file")
     b.set_defaults(func=_bench)
+    w = sub.add_parser("sweep", help="create a W&B sweep from a sweep file and run an agent "
+                       "on it (needs `wandb login`)")
+    w.add_argument("file", help="a W&B sweep file, e.g. experiments/sweeps/synthetic_lr_heads.yaml")
+    w.add_argument("--project", default="tbps")
+    w.add_argument("--count", type=POSITIVE_INT, help="runs this agent does (default: until "
+                   "the sweep ends)")
+    w.set_defaults(func=_sweep)
     r = sub.add_parser("report", help="one table (mean ± std over seeds) and a plot across "
                        "run folders")
     r.add_argument("runs", nargs="*", help="run folders or folders holding them (default: "

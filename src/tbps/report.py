@@ -217,9 +217,9 @@ def plot(rows: list[dict], key: str, out: Path) -> Path:
 
 def log_to_wandb(rows: list[dict], project: str = "tbps") -> None:
     """The table as a ``wandb.Table``, only when the user is logged in and W&B is online."""
-    from .run import _wandb_logged_in
+    from .sweep import wandb_logged_in
 
-    if os.environ.get("WANDB_MODE") in ("offline", "disabled") or not _wandb_logged_in():
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled") or not wandb_logged_in():
         return
     import wandb
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import netrc
 import os
 import random
 import sys
@@ -21,6 +20,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
+
+from .sweep import wandb_logged_in
 
 METRIC_ORDER = ("R1", "R5", "R10", "mAP", "mINP", "rSum")
 
@@ -44,15 +45,6 @@ def make_run_dir(cfg: DictConfig) -> Path:
     return path
 
 
-def _wandb_logged_in() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
 def make_loggers(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> list[Logger]:
     """CSV always (if enabled); W&B offline unless logged in, off with WANDB_MODE=disabled.
     A resumed run logs CSV to ``logs/resumed-<time>/`` so that nothing is overwritten."""
@@ -61,7 +53,7 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> list[
         version = f"resumed-{datetime.now():%Y%m%d-%H%M%S}" if resumed else ""
         loggers.append(CSVLogger(run_dir, name="logs", version=version))
     if cfg.logger.wandb and os.environ.get("WANDB_MODE") != "disabled":
-        offline = os.environ.get("WANDB_MODE") == "offline" or not _wandb_logged_in()
+        offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_logged_in()
         wb = WandbLogger(project=cfg.logger.project, save_dir=str(run_dir), offline=offline,
                          name=f"{cfg.experiment}/{run_dir.name}", id=wandb_run_id(run_dir),
                          resume="allow")

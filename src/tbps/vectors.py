@@ -3,7 +3,9 @@
 Two kinds, both by inner product of L2-normalised embeddings (the cosine evaluation ranks by):
 
 - ``flat``: exact, every embedding compared (IndexFlatIP behind an id map): the default
-  below ``APPROXIMATE_FROM`` images, where it answers a query in milliseconds anyway.
+  below ``APPROXIMATE_FROM`` images. A single query runs FAISS's own scan; a batch of
+  queries multiplies the index's vectors with torch (``_flat_with_torch``), because the
+  BLAS bundled with faiss-cpu was 4-5x slower than torch's for that product here.
 - ``ivf``: approximate, an inverted file of ``nlist`` k-means cells whose embeddings are
   stored with 8-bit scalar quantisation (IndexIVFScalarQuantizer); a query scans its
   ``nprobe`` nearest cells. 8 bits keep 1M × 512 in 512 MiB (float32 would take 2 GiB) and
@@ -23,6 +25,7 @@ import numpy as np
 APPROXIMATE_FROM = 200_000
 KINDS = ("flat", "ivf")
 DEFAULT_NPROBE = 32
+TORCH_FROM_QUERIES = 8  # flat search of this many queries at once multiplies with torch
 
 
 def _faiss():
@@ -58,7 +61,32 @@ class VectorIndex:
         if self.kind == "ivf":
             params = faiss.SearchParametersIVF(nprobe=self.nprobe)
             return self.index.search(queries, k, params=params)
+        if len(queries) >= TORCH_FROM_QUERIES:
+            return self._flat_with_torch(queries, k)
         return self.index.search(queries, k)
+
+    def _flat_with_torch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The flat index's own vectors (a view, no copy) multiplied by torch: the same
+        exact search, but the faiss-cpu wheel's bundled BLAS multiplies a batch of queries
+        4-5x slower than torch's on our CPUs (docs/speed.md)."""
+        import torch
+
+        faiss = _faiss()
+        flat = faiss.downcast_index(self.index.index)
+        n, dim = flat.ntotal, flat.d
+        vectors = torch.from_numpy(faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim))
+        ids = faiss.vector_to_array(self.index.id_map)
+        q = torch.from_numpy(queries)
+        best_s, best_i = None, None
+        with torch.inference_mode():
+            for lo in range(0, n, 262144):  # O(queries x 256k) scores at a time
+                s, i = (q @ vectors[lo:lo + 262144].t()).topk(min(k, n - lo), dim=1)
+                i += lo
+                if best_s is not None:
+                    s, pick = torch.cat([best_s, s], 1).topk(k, dim=1)
+                    i = torch.cat([best_i, i], 1).gather(1, pick)
+                best_s, best_i = s, i
+        return best_s.numpy(), ids[best_i.numpy()]
 
     def __len__(self) -> int:
         return int(self.index.ntotal)

@@ -26,12 +26,27 @@ class EncodedSplit:
     attribute_words: list[list[str]] = field(default_factory=list)  # SynthPedes only
 
 
+def project_path(relative: str | Path) -> Path:
+    """A path the config holds relative to where `make train` ran (``runs``, ``data``),
+    found from the working folder or one of its parents: a notebook's kernel starts in
+    ``notebooks/``, one level below."""
+    relative = Path(relative)
+    if relative.is_absolute():
+        return relative
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / relative).exists():
+            return folder / relative
+    return here / relative
+
+
 def newest_checkpoint(runs: str | Path = "runs", experiment: str = "synthetic") -> Path:
-    found = sorted(Path(runs, experiment).glob("*/checkpoints/best.ckpt"),
+    found = sorted(project_path(runs).glob(f"{experiment}/*/checkpoints/best.ckpt"),
                    key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(f"no {runs}/{experiment}/*/checkpoints/best.ckpt: run "
-                                f"`make train` first, or set TBPS_CKPT to a checkpoint")
+        raise FileNotFoundError(f"no {runs}/{experiment}/*/checkpoints/best.ckpt here or in a "
+                                f"folder above {Path.cwd()}: run `make train` first, or set "
+                                "TBPS_CKPT to a checkpoint")
     return found[-1]
 
 
@@ -40,8 +55,8 @@ def encode_split(module: TBPSModule, split: str = "test", data_root: str | None 
                  batch_size: int = 128) -> EncodedSplit:
     """Encodes a split with the data configuration the checkpoint was trained with."""
     data = dict(module.cfg["data"], num_workers=0, pin_memory=False)
-    if data_root is not None:
-        data["root"] = data_root
+    # the run's data where it trained (not a new copy generated beside the notebook)
+    data["root"] = str(project_path(data_root if data_root is not None else data["root"]))
     dm = build_data(OmegaConf.create({"data": data}))
     dm.set_tokenizer(module.tokenizer)
     rec = dm.records[split]

@@ -29,16 +29,24 @@ def run_notebook(path: str | Path, env: dict[str, str] | None = None, cwd: str |
     return nb
 
 
-def main() -> None:
-    """`python -m tbps.analysis.notebooks [FIGURES_DIR]`: runs both notebooks on the newest
-    synthetic run and saves their figures (default docs/)."""
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tbps.analysis.notebooks [--figures DIR]` (`make notebooks`): runs both
+    notebooks on TBPS_CKPT or the newest synthetic run and saves their figures into that
+    run's folder (``<run>/figures/``), or DIR; `make docs-figures` passes docs/."""
+    import argparse
 
-    figures = Path(sys.argv[1] if len(sys.argv) > 1 else "docs")
+    from .features import newest_checkpoint
+
+    p = argparse.ArgumentParser(prog="python -m tbps.analysis.notebooks")
+    p.add_argument("--figures", help="where the figures go (default: <run>/figures/)")
+    args = p.parse_args(argv)
+    ckpt = Path(os.environ.get("TBPS_CKPT") or newest_checkpoint()).resolve()
+    figures = Path(args.figures) if args.figures else ckpt.parent.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     for name in NOTEBOOKS:
-        run_notebook(Path("notebooks") / name, {"TBPS_FIGURES": str(figures.resolve())})
-        print(f"ran notebooks/{name}; figures in {figures}/")
+        run_notebook(Path("notebooks") / name, {"TBPS_CKPT": str(ckpt),
+                                                "TBPS_FIGURES": str(figures.resolve())})
+        print(f"ran notebooks/{name} on {ckpt}; figures in {figures}/")
 
 
 if __name__ == "__main__":
