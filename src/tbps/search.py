@@ -7,9 +7,9 @@ for a model whose head re-scores (ACSA) the head's local scores of the best
 ``candidates_to_rescore`` images fused at the weight chosen on validation, which the
 checkpoint stores. So what is searched is what was evaluated.
 
-A model without re-scoring answers a query on an indexed folder without loading Lightning,
-timm or transformers: its text path (``embed_texts``) is kept in the index as a
-``torch.export`` program with the tokenizer.
+A model without re-scoring answers a query on an indexed folder without importing torch,
+Lightning, timm or transformers: its text path (``embed_texts``) is kept in the index as an
+ONNX program with the tokenizer, run by ONNX Runtime (``TextProgram``).
 """
 
 from __future__ import annotations
@@ -20,30 +20,31 @@ import time
 from functools import cached_property
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
 from .data.tokenizer import CaptionTokenizer
 from .errors import ConfigError
 from .index import GalleryIndex, checkpoint_fingerprint, default_index_dir
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class Model:
     """A checkpoint, loaded only when something needs the full model (encoding images,
     re-scoring, a query the exported text path cannot answer)."""
 
-    def __init__(self, ckpt: Path, device: torch.device) -> None:
+    def __init__(self, ckpt: Path, device: str = "auto") -> None:
         if not ckpt.is_file():
             raise ConfigError(f"checkpoint {ckpt} not found; pass a checkpoints/best.ckpt or "
                               "last.ckpt written by `tbps train`")
-        self.ckpt, self.device = ckpt, device
+        self.ckpt, self._device = ckpt, device
         self.fingerprint = checkpoint_fingerprint(ckpt)
+
+    @cached_property
+    def device(self):
+        import torch
+
+        if self._device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self._device)
 
     @cached_property
     def module(self):
@@ -57,60 +58,80 @@ class Model:
 
         return eval_transform(tuple(self.module.cfg["data"]["image_size"]))
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, images):
         """Gallery images -> (embedding, what the re-scoring head keeps): the index's encoder."""
         return self.module.gallery_entries(images.to(self.device))
 
 
 class TextProgram:
-    """``embed_texts`` of a checkpoint exported with ``torch.export`` (CPU, any batch size)
-    and its tokenizer, in the index folder; also records whether the model re-scores, in
-    which case queries need the full model and nothing is exported."""
+    """``embed_texts`` of a checkpoint exported to ONNX (any batch size) with its tokenizer,
+    in the index folder, run with ONNX Runtime: a query of an indexed gallery then imports
+    neither torch nor the training stack (about 0.5 s of imports where torch alone takes 3 to
+    4). It also records whether the model re-scores, in which case queries need the full
+    model and nothing is exported."""
 
     def __init__(self, folder: Path, fingerprint: str) -> None:
-        self.program = folder / f"text-{fingerprint}.pt2"
+        self.program = folder / f"text-{fingerprint}.onnx"
         self.meta = folder / f"text-{fingerprint}.json"
 
-    def rescores(self) -> bool | None:
-        """Whether the model re-scores (None: not recorded yet)."""
+    def state(self) -> str | None:
+        """"exported", "rescores" (queries need the full model), "failed" (the export did
+        not work), or None: nothing recorded yet, or a program file gone missing."""
         if not self.meta.is_file():
             return None
-        return json.loads(self.meta.read_text())["rescore_candidates"] > 0
+        state = json.loads(self.meta.read_text()).get("state")
+        return None if state == "exported" and not self.program.is_file() else state
 
     def load(self):
-        """(encode: ids -> embeddings, tokenizer), or None if there is no program."""
-        if not (self.program.is_file() and self.meta.is_file()):
+        """(encode: ids [B, L] int64 -> embeddings [B, D], tokenizer), or None if there is
+        no program."""
+        if self.state() != "exported":
             return None
+        import onnxruntime
+
         meta = json.loads(self.meta.read_text())
-        encode = torch.export.load(self.program).module()
-        return encode, CaptionTokenizer.from_json(meta["tokenizer"], meta["context_length"])
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # no graph-optimisation chatter on stderr
+        session = onnxruntime.InferenceSession(str(self.program), options,
+                                               providers=["CPUExecutionProvider"])
+        tokenizer = CaptionTokenizer.from_json(meta["tokenizer"], meta["context_length"])
+        return (lambda ids: session.run(None, {"ids": ids})[0]), tokenizer
 
     def save(self, module) -> None:
         """Exports the module's text path when it is all a query needs; a module that cannot
-        be exported (or one on a GPU) is not, and its queries use the full model."""
+        be exported is not, and its queries use the full model."""
+        import torch
+
+        class EmbedTexts(torch.nn.Module):
+            def __init__(self, module) -> None:
+                super().__init__()
+                self.module = module
+
+            def forward(self, ids: torch.Tensor) -> torch.Tensor:
+                return self.module.embed_texts(ids)
+
         k = module.candidates_to_rescore
-        if k == 0 and next(module.parameters()).device.type == "cpu":
+        state = "rescores" if k else "failed"
+        if k == 0:
+            device = module.device
             ids = module.tokenizer.encode(["a person", "a man in a red coat"])
+            tmp = self.program.with_suffix(".tmp.onnx")
             try:
                 batch = torch.export.Dim("batch", min=1, max=65536)
-                program = torch.export.export(_EmbedTexts(module), (ids,),
-                                              dynamic_shapes={"ids": {0: batch}})
-                torch.export.save(program, self.program)
+                torch.onnx.export(EmbedTexts(module.cpu()).eval(), (ids,), str(tmp),
+                                  dynamo=True, input_names=["ids"], output_names=["tbps_query_embedding"],
+                                  dynamic_shapes={"ids": {0: batch}}, verbose=False)
+                tmp.replace(self.program)
+                state = "exported"
             except Exception as exc:  # noqa: BLE001 - export support varies by model
-                print(f"note: the text encoder could not be exported ({type(exc).__name__}); "
-                      "queries will load the full model")
+                tmp.unlink(missing_ok=True)
+                print(f"note: the text encoder could not be exported to ONNX "
+                      f"({type(exc).__name__}); queries will load the full model")
+            finally:
+                module.to(device)
         self.meta.write_text(json.dumps({"tokenizer": module.tokenizer.to_json(),
                                          "context_length": module.tokenizer.context_length,
-                                         "rescore_candidates": k}))
-
-
-class _EmbedTexts(torch.nn.Module):
-    def __init__(self, module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.module.embed_texts(ids)
+                                         "rescore_candidates": k, "state": state}))
 
 
 def index_root(ckpt: str | Path, gallery: str | Path, index_dir: str | Path | None) -> Path:
@@ -120,7 +141,7 @@ def index_root(ckpt: str | Path, gallery: str | Path, index_dir: str | Path | No
 def open_index(ckpt: str | Path, gallery: str | Path, index_dir: str | Path | None = None,
                device: str = "auto", create: bool = True) -> tuple[GalleryIndex, Model]:
     """The gallery's index for this checkpoint (refused if another built it) and the model."""
-    model = Model(Path(ckpt), resolve_device(device))
+    model = Model(Path(ckpt), device)
     if not Path(gallery).is_dir():
         raise ConfigError(f"gallery {gallery} is not a folder; pass --gallery DIR")
     root = index_root(ckpt, gallery, index_dir)
@@ -134,38 +155,41 @@ def rank(index: GalleryIndex, model: Model, queries: list[str], topk: int,
     vectors = index.vector_index(kind)
     if nprobe:
         vectors.nprobe = nprobe
-    exported = program.load() if program.rescores() is False else None
-    if exported is None and not program.meta.is_file():
-        program.save(model.module)  # the next query of a model without re-scoring uses it
+    if program.state() is None:
+        program.save(model.module)  # this query on, a model without re-scoring uses it
+    exported = program.load()
     start = time.perf_counter()
     if exported is not None:
         embed, tokenizer = exported
-        with torch.inference_mode():
-            text = embed(tokenizer.encode(queries))
+        text = embed(tokenizer.encode_numpy(queries))
         query_kept, k_rescore = {}, 0
     else:
+        import torch
+
         module = model.module
         with torch.inference_mode():
             batch = {k: v.to(model.device) for k, v in module.query_batch(queries).items()}
             text, query_kept = module.query_entries(batch)
+        text = text.float().cpu().numpy()
         k_rescore = module.candidates_to_rescore
-    text = F.normalize(text.float(), dim=-1).cpu().numpy()
-    cosines, ids = vectors.search(text, max(topk, k_rescore))
-    order = torch.from_numpy(ids)
-    scores = torch.from_numpy(cosines)
+    text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    cosines, ids = vectors.search(text.astype(np.float32), max(topk, k_rescore))
     if k_rescore:
-        scores, order = _rescored(index, model.module, query_kept, scores, order, k_rescore)
-    out = [[(int(i), float(s)) for s, i in zip(scores[q, :topk], order[q, :topk]) if i >= 0]
+        cosines, ids = _rescored(index, model.module, query_kept, cosines, ids, k_rescore)
+    out = [[(int(i), float(s)) for s, i in zip(cosines[q, :topk], ids[q, :topk]) if i >= 0]
            for q in range(len(queries))]
     return out, {"query_ms": (time.perf_counter() - start) * 1e3 / len(queries),
                  "vector_index": vectors.kind, "rescored_candidates": k_rescore}
 
 
-def _rescored(index: GalleryIndex, module, query_kept: dict, cosines: torch.Tensor,
-              ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _rescored(index: GalleryIndex, module, query_kept: dict, cosines: np.ndarray,
+              ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``k`` candidates of each row ranked by the module's fused score (ties:
     the image indexed first, as the evaluation's lower gallery index), the rest after
     them in the global order, as ``fused_metrics`` ranks."""
+    import torch
+
+    ids, cosines = torch.from_numpy(ids), torch.from_numpy(cosines)
     head_ids, head_cos = ids[:, :k], cosines[:, :k]
     unique, compact = torch.unique(head_ids, return_inverse=True)
     kept = {n: torch.from_numpy(a).to(module.device)
@@ -175,8 +199,8 @@ def _rescored(index: GalleryIndex, module, query_kept: dict, cosines: torch.Tens
                                         compact.to(module.device)).float().cpu()
     by_id = head_ids.argsort(dim=1, stable=True)                 # ties: lower id first
     order = by_id.gather(1, fused.gather(1, by_id).argsort(dim=1, descending=True, stable=True))
-    return (torch.cat([fused.gather(1, order), cosines[:, k:]], 1),
-            torch.cat([head_ids.gather(1, order), ids[:, k:]], 1))
+    return (torch.cat([fused.gather(1, order), cosines[:, k:]], 1).numpy(),
+            torch.cat([head_ids.gather(1, order), ids[:, k:]], 1).numpy())
 
 
 def search(ckpt: str | Path, gallery: str | Path, queries: list[str], topk: int = 10,

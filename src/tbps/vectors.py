@@ -29,10 +29,8 @@ TORCH_FROM_QUERIES = 8  # flat search of this many queries at once multiplies wi
 
 
 def _faiss():
-    import faiss
-    import torch
+    import faiss  # its OpenMP pool: one thread per core, as torch's
 
-    faiss.omp_set_num_threads(torch.get_num_threads())  # one thread pool size for both
     return faiss
 
 

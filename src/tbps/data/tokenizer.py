@@ -11,12 +11,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from ..errors import ConfigError
 from .clip_bpe import EOT, MASK, SOT, build_clip_tokenizer, clip_clean
+
+if TYPE_CHECKING:
+    import torch
 
 SPECIALS = ["[PAD]", "[UNK]", "[SOS]", "[EOS]", "[MASK]"]
 # CLIP pads with id 0 (which is also the token "!", as in every CLIP codebase) and has no
@@ -105,9 +109,16 @@ class CaptionTokenizer:
 
     def encode(self, captions: list[str]) -> torch.Tensor:
         """Token ids [len(captions), context_length], int64, padded with 0."""
+        import torch
+
+        return torch.from_numpy(self.encode_numpy(captions))
+
+    def encode_numpy(self, captions: list[str]) -> np.ndarray:
+        """``encode`` as a NumPy array: what a query of an indexed gallery needs, without
+        importing torch (``tbps.search``)."""
         if self.is_clip:
             captions = [clip_clean(c) for c in captions]
-        return torch.tensor([e.ids for e in self.tok.encode_batch(captions)], dtype=torch.long)
+        return np.array([e.ids for e in self.tok.encode_batch(captions)], dtype=np.int64)
 
     def prepare(self, caption: str) -> str:
         """The caption as the tokenizer reads it (CLIP's cleaning for CLIP; our own BPE
