@@ -186,9 +186,19 @@ class GalleryIndex:
     def unreadable_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM unreadable").fetchone()[0]
 
+    def _rows(self, columns: str, ids) -> list[tuple]:
+        """``SELECT id, <columns>`` of the entries ``ids``, 900 at a time (SQLite caps the
+        number of bound values of one statement)."""
+        ids = sorted({int(i) for i in ids})
+        out = []
+        for s in range(0, len(ids), 900):
+            part = ids[s:s + 900]
+            out += self.db.execute(f"SELECT id, {columns} FROM entries WHERE id IN "
+                                   f"({','.join('?' * len(part))})", part).fetchall()
+        return out
+
     def paths(self, ids: list[int]) -> dict[int, str]:
-        marks = ",".join("?" * len(ids))
-        return dict(self.db.execute(f"SELECT id, path FROM entries WHERE id IN ({marks})", ids))
+        return dict(self._rows("path", ids))
 
     # --- keeping it in step with the folder -----------------------------------------------
     def update(self, encode, batch_size: int = 64, workers: int = 2, flush_every: int = 2048,
@@ -295,9 +305,7 @@ class GalleryIndex:
         from the memory-mapped shards."""
         names = list(json.loads(self.meta("kept", "{}")))
         flat = [int(i) for i in ids]
-        where = dict((i, (s, r)) for i, s, r in self.db.execute(
-            f"SELECT id, shard, row FROM entries WHERE id IN ({','.join('?' * len(set(flat)))})",
-            sorted(set(flat))))
+        where = {i: (s, r) for i, s, r in self._rows("shard, row", flat)}
         return {n: np.stack([self._shard_array(where[i][0], f"kept_{n}")[where[i][1]]
                              for i in flat]) for n in names}
 

@@ -57,6 +57,11 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> list[
         wb = WandbLogger(project=cfg.logger.project, save_dir=str(run_dir), offline=offline,
                          name=f"{cfg.experiment}/{run_dir.name}", id=wandb_run_id(run_dir),
                          resume="allow")
+        # Lightning 2.6 hands wandb.init anonymous=None, which W&B >= 0.22 answers with "The
+        # anonymous setting has no effect" on every run: the setting is gone, so is the key
+        init = getattr(wb, "_wandb_init", None)
+        if isinstance(init, dict) and init.get("anonymous") is None:
+            init.pop("anonymous", None)
         wb.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
         loggers.append(wb)
     return loggers

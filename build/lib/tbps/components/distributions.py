@@ -1,0 +1,69 @@
+"""Probabilistic embeddings of both modalities, shared by every head of a training step
+(UCFA's distribution contrast, point contrast and attribute reconstruction read the same
+distributions; ``docs/methods.md`` §4).
+
+Built by the training module when the config sets ``distributions`` (like ``memory``):
+each modality's global feature becomes a diagonal Gaussian through the shared
+``GaussianEmbedding`` component, with the global feature itself as the mean, so inference
+on the means ranks on the features and costs nothing extra. The variance reads the whole
+token sequence (``variance_from: tokens``, UCFA's PROPOSAL: attention pooling + a residual
+from the global token) or the global feature alone (``global``). The KL regulariser to
+N(0, I) (β = ``kl_weight``, PCME++'s vib_beta 1e-4) belongs here, not to any one head, so
+that it stays when a head is ablated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..types import EncoderOutput
+from .gaussian import GaussianEmbedding, kl_to_standard_normal
+
+
+@dataclass
+class Distributions:
+    """The batch's Gaussians, float32: means [B, D] and log-variances [B, D]."""
+
+    image_mean: torch.Tensor
+    image_logvar: torch.Tensor
+    text_mean: torch.Tensor
+    text_logvar: torch.Tensor
+
+
+class ModalityDistributions(nn.Module):
+    def __init__(self, dim: int, variance_from: Literal["tokens", "global"] = "tokens",
+                 init_logvar: float = -4.0, kl_weight: float = 1e-4) -> None:
+        super().__init__()
+        self.variance_from, self.kl_weight = variance_from, kl_weight
+        self.image = GaussianEmbedding(dim, init_logvar=init_logvar, variance_from=variance_from)
+        self.text = GaussianEmbedding(dim, init_logvar=init_logvar, variance_from=variance_from)
+
+    def forward(self, encoded: EncoderOutput) -> Distributions:
+        if self.variance_from == "tokens":
+            # image: the patch tokens (the class token is the residual); text: real tokens only
+            mu_v, lv_v = self.image(encoded.image_global, encoded.image_tokens[:, 1:])
+            mu_t, lv_t = self.text(encoded.text_global, encoded.text_tokens, encoded.text_mask)
+        else:
+            mu_v, lv_v = self.image(encoded.image_global)
+            mu_t, lv_t = self.text(encoded.text_global)
+        return Distributions(mu_v, lv_v, mu_t, lv_t)
+
+    def regularisers(self, d: Distributions) -> dict[str, torch.Tensor]:
+        """Weighted loss terms of the distributions themselves, and their mean σ."""
+        kl = kl_to_standard_normal(d.image_mean, d.image_logvar) \
+            + kl_to_standard_normal(d.text_mean, d.text_logvar)
+        return {"loss_kl": self.kl_weight * kl,
+                "sigma_image": d.image_logvar.detach().mul(0.5).exp().mean(),
+                "sigma_text": d.text_logvar.detach().mul(0.5).exp().mean()}
+
+    @torch.no_grad()
+    def text_sigma(self, encoded_text: torch.Tensor, text_global: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+        """Each caption's mean predicted σ [B] (for the uncertainty analysis)."""
+        tokens = encoded_text if self.variance_from == "tokens" else None
+        _, logvar = self.text(text_global, tokens, mask if tokens is not None else None)
+        return logvar.mul(0.5).exp().mean(-1)

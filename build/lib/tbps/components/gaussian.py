@@ -1,0 +1,115 @@
+"""A Gaussian embedding: a mean and a log-variance over an encoder feature, reparameterised
+samples, the KL regulariser to N(0, I) (PCME / PCME++ / DistributionNet style), and the
+distances between two diagonal Gaussians that distribution-level contrast uses.
+
+Following ``docs/methods.md`` §2 (our choice): the mean is the feature itself by
+default (so inference, which uses the mean, is unchanged and costs nothing extra) and the
+log-variance comes from a linear layer; log σ² is predicted for stability and clamped so
+that bf16 training cannot overflow ``exp``. With ``variance_from="tokens"`` (UCFA, §4) the
+log-variance reads the whole token sequence: attention pooling (one learned query) over
+the tokens, plus the global feature as a residual, then the linear layer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .rng import generator_kwargs
+
+
+class AttentionPool(nn.Module):
+    """One learned query attends over a token sequence: [B, N, D] (+ mask) -> [B, D]."""
+
+    def __init__(self, dim: int, num_heads: int = 1) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm(tokens)
+        q = self.query.expand(x.shape[0], -1, -1).to(x.dtype)
+        pad = None if mask is None else ~mask  # key_padding_mask: True where ignored
+        return self.attn(q, x, x, key_padding_mask=pad, need_weights=False)[0][:, 0]
+
+
+class GaussianEmbedding(nn.Module):
+    def __init__(self, dim: int, learned_mean: bool = False, init_logvar: float = -4.0,
+                 logvar_range: tuple[float, float] = (-12.0, 6.0),
+                 variance_from: Literal["global", "tokens"] = "global") -> None:
+        super().__init__()
+        self.mean = nn.Linear(dim, dim) if learned_mean else nn.Identity()
+        self.logvar = nn.Linear(dim, dim)
+        nn.init.normal_(self.logvar.weight, std=dim ** -0.5 * 0.1)
+        nn.init.constant_(self.logvar.bias, init_logvar)  # start nearly deterministic
+        self.logvar_range = logvar_range
+        self.pool = AttentionPool(dim) if variance_from == "tokens" else None
+
+    @property
+    def mean_projection(self) -> nn.Module:
+        """Feature -> mean, as inference ranks on it (float32, like ``forward``)."""
+        return _Float32(self.mean)
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, D] -> (mean [B, D], log-variance [B, D]), both float32. With
+        ``variance_from="tokens"``, ``tokens`` [B, N, D] (and ``mask`` [B, N], True at real
+        tokens) feed the variance."""
+        x = x.float()
+        v = x
+        if self.pool is not None:
+            if tokens is None:
+                raise ValueError("this Gaussian embedding reads its variance from the tokens: "
+                                 "pass tokens")
+            v = x + self.pool(tokens.float(), mask)
+        return self.mean(x), self.logvar(v).clamp(*self.logvar_range)
+
+
+def sample(mean: torch.Tensor, logvar: torch.Tensor, num_samples: int,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Reparameterised samples [S, B, D]: mean + exp(logvar / 2) * eps, eps ~ N(0, I)."""
+    eps = torch.randn((num_samples, *mean.shape), device=mean.device, dtype=mean.dtype,
+                      **generator_kwargs(generator))
+    return mean + torch.exp(0.5 * logvar) * eps
+
+
+def w2_distance(mean_a: torch.Tensor, logvar_a: torch.Tensor, mean_b: torch.Tensor,
+                logvar_b: torch.Tensor) -> torch.Tensor:
+    """Squared 2-Wasserstein distance between every pair of diagonal Gaussians of a [A, D]
+    and b [B, D]: ‖μ_a − μ_b‖² + ‖σ_a − σ_b‖² -> [A, B]."""
+    sa, sb = torch.exp(0.5 * logvar_a), torch.exp(0.5 * logvar_b)
+    return _sq_dist(mean_a, mean_b) + _sq_dist(sa, sb)
+
+
+def csd_distance(mean_a: torch.Tensor, logvar_a: torch.Tensor, mean_b: torch.Tensor,
+                 logvar_b: torch.Tensor) -> torch.Tensor:
+    """PCME++'s closed-form sampled distance E‖z_a − z_b‖² for z ~ N(μ, σ²), every pair:
+    ‖μ_a − μ_b‖² + Σ σ_a² + Σ σ_b² -> [A, B]."""
+    va, vb = logvar_a.exp().sum(-1), logvar_b.exp().sum(-1)
+    return _sq_dist(mean_a, mean_b) + va[:, None] + vb[None, :]
+
+
+def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """‖a_i − b_j‖² for every pair, by expansion (no [A, B, D] tensor); clamped at 0
+    against rounding."""
+    return (a.pow(2).sum(-1)[:, None] + b.pow(2).sum(-1)[None, :] - 2 * a @ b.t()).clamp_min(0)
+
+
+def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, σ²) ‖ N(0, I)) averaged over elements, as PCME++ computes it:
+    -½ · mean(1 + log σ² − mean² − σ²)."""
+    return -0.5 * torch.mean(1 + logvar - mean.pow(2) - logvar.exp())
+
+
+class _Float32(nn.Module):
+    """Runs a module on the float32 copy of its input (the Gaussian's own convention)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.float())

@@ -1,0 +1,185 @@
+"""The caption grammar of SynthPedes.
+
+A caption describes only what the image's view shows (no logo or glasses from the back, no
+backpack body from the front), draws every phrase from several synonyms and templates in
+varying order, and leaves details out at random, as real annotators do. Each caption comes
+with the attribute words it contains, the ground truth for attribute masking.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .attributes import Identity
+
+_GENDER = {
+    "man": ["man", "guy", "male", "gentleman", "young man", "person"],
+    "woman": ["woman", "lady", "female", "girl", "young woman", "person"],
+}
+_BUILD = {"slim": ["slim", "thin", "skinny"], "average": ["", "", "medium-built"],
+          "heavy": ["heavy", "chubby", "heavyset", "stout"]}
+_COLOUR_SYN = {"gray": ["gray", "grey"], "navy": ["navy", "navy blue", "dark blue"],
+               "beige": ["beige", "tan", "khaki"], "blonde": ["blonde", "blond", "fair"],
+               "purple": ["purple", "violet"]}
+_UPPER = {"t-shirt": ["t-shirt", "tee", "t shirt"], "shirt": ["shirt", "button-up shirt"],
+          "jacket": ["jacket", "zip jacket"], "coat": ["coat", "long coat", "overcoat"],
+          "sweater": ["sweater", "jumper", "pullover"], "hoodie": ["hoodie", "hooded sweatshirt"]}
+_LOWER = {"trousers": ["trousers", "pants", "slacks"], "jeans": ["jeans", "denim jeans"],
+          "shorts": ["shorts", "short pants"], "skirt": ["skirt", "short skirt"]}
+_SHOES = {"sneakers": ["sneakers", "trainers", "running shoes"], "boots": ["boots", "ankle boots"],
+          "shoes": ["shoes", "flat shoes"]}
+_PATTERN = {"striped": ["striped", "stripy"], "checked": ["checked", "plaid", "checkered"],
+            "dotted": ["polka-dot", "dotted", "spotted"]}
+_WEAR = ["is wearing", "wears", "is dressed in", "has on", "is in"]
+_INTRO = ["A {b}{g}", "The {b}{g}", "This {b}{g}", "A {b}{g} walking down the street",
+          "The {b}{g} in the picture", "A {b}{g} who is walking"]
+
+
+class _Phrases:
+    """Collects the attribute words of every phrase it builds."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.words: list[str] = []
+
+    def pick(self, options: list[str]) -> str:
+        return options[int(self.rng.integers(len(options)))]
+
+    def attr(self, word: str, synonyms: dict[str, list[str]] | None = None) -> str:
+        """A word naming an attribute value; recorded as an attribute word of the caption."""
+        choice = self.pick(synonyms[word]) if synonyms and word in synonyms else word
+        self.words.extend(choice.split())
+        return choice
+
+    def colour(self, name: str) -> str:
+        return self.attr(name, _COLOUR_SYN)
+
+
+def _upper(ph: _Phrases, i: Identity) -> str:
+    colour = ph.colour(i.upper_colour)
+    noun = ph.attr(i.upper_type, _UPPER)
+    pattern = ""
+    if i.upper_pattern != "plain":
+        if ph.rng.random() < 0.5:
+            pattern = ph.attr(i.upper_pattern, _PATTERN) + " "
+        else:
+            noun += {"striped": " with {} stripes", "checked": " with a {} check",
+                     "dotted": " with {} dots"}[i.upper_pattern].format(ph.colour(i.pattern_colour))
+    sleeve = ""
+    if i.upper_type in ("t-shirt", "shirt", "sweater") and ph.rng.random() < 0.6:
+        if ph.rng.random() < 0.5:
+            sleeve = ph.attr(i.sleeves) + "-sleeved "
+        else:
+            noun += f" with {ph.attr(i.sleeves)} sleeves"
+    return f"a {sleeve}{pattern}{colour} {noun}"
+
+
+def _lower(ph: _Phrases, i: Identity) -> str:
+    art = "a " if i.lower_type == "skirt" else ""
+    return f"{art}{ph.colour(i.lower_colour)} {ph.attr(i.lower_type, _LOWER)}"
+
+
+def _shoes(ph: _Phrases, i: Identity) -> str:
+    return f"{ph.colour(i.shoe_colour)} {ph.attr(i.shoe_type, _SHOES)}"
+
+
+def _hair(ph: _Phrases, i: Identity) -> str:
+    if i.hair_style == "bald":
+        return f"a {ph.attr('bald')} {ph.pick(['head', 'scalp'])}"
+    c = ph.attr(i.hair_colour, _COLOUR_SYN)
+    return {"short": f"short {c} hair", "long": f"long {c} hair",
+            "ponytail": f"{c} hair tied in a ponytail", "curly": f"curly {c} hair"}[
+        i.hair_style].replace(i.hair_style, ph.attr(i.hair_style), 1)
+
+
+def _bag(ph: _Phrases, i: Identity, view: str) -> str | None:
+    if i.bag == "none":
+        return None
+    c = ph.colour(i.bag_colour)
+    if i.bag == "backpack":
+        noun = ph.attr("backpack", {"backpack": ["backpack", "rucksack", "school bag"]})
+        if view == "front":
+            return f"the straps of a {c} {noun} on {ph.pick(['the', 'both'])} shoulders"
+        return ph.pick([f"a {c} {noun} on the back", f"a {c} {noun}"])
+    if i.bag == "handbag":
+        return f"a {c} {ph.attr('handbag', {'handbag': ['handbag', 'purse', 'hand bag']})}"
+    form = int(ph.rng.integers(3))
+    if form == 0:
+        return f"a {c} {ph.attr('shoulder')} bag"
+    if form == 1:
+        return f"a {c} {ph.attr('bag')} over one shoulder"
+    return f"a {c} {ph.attr('messenger')} bag"
+
+
+def _detail(ph: _Phrases, i: Identity, view: str) -> str | None:
+    if i.detail == "logo" and view == "front":
+        return (f"a {ph.colour(i.logo_colour)} {ph.attr(i.logo_shape)} "
+                f"{ph.pick(['logo on the chest', 'printed on the front', 'logo'])}")
+    if i.detail == "stripes":
+        n = ph.attr(["one", "two", "three"][i.stripe_count - 1])
+        noun = ph.attr("stripe" if n == "one" else "stripes")
+        return ph.pick([f"{n} white {noun} on each sleeve", f"{n} white {noun} on the sleeves"])
+    if i.detail == "belt" and i.lower_type != "skirt" and i.upper_type != "coat":
+        return f"a {ph.colour(i.belt_colour)} {ph.attr('belt')}"
+    return None
+
+
+def make_caption(i: Identity, view: str, rng: np.random.Generator,
+                 omit_rate: float = 0.25) -> tuple[str, list[str]]:
+    """Writes one caption of ``i`` seen from ``view``; returns it and its attribute words."""
+    ph = _Phrases(rng)
+    he, his = ("he", "his") if i.gender == "man" else ("she", "her")
+    keep = lambda: rng.random() >= omit_rate  # noqa: E731 - a tiny local coin
+    build = ph.attr(i.build, _BUILD) if rng.random() < 0.5 else ""
+    gender = ph.attr(i.gender, _GENDER)
+    intro = ph.pick(_INTRO).format(b=f"{build} " if build else "", g=gender)
+
+    worn = [_upper(ph, i)]
+    if keep():
+        worn.append(_lower(ph, i))
+    if keep():
+        worn.append(_shoes(ph, i))
+    extras: list[str] = []  # "with …" phrases
+    if i.hat != "none" and keep():
+        hat = ph.attr(i.hat, {"cap": ["cap", "baseball cap"], "beanie": ["beanie", "knit hat"]})
+        worn.append(f"a {ph.colour(i.hat_colour)} {hat}")
+    if i.glasses and view != "back" and keep():
+        extras.append(ph.attr("glasses", {"glasses": ["glasses", "eyeglasses", "spectacles"]}))
+    hair = _hair(ph, i) if keep() else None
+    bag = _bag(ph, i, view) if keep() else None
+    detail = _detail(ph, i, view) if rng.random() < 0.8 else None
+    order = rng.permutation(len(worn))
+    worn = [worn[k] for k in order]
+    wear = ", ".join(worn[:-1]) + (" and " if len(worn) > 1 else "") + worn[-1]
+
+    sentences = [f"{intro} {ph.pick(_WEAR)} {wear}"]
+    tail: list[str] = []
+    if hair:
+        tail.append(ph.pick([f"{he} has {hair}", f"{his} hair is {hair.replace(' hair', '')}"])
+                    if i.hair_style not in ("bald", "ponytail") else f"{he} has {hair}")
+    if bag:
+        tail.append(ph.pick([f"{he} is carrying {bag}", f"{he} carries {bag}", f"{he} has {bag}"]))
+    if detail:
+        tail.append(ph.pick([f"there {'are' if 'stripes' in detail else 'is'} {detail}", f"{he} has {detail}", f"you can see {detail}"]))
+    if extras:
+        tail.append(f"{he} is wearing {' and '.join(extras)}")
+    merged = False  # at most one "with …" phrase joins the first sentence
+    for k in rng.permutation(len(tail)):
+        for prefix in (f"{he} has ", f"{he} is wearing "):
+            if not merged and tail[k].startswith(prefix) and rng.random() < 0.3:
+                sentences[0] += " with " + tail[k][len(prefix):]
+                merged = True
+                break
+        else:
+            sentences.append(tail[k])
+    text = ". ".join(s[0].upper() + s[1:] for s in sentences) + "."
+    return _articles(text), ph.words
+
+
+def _articles(text: str) -> str:
+    """Fixes 'a' before a vowel sound ('a orange skirt' -> 'an orange skirt')."""
+    words = text.split(" ")
+    for k in range(len(words) - 1):
+        if words[k] in ("a", "A") and words[k + 1][:1] in "aeiou" and words[k + 1]:
+            words[k] += "n"
+    return " ".join(words)

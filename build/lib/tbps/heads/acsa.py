@@ -1,0 +1,433 @@
+"""ACSA's asymmetric cross-scale alignment (Ji et al., IEEE TMM; code mul-hjh/ACSA;
+``docs/methods.md`` §3): 7 image tokens at several scales against a caption's phrases,
+parameter-free SCAN cross-attention both ways, a local contrastive loss (CONT), and the
+local image→text score fused with the global cosine at inference.
+
+Follows the official code: the attention (``func_attention_MxN``): cosine of l2-normalised
+keys and queries, LeakyReLU(0.1), l2-normalisation over the query axis, softmax over the
+keys at λ = 20 (``lambda_softmax``), values weighted by it; the scores
+(``compute_weiTexts``): i2t = mean over the 7 image tokens of cos(V_I, l2norm(A(Q_I, K_T,
+V_T))), t2i = mean over the phrases of cos(V_T, l2norm(A(K_T, Q_I, V_I))); image query and
+value are linear maps of the 7 tokens, text key and value linear maps of the phrases
+followed by one LayerNorm over phrases and channels together; CONT is CMPM's KL at
+20·score (``cont_scale``) towards the L2-normalised identity rows, with a row softmax over
+the captions in both matrices (the code's [image, caption] layout for both). Up to
+``num_phrases`` = 10 phrases per caption.
+
+Our choices (``docs/methods.md`` §3.9, each a key): image tokens from the shared encoder's
+patch grid (``part_mode: stripes``: the class token, 4 horizontal stripes and 2 halves) or
+the code's channel split of the global feature (``channel_split``: a residual block, 6
+chunks, head/upper/lower/feet through FC + ReLU + dropout, the two halves of the grid and
+the mean of those six); phrases from our offline chunker (``tbps.data.phrases``; the code
+used TextBlob), mean-pooled over their tokens in the sentence (``phrase_mode: span``) or
+each encoded alone by the text tower (``separate``, as the code does); padded phrase
+slots are masked (the code lets them take part); all B×B pairs of the gathered batch at
+once, in chunks of ``chunk`` images. Inference: score = w·global cosine + (1 − w)·i2t for
+the ``top_k`` = 100 best gallery images of each query by the global cosine; w is
+``fusion_weight`` if set, else the best of ``fusion_grid`` (the code's scanned values) on
+the validation split.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from pydantic import Field
+from torch import nn
+
+from ..distributed import gather_with_grad
+from ..settings_types import PositiveFloat, PositiveInt, Rate
+from ..types import EncoderOutput
+from .base import AlignmentHead, HeadContext, Modality
+from .cmpm import cmpm_from_logits
+
+EPS = 1e-8
+NUM_IMAGE_TOKENS = 7
+
+
+def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """SCAN's l2norm: x / (‖x‖ + 1e-8). ``Tensor.norm`` has a finite gradient at a zero
+    vector (a padded phrase), where a hand-written sqrt would give NaN."""
+    return x / (x.norm(dim=dim, keepdim=True) + EPS)
+
+
+def cos_to_unit(dot: torch.Tensor, att_norm: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """The code's cos(v, l2norm(A)) from v·A, ‖A‖ and ‖v‖: l2norm divides A by ‖A‖ + 1e-8,
+    cos divides by max(‖v‖‖l2norm(A)‖, 1e-8)."""
+    unit = att_norm / (att_norm + EPS)
+    return (dot / (att_norm + EPS)) / (norm * unit).clamp(min=EPS)
+
+
+def quadratic_norm(a: torch.Tensor, equation: str, gram: torch.Tensor) -> torch.Tensor:
+    """‖Σ_j a_j u_j‖ = sqrt(aᵀ G a) with G the Gram matrix of the u_j (``equation`` names
+    the einsum); kept off 0 so that its gradient stays finite."""
+    return torch.einsum(equation, a, gram, a).clamp(min=EPS**2).sqrt()
+
+
+# The two scores from products alone. A pair's attention needs only the P × 7 cosines
+# K̂_T·Q̂_I, and cos(V, l2norm(Σ a V')) needs only the P × 7 products V_T·V_I and the Gram
+# matrix of the attended side: ‖Σ_j a_j u_j‖² = aᵀ G a. So no pair forms attended
+# D-dimensional vectors: every caption's phrases meet every image's tokens in two matrix
+# products, and what follows works on [captions, P, images, 7].
+def i2t_from_products(s: torch.Tensor, sv: torch.Tensor, gram_t: torch.Tensor,
+                      v_norm: torch.Tensor, mask: torch.Tensor, lam: float) -> torch.Tensor:
+    """Image tokens attend to phrases: mean over the 7 tokens of cos(V_I, l2norm(A)).
+    ``s`` = K̂_T·Q̂_I and ``sv`` = V_T·V_I [T, P, I, 7] (T captions, I images), ``gram_t`` =
+    V_T V_Tᵀ [T, P, P], ``v_norm`` = ‖V_I‖ [T or 1, I, 7], ``mask`` [T, P] -> [T, I]."""
+    s = l2norm(F.leaky_relu(s, 0.1), dim=-1) * lam                      # over the 7 queries
+    s = s.masked_fill(~mask[:, :, None, None], float("-inf"))
+    a = s.softmax(dim=1)                                                 # over the phrases
+    att = quadratic_norm(a, "tpir,tpq,tqir->tir", gram_t)
+    return cos_to_unit((a * sv).sum(1), att, v_norm).mean(-1)
+
+
+def t2i_from_products(s: torch.Tensor, sv: torch.Tensor, gram_i: torch.Tensor,
+                      t_norm: torch.Tensor, mask: torch.Tensor, lam: float) -> torch.Tensor:
+    """Phrases attend to image tokens: mean over the real phrases of cos(V_T, l2norm(A)).
+    ``s``, ``sv`` as in ``i2t_from_products``, ``gram_i`` = V_I V_Iᵀ [I, 7, 7], ``t_norm``
+    = ‖V_T‖ [T, P] -> [T, I]. As in the code, the l2-normalisation over the phrases (the
+    queries here) sees the padded slots, whose zero keys add nothing to it."""
+    a = t2i_attention(s, lam)
+    att = quadratic_norm(a, "tpir,irs,tpis->tpi", gram_i)
+    cos = cos_to_unit((a * sv).sum(-1), att, t_norm[..., None])          # [T, P, I]
+    keep = mask[..., None].to(cos.dtype)
+    return (cos * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+
+def t2i_attention(s: torch.Tensor, lam: float) -> torch.Tensor:
+    """Each phrase's attention over the 7 image tokens from the cosines ``s`` [T, P, I, 7]:
+    l2-normalised over the phrases (the queries), softmax over the 7."""
+    return (l2norm(F.leaky_relu(s, 0.1), dim=1) * lam).softmax(dim=-1)
+
+
+def pair_products(text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Every phrase of every caption against every token of every image: [T, P, D] ×
+    [I, 7, D] -> [T, P, I, 7], one matrix product."""
+    t, p, d = text.shape
+    out = text.reshape(t * p, d) @ image.reshape(-1, d).t()
+    return out.view(t, p, image.shape[0], image.shape[1])
+
+
+def pairwise(img_q: torch.Tensor, img_v: torch.Tensor, txt_k: torch.Tensor,
+             txt_v: torch.Tensor, txt_mask: torch.Tensor, lam: float, chunk: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(i2t, t2i), each [B_img, B_txt]: the scores of every image with every caption,
+    ``chunk`` images at a time (memory O(B_txt × P × chunk × 7))."""
+    k_hat, t_norm = l2norm(txt_k), txt_v.norm(dim=-1)
+    gram_t = txt_v @ txt_v.transpose(-1, -2)
+    i2t, t2i = [], []
+    for start in range(0, img_q.shape[0], chunk):
+        q, v = img_q[start:start + chunk], img_v[start:start + chunk]
+        s, sv = pair_products(k_hat, l2norm(q)), pair_products(txt_v, v)
+        i2t.append(i2t_from_products(s, sv, gram_t, v.norm(dim=-1)[None], txt_mask, lam))
+        t2i.append(t2i_from_products(s, sv, v @ v.transpose(-1, -2), t_norm, txt_mask, lam))
+    return torch.cat(i2t, 1).t(), torch.cat(t2i, 1).t()
+
+
+def scale_basis(part_mode: str, grid: tuple[int, int]) -> tuple[list[int], torch.Tensor]:
+    """Which of the 7 scale tokens span them all, and M [7, b] with tokens = M · those.
+    Stripes: a half is the row-weighted mean of the two stripes it covers when the grid's
+    rows split so (24 rows: 6 + 6 = 12); otherwise all 7 are kept. Channel split: the first
+    token is the mean of the other six."""
+    eye = torch.eye(NUM_IMAGE_TOKENS)
+    if part_mode == "channel_split":
+        mix = eye[:, 1:].clone()
+        mix[0] = 1 / 6
+        return list(range(1, 7)), mix
+    stripes = [len(r) for r in torch.tensor_split(torch.arange(grid[0]), 4)]
+    halves = [len(r) for r in torch.tensor_split(torch.arange(grid[0]), 2)]
+    if stripes[0] + stripes[1] != halves[0]:
+        return list(range(NUM_IMAGE_TOKENS)), eye
+    mix = eye[:, :5].clone()
+    for half, (a, b) in enumerate(((1, 2), (3, 4))):
+        mix[5 + half, a] = stripes[a - 1] / halves[half]
+        mix[5 + half, b] = stripes[b - 1] / halves[half]
+    return list(range(5)), mix
+
+
+def stripe_tokens(tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch tokens [B, 1 + gh·gw, D] -> (4 horizontal stripes [B, 4, D], 2 halves [B, 2, D]),
+    each the mean of its rows of patches."""
+    gh, gw = grid
+    patches = rearrange(tokens[:, -gh * gw:], "b (h w) d -> b h w d", h=gh, w=gw)
+    rows = patches.mean(2)                                                  # [B, gh, D]
+    stripes = torch.stack([r.mean(1) for r in torch.tensor_split(rows, 4, dim=1)], 1)
+    halves = torch.stack([r.mean(1) for r in torch.tensor_split(rows, 2, dim=1)], 1)
+    return stripes, halves
+
+
+class ChannelParts(nn.Module):
+    """The official code's part tokens: a residual block over the global feature, split into
+    6 channel chunks; head = chunks 0-1, upper = 1-2, lower = 3-4, feet = 5, each through
+    FC + ReLU + Dropout(0.5)."""
+
+    GROUPS = ((0, 1), (1, 2), (3, 4), (5,))
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(),
+                                   nn.Linear(dim, dim), nn.BatchNorm1d(dim))
+        sizes = [len(c) for c in torch.tensor_split(torch.arange(dim), 6)]
+        self.fcs = nn.ModuleList(
+            nn.Sequential(nn.Linear(sum(sizes[i] for i in g), dim), nn.ReLU(), nn.Dropout(0.5))
+            for g in self.GROUPS)
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        x = F.relu(feature + self.block(feature))
+        chunks = torch.tensor_split(x, 6, dim=-1)
+        return torch.stack([fc(torch.cat([chunks[i] for i in g], -1))
+                            for fc, g in zip(self.fcs, self.GROUPS)], 1)         # [B, 4, D]
+
+
+def span_pool(tokens: torch.Tensor, phrases: torch.Tensor, num_phrases: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token features [B, L, D] and the ``phrases`` annotation [B, L] (0, or p ≥ 1 on the
+    p-th phrase's tokens) -> (phrase features [B, P, D], mask [B, P])."""
+    member = F.one_hot(phrases.clamp(max=num_phrases + 1), num_phrases + 2)[..., 1:-1]
+    member = member.to(tokens.dtype)                                          # [B, L, P]
+    count = member.sum(1)                                                     # [B, P]
+    pooled = torch.einsum("blp,bld->bpd", member, tokens) / count.clamp(min=1)[..., None]
+    return pooled, count > 0
+
+
+def phrase_token_ids(ids: torch.Tensor, phrases: torch.Tensor, num_phrases: int,
+                     length: int, sos_id: int, eos_id: int, pad_id: int) -> torch.Tensor:
+    """Each phrase as a caption of its own, for ``phrase_mode: separate``: [B·P, length] ids
+    "start, the phrase's tokens, end", padded (cut to ``length``). Fixed shapes."""
+    b, seq = ids.shape
+    slot = torch.arange(1, num_phrases + 1, device=ids.device)
+    member = phrases[:, None, :] == slot[None, :, None]                      # [B, P, L]
+    rank = member.long().cumsum(-1)                                           # 1-based
+    keep = member & (rank <= length - 2)
+    out = torch.full((b, num_phrases, length + 1), pad_id, dtype=ids.dtype, device=ids.device)
+    where = torch.where(keep, rank, torch.full_like(rank, length))            # dump column
+    out.scatter_(2, where, ids[:, None, :].expand(-1, num_phrases, -1))
+    out = out[..., :length]
+    out[..., 0] = sos_id
+    n = keep.sum(-1, keepdim=True)                                            # [B, P, 1]
+    out.scatter_(2, n + 1, torch.full_like(n, eos_id))
+    return rearrange(out, "b p l -> (b p) l")
+
+
+class ACSAHead(AlignmentHead):
+    caption_annotations = ("phrases",)
+    rescores = True
+    rescoring_keys = {"gallery": ("x", "q_inv", "v_norm"), "query": ("a", "c", "gram", "mask")}
+    # re-scoring in slabs of about this many pair values, and within them, captions whose
+    # gathered image values fit this many floats (4 MB), near the cache
+    slab_values, gather_floats = 2**21, 2**20
+
+    def __init__(self, ctx: HeadContext, weight: PositiveFloat = 0.1,
+                 num_phrases: PositiveInt = 10,
+                 phrase_mode: Literal["span", "separate"] = "span",
+                 phrase_length: Annotated[int, Field(ge=3)] = 24,
+                 part_mode: Literal["stripes", "channel_split"] = "stripes",
+                 lambda_softmax: PositiveFloat = 20.0, cont_scale: PositiveFloat = 20.0,
+                 top_k: PositiveInt = 100, fusion_weight: Rate | None = None,
+                 fusion_grid: list[Rate] = (1.0, 0.95, 0.92, 0.9, 0.88, 0.85, 0.82),
+                 chunk: PositiveInt = 32) -> None:
+        super().__init__(ctx, weight)
+        d = ctx.embed_dim
+        self.num_phrases, self.phrase_mode = num_phrases, phrase_mode
+        self.phrase_length = phrase_length
+        self.part_mode, self.lam, self.cont_scale = part_mode, lambda_softmax, cont_scale
+        self.top_k, self.chunk = top_k, chunk
+        self.fusion_weight = fusion_weight
+        self.fusion_grid = [fusion_weight] if fusion_weight is not None else list(fusion_grid)
+        self.grid = tuple(ctx.image_grid)
+        if min(self.grid) < 1 or self.grid[0] < 4:
+            raise ValueError(f"ACSA needs a patch grid with at least 4 rows, got {self.grid}")
+        self.parts = ChannelParts(d) if part_mode == "channel_split" else None
+        self.img_query, self.img_value = nn.Linear(d, d), nn.Linear(d, d)
+        self.txt_key, self.txt_value = nn.Linear(d, d), nn.Linear(d, d)
+        self.key_norm = nn.LayerNorm([num_phrases, d])
+        self.value_norm = nn.LayerNorm([num_phrases, d])
+        basis, mix = scale_basis(part_mode, self.grid)
+        self.basis = basis
+        self.register_buffer("scale_mix", mix, persistent=False)
+
+    # --- the two sides -------------------------------------------------------------------
+    def image_scales(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Image tokens [B, 1 + N, D] -> the 7 tokens at several scales, [B, 7, D]."""
+        tokens = tokens.float()
+        stripes, halves = stripe_tokens(tokens, self.grid)
+        if self.parts is None:
+            return torch.cat([tokens[:, :1], stripes, halves], 1)
+        six = torch.cat([self.parts(tokens[:, 0]), halves], 1)
+        return torch.cat([six.mean(1, keepdim=True), six], 1)
+
+    def image_side(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image tokens [B, 1 + N, D] -> (Q_I, V_I), each [B, 7, D]."""
+        scales = self.image_scales(tokens)
+        return self.img_query(scales), self.img_value(scales)
+
+    def text_side(self, phrases: torch.Tensor, mask: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Phrase features [B, P, D] and mask -> (K_T, V_T, mask); padded slots zeroed."""
+        keep = mask[..., None].to(torch.float32)
+        k = self.key_norm(self.txt_key(phrases.float())) * keep
+        v = self.value_norm(self.txt_value(phrases.float())) * keep
+        return k, v, mask
+
+    def extra_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        if self.phrase_mode != "separate":
+            return {}
+        return {"acsa_phrase_ids": self._phrase_ids(batch["caption_ids"], batch["phrases"])}
+
+    def _phrase_ids(self, ids: torch.Tensor, phrases: torch.Tensor) -> torch.Tensor:
+        c = self.ctx
+        return phrase_token_ids(ids, phrases, self.num_phrases, self.phrase_length,
+                                c.sos_id, c.eos_id, c.pad_id)
+
+    def _phrases(self, text_tokens: torch.Tensor, phrases: torch.Tensor,
+                 phrase_tokens: torch.Tensor | None = None, phrase_ids: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Phrase features [B, P, D] and mask, by span pooling or from separate encodings."""
+        pooled, mask = span_pool(text_tokens.float(), phrases, self.num_phrases)
+        if self.phrase_mode == "span":
+            return pooled, mask
+        eos = (phrase_ids == self.ctx.eos_id).long().argmax(1)                # [B·P]
+        feats = phrase_tokens[torch.arange(len(eos), device=eos.device), eos].float()
+        return rearrange(feats, "(b p) d -> b p d", p=self.num_phrases), mask
+
+    # --- training ------------------------------------------------------------------------
+    def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
+        phrases, mask = self._phrases(encoded.text_tokens, batch["phrases"],
+                                      encoded.extra_text.get("acsa_phrase_ids"),
+                                      batch.get("acsa_phrase_ids"))
+        q, v = self.image_side(encoded.image_tokens)
+        k, tv, mask = self.text_side(phrases, mask)
+        # one collective per side (the mask rides along as a float channel): fewer calls,
+        # and no two gathers of one side whose backward passes could pair up differently
+        d = q.shape[-1]
+        q, v = gather_with_grad(torch.cat([q, v], -1)).split(d, -1)
+        text = gather_with_grad(torch.cat([k, tv, mask[..., None].to(k.dtype)], -1))
+        k, tv, mask = text[..., :d], text[..., d:2 * d], text[..., 2 * d] > 0.5
+        pid = gather_with_grad(batch["pid"])
+        i2t, t2i = pairwise(q, v, k, tv, mask, self.lam, self.chunk)
+        loss = cmpm_from_logits(self.cont_scale * i2t, self.cont_scale * t2i, pid)
+        positive = pid[:, None] == pid[None, :]
+        return {"loss_cont": self.weight * loss,
+                "acsa_i2t_pos": i2t.detach()[positive].mean(),
+                "acsa_i2t_neg": i2t.detach()[~positive].mean()}
+
+    # --- inference-time re-scoring (the head contract) -----------------------------------
+    def rescoring_inputs(self, modality: Modality, tokens: torch.Tensor, batch: dict,
+                         encoder: nn.Module) -> dict[str, torch.Tensor]:
+        # kept in float32 whatever the evaluation's autocast: the re-scoring multiplies
+        # them exactly, and one product may not mix bf16 and float32
+        with torch.autocast(tokens.device.type, enabled=False):
+            if modality == "image":
+                return self.kept_image(tokens.float())
+            return self.kept_caption(*self.caption_side(tokens.float(), batch, encoder))
+
+    def caption_side(self, tokens: torch.Tensor, batch: dict, encoder: nn.Module
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(K_T, V_T, mask) of captions at inference, from their text tokens (and, with
+        ``phrase_mode: separate``, each phrase encoded alone)."""
+        phrase_tokens = phrase_ids = None
+        if self.phrase_mode == "separate":
+            phrase_ids = self._phrase_ids(batch["caption_ids"], batch["phrases"])
+            phrase_tokens = encoder.encode_text_tokens(phrase_ids)
+        phrases, mask = self._phrases(tokens, batch["phrases"], phrase_tokens, phrase_ids)
+        return self.text_side(phrases, mask)
+
+    # What evaluation keeps of each item, so that a (caption, image) pair costs as little as
+    # it can: Q_I = W_q X + b_q and V_I = W_v X + b_v are linear in the image's 7 scale
+    # tokens X, so K̂_T·Q_I = (K̂_T W_q)·X + K̂_T·b_q and V_T·V_I = (V_T W_v)·X + V_T·b_v.
+    # The caption keeps K̂_T W_q and V_T W_v, the image keeps X alone: a pair reads the
+    # image's tokens once, not both projections (the re-scoring is bound by that read on a CPU).
+    # And X = M X_b: some of the 7 tokens are weighted means of the others (``scale_basis``),
+    # M's rows sum to 1, so the products with X are M times those with X_b (bias included):
+    # the image keeps only X_b (5 of the 7 tokens with stripes, 6 with the channel split).
+    def kept_image(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Of each image (its encoder tokens [B, 1 + N, D]): X_b [b, D], and of its 7 scale
+        tokens 1 / (‖Q_I‖ + 1e-8) (SCAN's l2norm of Q_I) and ‖V_I‖."""
+        scales = self.image_scales(tokens)
+        q, v = self.img_query(scales), self.img_value(scales)
+        return {"x": scales[:, self.basis], "q_inv": 1 / (q.norm(dim=-1) + EPS),
+                "v_norm": v.norm(dim=-1)}
+
+    def kept_caption(self, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+        """Of each caption: a = [K̂_T W_q; V_T W_v] [2P, D], c = [K̂_T·b_q; V_T·b_v] [2P],
+        the Gram matrix V_T V_Tᵀ [P, P] and the phrase mask."""
+        k_hat = l2norm(k)
+        wq, wv = self.img_query, self.img_value
+        return {"a": torch.cat([k_hat @ wq.weight, v @ wv.weight], -2),
+                "c": torch.cat([k_hat @ wq.bias, v @ wv.bias], -1),
+                "gram": v @ v.transpose(-1, -2), "mask": mask}
+
+    def rescore(self, query: dict[str, torch.Tensor], gallery: dict[str, torch.Tensor],
+                candidates: torch.Tensor) -> torch.Tensor:
+        """i2t scores [Q, k] of each query caption with its candidate images [Q, k]:
+        ``candidate_i2t_scores`` for the captions with the same number of phrases together,
+        each kept only with its real phrases (a padded slot adds nothing but work: its
+        attention weight is 0), in slabs of about 2M pair values (the element-wise steps
+        cost a fixed overhead per call: blocks of 2 captions spent more time on it than on
+        the arithmetic)."""
+        out = torch.empty(candidates.shape, device=candidates.device)
+        counts = query["mask"].sum(1)
+        for n in counts.unique().tolist():
+            n = max(n, 1)
+            rows = (counts == n).nonzero().squeeze(1)
+            kept = real_phrases(query, rows, n)
+            slab = max(1, self.slab_values // (candidates.shape[1] * NUM_IMAGE_TOKENS * 2 * n))
+            for s in range(0, len(rows), slab):
+                block = rows[s:s + slab]
+                out[block] = candidate_i2t_scores(
+                    gallery, {name: t[s:s + slab] for name, t in kept.items()},
+                    candidates[block], self.lam, self.scale_mix, self.gather_floats)
+        return out
+
+
+def real_phrases(caption: dict[str, torch.Tensor], rows: torch.Tensor, n: int
+                 ) -> dict[str, torch.Tensor]:
+    """``ACSAHead.kept_caption`` of the captions ``rows`` (each with n real phrases) cut to
+    those n slots, in their order, wherever the padding sits."""
+    mask = caption["mask"][rows]
+    p = mask.shape[1]
+    slots = torch.argsort((~mask).int(), dim=1, stable=True)[:, :n]          # real ones first
+    both = torch.cat([slots, slots + p], 1)                                  # K̂W_q rows, V W_v rows
+    a = caption["a"]
+    flat = (rows[:, None] * a.shape[1] + both).reshape(-1)                   # copied once
+    a = a.reshape(-1, a.shape[-1]).index_select(0, flat).view(len(rows), 2 * n, -1)
+    gram = caption["gram"][rows].gather(1, slots[..., None].expand(-1, -1, p))
+    return {"a": a, "c": caption["c"][rows].gather(1, both),
+            "gram": gram.gather(2, slots[:, None, :].expand(-1, n, -1)),
+            "mask": mask.gather(1, slots)}
+
+
+@torch.no_grad()   # inference only: the products are written into one buffer
+def candidate_i2t_scores(image: dict[str, torch.Tensor], caption: dict[str, torch.Tensor],
+                         candidates: torch.Tensor, lam: float, mix: torch.Tensor,
+                         gather_floats: int = 2**20) -> torch.Tensor:
+    """The training-time i2t scores (``pairwise``) of c captions (``ACSAHead.kept_caption``,
+    [c, …]) with their k candidate images (``candidates`` [c, k] into
+    ``ACSAHead.kept_image`` of G images, whose b kept tokens give the 7 through ``mix``)
+    -> [c, k], up to rounding (tested). One batched product per block of captions (their
+    gathered values within ``gather_floats``) gives both products of ``i2t_from_products``.
+    Every (caption, candidate) pair reads its image's b × D values, copied as whole rows
+    (``index_select`` runs at memory speed; advanced indexing was 2.5× slower): on a CPU
+    that copy is a large part of the cost."""
+    c, k = candidates.shape
+    g, b, d = image["x"].shape
+    r = NUM_IMAGE_TOKENS
+    p = caption["mask"].shape[1]
+    flat = candidates.reshape(-1)
+    both = torch.empty(c, 2 * p, k * b, device=candidates.device)
+    rows = max(1, gather_floats // (k * b * d))      # captions gathered at a time
+    for s in range(0, c, rows):
+        x = image["x"].reshape(g, b * d).index_select(0, flat[s * k:(s + rows) * k])
+        torch.baddbmm(caption["c"][s:s + rows, :, None], caption["a"][s:s + rows],
+                      x.view(-1, k * b, d).transpose(1, 2), out=both[s:s + rows])
+    both = both.view(c, 2 * p, k, b)
+    if b != r:
+        both = both @ mix.t()                                                # [c, 2P, k, 7]
+    q_inv = image["q_inv"].index_select(0, flat).view(c, 1, k, r)            # 1/‖Q_I‖
+    v_norm = image["v_norm"].index_select(0, flat).view(c, k, r)
+    return i2t_from_products(both[:, :p] * q_inv, both[:, p:], caption["gram"], v_norm,
+                             caption["mask"], lam)

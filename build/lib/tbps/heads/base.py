@@ -1,0 +1,104 @@
+"""The contract every alignment head follows.
+
+A head is a small ``nn.Module`` that reads the encoder's output (and the batch) and returns
+named, already weighted loss terms. Keys starting with ``loss_`` are summed into the
+training loss; any other key is a diagnostic that is only logged. A head must return at
+least one ``loss_*`` term (the module refuses one that trains nothing at the first step).
+
+Everything else a head may declare lives here, with its default, so that the training
+module reads it without ``getattr`` guesses and never needs to know a head by name:
+
+- ``needs_memory``: the head reads ``batch["memory"]`` (momentum features and queues);
+  the module refuses the config unless ``memory`` is set.
+- ``needs_distributions``: the head reads ``batch["distributions"]`` (each modality's
+  Gaussian, ``tbps.components.distributions``); the module refuses the config unless
+  ``distributions`` is set.
+- ``caption_annotations``: per-caption token annotations the head reads from the training
+  batch (``"attribute_words"``, see ``tbps.data.annotations``); the data module makes them
+  once, when it tokenises.
+- ``extra_inputs(batch)``: extra tensors made from the batch (masked captions …); entries
+  whose key ends in ``_ids`` are encoded by the text tower and reach ``forward`` in
+  ``encoded.extra_text``.
+- ``retrieval_projection(modality)``: a module that maps the encoder's global feature of
+  ``"image"`` or ``"text"`` to the embedding used for ranking (a learned Gaussian mean,
+  say), or ``None`` (the default: rank on the feature itself). At most one head may claim
+  a modality; evaluation, search, the notebooks and the benchmark all rank through
+  ``TBPSModule.embed_images`` / ``embed_texts``, which apply it.
+- ``rescores``: the head re-scores the best candidates of the global ranking at inference
+  (ACSA's local scores). It keeps what it needs of every gallery image and query caption
+  (``rescoring_inputs``), scores each query's ``top_k`` candidates (``rescore``), and the
+  evaluation fuses w·global + (1 − w)·local with w = ``fusion_weight``, or the best of
+  ``fusion_grid`` on the validation split. At most one head may re-score; the module, the
+  metric and the evaluation loop never know which.
+"""
+
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from ..settings_types import PositiveFloat
+from ..types import EncoderOutput
+
+Modality = Literal["image", "text"]
+
+
+@dataclass(frozen=True)
+class HeadContext:
+    """What heads may need to know about the encoder, the tokenizer and the data set."""
+
+    embed_dim: int
+    num_classes: int  # training identities
+    vocab_size: int
+    mask_id: int
+    pad_id: int
+    special_ids: tuple[int, ...]
+    sos_id: int = -1
+    eos_id: int = -1
+    image_grid: tuple[int, int] = (0, 0)  # the vision tower's patch grid (rows, columns)
+
+
+class AlignmentHead(nn.Module, metaclass=ABCMeta):
+    """Base class: holds the loss weight; subclasses implement ``forward``."""
+
+    needs_memory: ClassVar[bool] = False
+    needs_distributions: ClassVar[bool] = False
+    rescores: ClassVar[bool] = False
+    rescoring_keys: ClassVar[dict[str, tuple[str, ...]]] = {}  # {"query": (...), "gallery": (...)}
+    top_k: int = 0
+    fusion_grid: list[float] = []
+    caption_annotations: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0) -> None:
+        super().__init__()
+        self.ctx, self.weight = ctx, float(weight)
+
+    def extra_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Extra tensors this head needs, made on the batch's device; none by default."""
+        return {}
+
+    def retrieval_projection(self, modality: Modality) -> nn.Module | None:
+        """The module that turns a global feature of ``modality`` into its retrieval
+        embedding, if this head defines one; ``None`` leaves the feature as it is."""
+        return None
+
+    def rescoring_inputs(self, modality: Modality, tokens: torch.Tensor, batch: dict,
+                         encoder: nn.Module) -> dict[str, torch.Tensor]:
+        """What to keep of a batch of gallery images (``"image"``: ``tokens`` are the image
+        tokens [B, N, D]) or query captions (``"text"``: text tokens [B, L, D]; ``batch``
+        holds the ids and the caption annotations) for ``rescore``: tensors [B, ...]."""
+        raise NotImplementedError(f"{type(self).__name__} does not re-score")
+
+    def rescore(self, query: dict[str, torch.Tensor], gallery: dict[str, torch.Tensor],
+                candidates: torch.Tensor) -> torch.Tensor:
+        """Local scores [Q, k] of queries (``query``: rows of what ``rescoring_inputs`` kept)
+        with their candidate gallery items (``candidates`` [Q, k] indices into ``gallery``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not re-score")
+
+    @abstractmethod
+    def forward(self, encoded: EncoderOutput, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Returns weighted ``loss_*`` terms and diagnostics for one batch."""

@@ -1,0 +1,69 @@
+"""CRUE's UGM: uncertainty-guided modelling (the "GUC" loss; Huang et al., TOMM 2025).
+
+Follows the paper's figure (``docs/methods.md`` §2, UGM): each modality's global
+feature becomes a Gaussian (mean μ, variance σ²); several reparameterised samples of an
+image are scored against the text memory and samples of a caption against the image
+memory, each trained towards the identity labels. A weak or mismatched pair can lower its
+loss by raising σ, which spreads its samples and averages (down-weights) its gradient.
+
+Our choices where the paper is silent (all config keys): μ is the feature itself and
+log σ² a linear layer (so inference is unchanged); ``num_samples`` = 7 (PCME); samples are
+L2-normalised; τ = 0.07; hard identity targets over the keys (current batch's momentum
+features, then the queue); a KL(N(μ, σ²) ‖ N(0, I)) term with ``kl_weight`` = 1e-4
+(PCME++'s vib_beta) keeps σ from collapsing or exploding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..components.gaussian import GaussianEmbedding, kl_to_standard_normal, sample
+from ..types import EncoderOutput
+from ..settings_types import NonNegativeFloat, PositiveFloat, PositiveInt
+from .base import AlignmentHead, HeadContext
+from .ire import identity_targets, soft_target_loss
+
+
+def ugm_loss(mean: torch.Tensor, logvar: torch.Tensor, keys: torch.Tensor, target: torch.Tensor,
+             valid: torch.Tensor, temperature: float, num_samples: int,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mean over samples and rows of CE(target, softmax(ẑ · keys / τ)), ẑ normalised samples."""
+    z = F.normalize(sample(mean, logvar, num_samples, generator), dim=-1)   # [S, B, D]
+    logits = (z @ keys.t() / temperature).flatten(0, 1)                     # [S*B, K]
+    return soft_target_loss(logits, target.repeat(num_samples, 1), valid[None, :])
+
+
+class UGMHead(AlignmentHead):
+    needs_memory = True
+
+    def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0,
+                 temperature: PositiveFloat = 0.07, num_samples: PositiveInt = 7,
+                 kl_weight: NonNegativeFloat = 1e-4, learned_mean: bool = False,
+                 init_logvar: float = -4.0) -> None:
+        super().__init__(ctx, weight)
+        self.image_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
+        self.text_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
+        self.temperature, self.num_samples, self.kl_weight = temperature, num_samples, kl_weight
+        self.learned_mean = learned_mean
+
+    def retrieval_projection(self, modality):
+        """With ``learned_mean``, ranking uses the learned means (inference on μ); otherwise
+        μ is the feature itself and nothing is claimed."""
+        if not self.learned_mean:
+            return None
+        return (self.image_gauss if modality == "image" else self.text_gauss).mean_projection
+
+    def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
+        mem = batch["memory"]
+        mu_v, lv_v = self.image_gauss(encoded.image_global)
+        mu_t, lv_t = self.text_gauss(encoded.text_global)
+        y = identity_targets(batch["pid"], mem.keys_pid, mem.keys_valid)
+        loss = 0.5 * (ugm_loss(mu_v, lv_v, mem.keys_text, y, mem.keys_valid, self.temperature,
+                               self.num_samples)
+                      + ugm_loss(mu_t, lv_t, mem.keys_image, y, mem.keys_valid,
+                                 self.temperature, self.num_samples))
+        kl = kl_to_standard_normal(mu_v, lv_v) + kl_to_standard_normal(mu_t, lv_t)
+        return {"loss_ugm": self.weight * loss, "loss_ugm_kl": self.kl_weight * kl,
+                "ugm_sigma_image": lv_v.detach().mul(0.5).exp().mean(),
+                "ugm_sigma_text": lv_t.detach().mul(0.5).exp().mean()}

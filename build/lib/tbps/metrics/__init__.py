@@ -1,0 +1,3 @@
+from .retrieval import TextToImageRetrieval, retrieval_metrics
+
+__all__ = ["TextToImageRetrieval", "retrieval_metrics"]

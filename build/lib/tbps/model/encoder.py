@@ -1,0 +1,166 @@
+"""The dual encoder: a timm vision transformer and a transformers CLIP text transformer,
+each followed by a linear projection into the joint space (as CLIP and IRRA do)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+from transformers import BertModel, CLIPTextConfig, CLIPTextModel
+
+from ..errors import ConfigError
+from ..types import EncoderOutput
+
+
+class DualEncoder(nn.Module):
+    """Encodes images and token ids into token sequences and global features.
+
+    The global image feature is the projected class token; the global text feature is the
+    projected token at the first end-of-text id (CLIP's pooling, ``text_pool="eos"``). With
+    ``text_pool="mean"`` it is the mean over the caption's tokens instead: a randomly
+    initialised causal text tower starts with an end-of-text token that has not yet learnt
+    to read the caption, and training from scratch can then sit on a plateau for epochs.
+    """
+
+    def __init__(self, vision: nn.Module, text: CLIPTextModel, embed_dim: int, eos_id: int,
+                 text_pool: str = "eos") -> None:
+        super().__init__()
+        if text_pool not in ("eos", "mean", "cls"):
+            raise ValueError(f"encoder.text_pool must be 'eos', 'mean' or 'cls', not {text_pool!r}")
+        self.vision, self.text, self.text_pool = vision, text, text_pool
+        # a bidirectional text tower (BERT) must not read the padding; CLIP's causal one
+        # never does
+        self.text_reads_padding = isinstance(text, BertModel)
+        self.vision_proj = nn.Linear(vision.embed_dim, embed_dim, bias=False)
+        self.text_proj = nn.Linear(text.config.hidden_size, embed_dim, bias=False)
+        self.embed_dim, self.eos_id = embed_dim, eos_id
+        self.tokenizer = None  # set by from_pretrained; the training module keeps its own
+        for proj in (self.vision_proj, self.text_proj):
+            nn.init.normal_(proj.weight, std=proj.in_features ** -0.5)
+
+    def encode_image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] normalised pixels -> projected tokens [B, 1 + patches, D]."""
+        return self.vision_proj(self.vision.forward_features(images))
+
+    def encode_text_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] token ids -> projected tokens [B, L, D] (causal attention, as CLIP)."""
+        if self.text_reads_padding:
+            out = self.text(input_ids=ids, attention_mask=self.text_mask(ids).long())
+        else:
+            out = self.text(input_ids=ids)
+        return self.text_proj(out.last_hidden_state)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """The vision tower's token grid (rows, columns) behind the non-global tokens."""
+        grid = getattr(self.vision, "token_grid", None)
+        return tuple(grid) if grid is not None else tuple(self.vision.patch_embed.grid_size)
+
+    def text_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] bool: the caption's positions up to its end-of-text token. Not ``ids != 0``:
+        CLIP pads with 0, which is also the id of "!"."""
+        eos = (ids == self.eos_id).int().argmax(dim=-1, keepdim=True)
+        return torch.arange(ids.shape[1], device=ids.device) <= eos
+
+    def text_global(self, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L, D] tokens -> [B, D] by the configured pooling."""
+        if self.text_pool == "cls":  # BERT's [CLS], the first token
+            return tokens[:, 0]
+        if self.text_pool == "mean":
+            real = self.text_mask(ids).unsqueeze(-1).to(tokens.dtype)
+            return (tokens * real).sum(1) / real.sum(1).clamp(min=1)
+        eos = (ids == self.eos_id).int().argmax(dim=-1)
+        return tokens[torch.arange(tokens.shape[0], device=tokens.device), eos]
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Global image features [B, D], not normalised."""
+        return self.encode_image_tokens(images)[:, 0]
+
+    def encode_text(self, ids: torch.Tensor | list[str]) -> torch.Tensor:
+        """Global text features [B, D], not normalised, from token ids or from strings
+        (tokenised with the encoder's own tokenizer, set by ``from_pretrained``)."""
+        if not isinstance(ids, torch.Tensor):
+            if getattr(self, "tokenizer", None) is None:
+                raise ValueError("this encoder has no tokenizer attached; pass token ids")
+            ids = self.tokenizer.encode(list(ids)).to(self.text_proj.weight.device)
+        return self.text_global(self.encode_text_tokens(ids), ids)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, image_size: tuple[int, int] = (384, 128),
+                        pos_interpolation: str = "bilinear", act: str | None = None,
+                        text_pool: str = "eos") -> "DualEncoder":
+        """A CLIP ViT dual encoder with real weights, its tokenizer and normalisation.
+
+        ``source``: OpenAI's ``ViT-B-16.pt`` (TorchScript or state dict), an open_clip
+        checkpoint (file, or folder with ``open_clip_config.json``), a Hugging Face CLIP
+        folder, or a hub name when online. The 14×14 position grid is interpolated to
+        ``image_size / patch`` (``pos_interpolation``: any ``F.interpolate`` mode; IRRA's is
+        bilinear). ``act`` overrides the MLP activation where the file cannot tell (a bare
+        open_clip state dict of a non-OpenAI model: ``act="gelu"``). The result carries
+        ``tokenizer`` (CLIP BPE with ``<|mask|>``), ``image_mean``, ``image_std`` and
+        ``arch`` (the ``encoder`` config that rebuilds it).
+        """
+        from ..data.tokenizer import CaptionTokenizer
+        from ..data.transforms import CLIP_MEAN, CLIP_STD
+        from .clip_weights import infer_architecture, read_clip_source, to_dual_encoder_state
+
+        sd, facts, folder = read_clip_source(source)
+        if act is not None:
+            facts.update(act=act, text_act=act)
+        arch = infer_architecture(sd, tuple(image_size), facts.get("act", "quick_gelu"),
+                                  facts.get("text_act"), facts.get("eps", 1e-5))
+        tokenizer = CaptionTokenizer.clip(folder, arch["context_length"])
+        if tokenizer.vocab_size != arch["vocab_size"]:
+            raise ConfigError(f"{source}: the text tower has {arch['vocab_size']} token "
+                              f"embeddings but the CLIP tokenizer {tokenizer.vocab_size}")
+        enc = build_dual_encoder(arch["vision"], arch["text"], arch["embed_dim"],
+                                 tokenizer.vocab_size, tokenizer.context_length,
+                                 tokenizer.eos_id, tokenizer.pad_id, tokenizer.sos_id, text_pool)
+        nested = any(k.startswith("text_model.") for k in enc.text.state_dict())
+        state = to_dual_encoder_state(sd, arch, pos_interpolation,
+                                      "text.text_model." if nested else "text.")
+        missing, unexpected = enc.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise ConfigError(f"{source}: weights do not fit the CLIP architecture read from "
+                              f"them (missing {missing[:4]}, unexpected {unexpected[:4]})")
+        enc.tokenizer, enc.arch = tokenizer, arch
+        enc.image_mean, enc.image_std = CLIP_MEAN, CLIP_STD
+        return enc
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor,
+                extra_text: dict[str, torch.Tensor] | None = None) -> EncoderOutput:
+        img_tokens = self.encode_image_tokens(images)
+        txt_tokens = self.encode_text_tokens(ids)
+        extra = {k: self.encode_text_tokens(v) for k, v in (extra_text or {}).items()}
+        return EncoderOutput(image_tokens=img_tokens, text_tokens=txt_tokens,
+                             image_global=img_tokens[:, 0], text_global=self.text_global(txt_tokens, ids),
+                             text_mask=self.text_mask(ids), extra_text=extra)
+
+
+def build_dual_encoder(vision: dict, text: dict, embed_dim: int, vocab_size: int,
+                       context_length: int, eos_id: int, pad_id: int = 0,
+                       bos_id: int = 2, text_pool: str = "eos") -> DualEncoder:
+    """Builds a randomly initialised dual encoder of any size.
+
+    ``vision`` is ``{"model": <timm name>, **timm kwargs}`` (e.g. ``img_size``, ``patch_size``,
+    ``embed_dim``, ``depth``); ``text`` holds `CLIPTextConfig` fields (``hidden_size``,
+    ``num_hidden_layers``, ...). Vocabulary, context and special ids come from the tokenizer.
+    """
+    vision = dict(vision)
+    name = vision.pop("model")
+    if "img_size" in vision:
+        vision["img_size"] = tuple(vision["img_size"])
+    if text.get("model") == "bert":  # ACSA's Swin-T + frozen BERT (tbps.model.swin_bert)
+        from .swin_bert import SwinTokens, build_bert
+
+        return DualEncoder(SwinTokens(name, **vision),
+                           build_bert(text, vocab_size, context_length, pad_id),
+                           embed_dim, eos_id, text_pool)
+    vit = timm.create_model(name, pretrained=False, num_classes=0, **vision)
+    cfg = CLIPTextConfig(vocab_size=vocab_size, max_position_embeddings=context_length,
+                         eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=bos_id, **text)
+    txt = CLIPTextModel._from_config(cfg, attn_implementation="sdpa")
+    return DualEncoder(vit, txt, embed_dim, eos_id, text_pool)

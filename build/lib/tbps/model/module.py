@@ -1,0 +1,382 @@
+"""TBPSModule: the LightningModule that wires encoder, heads, optimiser and the metric.
+
+It holds no loss math and knows no head by name: it asks each head for extra inputs,
+encodes, sums the ``loss_*`` terms the heads return and logs everything else. It is built
+from the resolved config plus the tokenizer, both kept in the checkpoint, so
+``TBPSModule.load_from_checkpoint(path)`` rebuilds the whole model with no other file.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from ..data.datamodule import val_metric_prefix
+from ..components.distributions import ModalityDistributions
+from ..components.momentum import EncoderCopy, FeatureMemory, MomentumEncoder
+from ..components.text_augment import CaptionAugment
+from ..data.tokenizer import CaptionTokenizer
+from ..distributed import world_size
+from ..errors import ConfigError, DivergedError
+from ..heads.base import HeadContext
+from ..heads.mlm import replacement_ids
+from ..metrics import TextToImageRetrieval
+from ..metrics.retrieval import fuse
+from .compile import compile_step
+from .loop_state import finish_saved_epoch
+from .encoder import build_dual_encoder
+from .optim import param_groups, warmup_cosine
+
+
+# Parameters that start from scratch even over CLIP weights: optim.new_module_lr_factor
+NEW_MODULES = ("heads.", "distributions.")
+
+
+class TBPSModule(L.LightningModule):
+    def __init__(self, cfg: dict, tokenizer_json: str, num_classes: int) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = cfg
+        self.tokenizer = CaptionTokenizer.from_json(tokenizer_json, cfg["tokenizer"]["context_length"])
+        tok = self.tokenizer
+        enc = cfg["encoder"]
+        self.encoder = build_dual_encoder(enc["vision"], enc["text"], enc["embed_dim"],
+                                          tok.vocab_size, tok.context_length, tok.eos_id,
+                                          tok.pad_id, tok.sos_id, enc.get("text_pool", "eos"))
+        self.encoder.tokenizer = tok  # encode_text(list of str) works on a loaded checkpoint
+        ctx = HeadContext(embed_dim=enc["embed_dim"], num_classes=num_classes,
+                          vocab_size=tok.vocab_size, mask_id=tok.mask_id, pad_id=tok.pad_id,
+                          special_ids=tuple(tok.special_ids), sos_id=tok.sos_id,
+                          eos_id=tok.eos_id,
+                          image_grid=self.encoder.grid_size)
+        # "object": heads get the HeadContext itself, not an OmegaConf copy of it (which
+        # torch.compile cannot trace through)
+        self.heads = nn.ModuleDict({name: instantiate(h, ctx=ctx, _convert_="object")
+                                    for name, h in cfg["heads"].items()})
+        # Optional shared parts, built when the config asks for them (CRUE does):
+        # a momentum encoder with feature queues, and augmentation of the online caption.
+        self.momentum, self.memory, self.text_augment = None, None, None
+        mem = cfg.get("memory")
+        if mem:
+            self.momentum = MomentumEncoder(self.encoder, mem["momentum"])
+            self.memory = FeatureMemory(mem["size"], enc["embed_dim"])
+        needing = [n for n, h in self.heads.items() if h.needs_memory]
+        if needing and self.memory is None:
+            raise ConfigError(f"heads {needing} need a momentum encoder and feature memory: "
+                              "set memory.size and memory.momentum (see experiments/crue_*.yaml)")
+        # UCFA's shared part: a Gaussian per modality that several heads read
+        dist = cfg.get("distributions")
+        self.distributions = ModalityDistributions(enc["embed_dim"], **dist) if dist else None
+        needing = [n for n, h in self.heads.items() if h.needs_distributions]
+        if needing and self.distributions is None:
+            raise ConfigError(f"heads {needing} read each modality's Gaussian: set "
+                              "distributions (variance_from, init_logvar, kl_weight; see "
+                              "experiments/ucfa_*.yaml)")
+        aug = cfg.get("text_augment")
+        if aug:
+            self.text_augment = CaptionAugment(ctx.special_ids, tok.mask_id, tok.pad_id,
+                                               replacement_ids(tok.vocab_size, ctx.special_ids),
+                                               **aug)
+        self._retrieval = {m: self._claimed_projection(m) for m in ("image", "text")}
+        self._checked_losses = False
+        # compile: true -> the training step (encoder, heads, shared parts) through
+        # torch.compile, after a first eager step (tbps.model.compile)
+        self._compiled = compile_step(self._losses) if cfg.get("compile") else None
+        self.nonfinite_skipped = 0
+        # a head that re-scores the global ranking's best candidates at inference (ACSA)
+        rescorers = [n for n, h in self.heads.items() if h.rescores]
+        if len(rescorers) > 1:
+            raise ConfigError(f"heads {rescorers} each re-score the ranking at inference; at "
+                              "most one may")
+        self._rescorer_name = rescorers[0] if rescorers else None
+        extra = self._rescorer.rescoring_keys if self._rescorer is not None else None
+        self.val_metric = TextToImageRetrieval(extra_keys=extra)
+        self.test_metric = TextToImageRetrieval(extra_keys=extra)
+        # the fusion weight chosen on the validation split; saved with every checkpoint
+        self.fusion_weight: float | None = None
+        self.best_val: dict[str, float] = {}
+        # 'val', or 'val_on_test' / 'val_holdout' when validation is not the official split
+        self.val_prefix = val_metric_prefix(cfg["data"].get("val_split", "val"))
+        self.count_skipped = bool(cfg["data"].get("skip_bad_images", False))
+
+    @property
+    def _rescorer(self):
+        """The head that re-scores at inference, if any (held by name: one module, one
+        place in the state dict)."""
+        return None if self._rescorer_name is None else self.heads[self._rescorer_name]
+
+    @property
+    def caption_annotations(self) -> tuple[str, ...]:
+        """The per-caption token annotations the heads read (the data module makes them)."""
+        return tuple(sorted({a for h in self.heads.values() for a in h.caption_annotations}))
+
+    def _claimed_projection(self, modality: str) -> nn.Module | None:
+        """The one head's retrieval projection for ``modality``, if any head claims it."""
+        claims = {n: p for n, h in self.heads.items()
+                  if (p := h.retrieval_projection(modality)) is not None}
+        if len(claims) > 1:
+            raise ConfigError(f"heads {sorted(claims)} each define the {modality} retrieval "
+                              "embedding; at most one head may (turn the others' option off)")
+        return next(iter(claims.values()), None)
+
+    # --- the one path from inputs to retrieval embeddings ----------------------------------
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixels [B, 3, H, W] -> the embeddings ranking uses [B, D] (not normalised):
+        the global image feature, through a head's retrieval projection if one claims it."""
+        feature = self.encoder.encode_image(images)
+        return self._project("image", feature)
+
+    def embed_texts(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, L] -> the embeddings ranking uses [B, D] (not normalised)."""
+        feature = self.encoder.encode_text(ids)
+        return self._project("text", feature)
+
+    def load_encoder_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Loads pretrained weights into the encoder and restarts every copy of it (the
+        momentum encoder) from them, so no copy keeps the random initialisation it was
+        built from. A resumed run does not come here: its copies come from the checkpoint."""
+        self.encoder.load_state_dict(state)
+        for part in self.modules():
+            if isinstance(part, EncoderCopy):
+                part.copy_from(self.encoder)
+
+    # --- training ------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        skipped = batch.pop("skipped_images", 0)
+        if self.count_skipped:
+            self.log("train/skipped_images", float(skipped), reduce_fx="sum", on_step=False,
+                     on_epoch=True, batch_size=1)
+        progress = self.current_epoch + batch_idx / max(1, self.trainer.num_training_batches)
+        loss, terms = self.compute_losses(batch, progress)
+        if not self._all_finite(loss):
+            return self._on_nonfinite(terms)
+        bs = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=bs)
+        return loss
+
+    @staticmethod
+    def _all_finite(loss: torch.Tensor) -> bool:
+        """Whether every process's loss is finite (one host sync per step; every rank then
+        takes the same branch, so a skip or a stop never leaves a rank waiting)."""
+        finite = torch.isfinite(loss.detach()).float()
+        if world_size() > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def _on_nonfinite(self, terms: dict[str, torch.Tensor]) -> None:
+        """``nonfinite_loss: stop`` (default) ends the run before this step's update, so the
+        last checkpoint is from before the divergence; ``skip`` drops the step and counts it."""
+        bad = [k for k, v in terms.items() if k.startswith("loss_") and not torch.isfinite(v).all()]
+        where = f"step {self.global_step} (epoch {self.current_epoch})"
+        if self.cfg.get("nonfinite_loss", "stop") == "skip":
+            self.nonfinite_skipped += 1
+            print(f"warning: non-finite loss at {where} in {', '.join(bad) or 'the sum'}: step "
+                  f"skipped ({self.nonfinite_skipped} so far)", flush=True)
+            return None
+        raise DivergedError(
+            f"training diverged at {where}: non-finite {', '.join(bad) or 'loss sum'}. Nothing "
+            "of this step was applied; the run's checkpoints/last.ckpt is from before it. Lower "
+            "optim.lr, raise the head's temperature, or set nonfinite_loss=skip to drop such "
+            "steps and count them")
+
+    def compute_losses(self, batch: dict, progress: float = 0.0
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One training step's loss and its terms, without logging (the benchmark times
+        exactly this). ``progress`` is the fractional epoch, for heads that ramp. The first
+        step runs eagerly and checks that every head returns a loss; later steps run the
+        compiled step when ``compile: true``."""
+        batch["progress"] = torch.tensor(progress, dtype=torch.float64,
+                                         device=batch["image"].device)
+        if not self._checked_losses:
+            self._checked_losses = True
+            return self._losses(batch, check=True)
+        if self._compiled is not None:
+            return self._compiled(batch)
+        return self._losses(batch)
+
+    def _losses(self, batch: dict, check: bool = False
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.memory is not None:
+            view = self._momentum_view(batch)
+        if self.text_augment is not None:  # the momentum encoder above saw the clean caption
+            batch["caption_ids"] = self.text_augment(batch["caption_ids"])
+        for head in self.heads.values():
+            batch.update(head.extra_inputs(batch))
+        extra = {k: v for k, v in batch.items() if k.endswith("_ids") and k != "caption_ids"}
+        encoded = self.encoder(batch["image"], batch["caption_ids"], extra)
+        terms: dict[str, torch.Tensor] = {}
+        if self.distributions is not None:
+            batch["distributions"] = self.distributions(encoded)
+            terms.update(self.distributions.regularisers(batch["distributions"]))
+        for name, head in self.heads.items():
+            out = head(encoded, batch)
+            if check and not any(k.startswith("loss_") for k in out):
+                raise ConfigError(f"head {name!r} ({type(head).__name__}) returned no 'loss_*' "
+                                  "term, so it would train nothing: return its loss under a key "
+                                  "that starts with 'loss_', or remove it from heads=[...]")
+            terms.update(out)
+        if self.memory is not None:
+            self.memory.enqueue(view)
+        loss = sum(v for k, v in terms.items() if k.startswith("loss_"))
+        return loss, terms
+
+    @torch.no_grad()
+    def _momentum_view(self, batch: dict):
+        """EMA step (after the last optimizer step), momentum features of the batch, and the
+        keys heads score against; ``batch['memory']`` carries them to the heads."""
+        self.momentum.update(self.encoder)
+        m = self.momentum.encoder
+        image = m.encode_image(batch["image"])
+        text = m.encode_text(batch["caption_ids"])
+        view = self.memory.view(image, text, batch["pid"])
+        batch["memory"] = view
+        return view
+
+    # --- inference: the one path evaluation, search and serving rank through -------------
+    def gallery_entries(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Pixels [B, 3, H, W] -> (retrieval embedding [B, D], not normalised; what the
+        re-scoring head keeps of each image, {} without one)."""
+        rescorer = self._rescorer
+        if rescorer is None:
+            return self.embed_images(images), {}
+        tokens = self.encoder.encode_image_tokens(images)
+        return (self._project("image", tokens[:, 0]),
+                rescorer.rescoring_inputs("image", tokens, {"image": images}, self.encoder))
+
+    def query_entries(self, batch: dict[str, torch.Tensor]
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Captions (``caption_ids`` [B, L] and the annotations ``query_batch`` makes) ->
+        (retrieval embedding [B, D], not normalised; what the re-scoring head keeps)."""
+        rescorer = self._rescorer
+        if rescorer is None:
+            return self.embed_texts(batch["caption_ids"]), {}
+        enc = self.encoder
+        tokens = enc.encode_text_tokens(batch["caption_ids"])
+        feature = self._project("text", enc.text_global(tokens, batch["caption_ids"]))
+        return feature, rescorer.rescoring_inputs("text", tokens, batch, enc)
+
+    def query_batch(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Sentences -> the batch ``query_entries`` reads: token ids and the caption
+        annotations the heads read, made as the data module makes them for test captions."""
+        from ..data.annotations import annotate
+
+        batch = {"caption_ids": self.tokenizer.encode(captions)}
+        for name in self.caption_annotations:
+            made = annotate(name, self.tokenizer, captions, [None] * len(captions))
+            batch[name] = made.tensor.long()  # as the data sets hand them out
+        return batch
+
+    def _project(self, modality: str, feature: torch.Tensor) -> torch.Tensor:
+        project = self._retrieval[modality]
+        return feature if project is None else project(feature)
+
+    @property
+    def candidates_to_rescore(self) -> int:
+        """How many of each query's best global candidates the ranking re-scores (0: the
+        global cosine is the ranking)."""
+        return 0 if self._rescorer is None else int(self._rescorer.top_k)
+
+    @property
+    def inference_fusion_weight(self) -> float:
+        """w of w·global + (1 − w)·local: the weight chosen on validation, else the first
+        of the head's grid (a checkpoint of a run that never validated)."""
+        w = self.fusion_weight
+        return float(self._rescorer.fusion_grid[0] if w is None else w)
+
+    def candidate_scores(self, query_kept: dict[str, torch.Tensor],
+                         gallery_kept: dict[str, torch.Tensor], cosines: torch.Tensor,
+                         candidates: torch.Tensor) -> torch.Tensor:
+        """The ranking scores [Q, k] of each query's candidates (``candidates`` [Q, k]
+        indices into ``gallery_kept``, ``cosines`` their global cosines): the cosine
+        itself, or the re-scoring head's fusion, as the evaluation ranks them."""
+        if self._rescorer is None:
+            return cosines
+        local = self._rescorer.rescore(query_kept, gallery_kept, candidates).float()
+        return fuse(self.inference_fusion_weight, cosines, local)
+
+    # --- evaluation: dataloader 0 = gallery images, 1 = query captions -------------------
+    def _eval_step(self, metric: TextToImageRetrieval, batch: dict, dataloader_idx: int) -> None:
+        if dataloader_idx == 0:
+            feature, kept = self.gallery_entries(batch["image"])
+        else:
+            feature, kept = self.query_entries(batch)
+        metric.update(feature, batch["pid"], is_query=dataloader_idx == 1, extra=kept)
+
+    def _fused(self, metric: TextToImageRetrieval, weights: list[float]
+               ) -> tuple[dict[str, float], dict[float, dict[str, float]]]:
+        return metric.compute_fused(self._rescorer.rescore, weights, self._rescorer.top_k)
+
+    def _eval_results(self, metric: TextToImageRetrieval, prefix: str, choose: bool
+                      ) -> dict[str, float]:
+        """The metrics under ``prefix``. With a re-scoring head: the fused ranking's under
+        the usual keys, the global ranking's under ``prefix/global/``, and the fusion weight
+        (``choose``: the best of the head's grid by R@1 here, on validation; otherwise the
+        weight chosen there)."""
+        if self._rescorer is None:
+            return {f"{prefix}/{k}": v for k, v in metric.compute().items()}
+        grid = list(self._rescorer.fusion_grid)
+        if choose:
+            plain, fused = self._fused(metric, grid)
+            w = max(grid, key=lambda g: (fused[g]["R1"], -grid.index(g)))  # first of a tie
+            self.fusion_weight = w
+        else:
+            w = self.inference_fusion_weight
+            plain, fused = self._fused(metric, [w])
+        out = {f"{prefix}/{k}": v for k, v in fused[w].items()}
+        out.update({f"{prefix}/global/{k}": v for k, v in plain.items()})
+        out[f"{prefix}/fusion_weight"] = w
+        return out
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(self.val_metric, batch, dataloader_idx)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(self.test_metric, batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        p = self.val_prefix
+        values = self._eval_results(self.val_metric, p, choose=True)
+        self.val_metric.reset()
+        if self.trainer.sanity_checking:
+            return
+        self.log(f"{p}/R1", values.pop(f"{p}/R1"), prog_bar=True)
+        self.log_dict(values)
+        values[f"{p}/R1"] = self.trainer.callback_metrics[f"{p}/R1"].item()
+        if values[f"{p}/R1"] > self.best_val.get(f"{p}/R1", -1.0):
+            self.best_val = dict(values, **{f"{p}/epoch": float(self.current_epoch)})
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self._eval_results(self.test_metric, "test", choose=False))
+        self.test_metric.reset()
+
+    # --- checkpoints: the best validation result travels with them (for resumed runs) ---
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tbps_best_val"] = dict(self.best_val)
+        checkpoint["tbps_nonfinite_skipped"] = self.nonfinite_skipped
+        checkpoint["tbps_fusion_weight"] = self.fusion_weight
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        finish_saved_epoch(checkpoint)  # before Lightning restores its loops from it
+        self.best_val = dict(checkpoint.get("tbps_best_val", {}))
+        self.nonfinite_skipped = int(checkpoint.get("tbps_nonfinite_skipped", 0))
+        self.fusion_weight = checkpoint.get("tbps_fusion_weight")
+
+    # --- optimisation --------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.cfg["optim"]
+        groups = param_groups(self, o["lr"], o["weight_decay"], NEW_MODULES,
+                              o["new_module_lr_factor"], o["bias_lr_factor"])
+        optimizer = instantiate(o["optimizer"], groups)
+        interval = o.get("interval", "step")
+        if interval == "epoch":  # IRRA steps its scheduler once per epoch
+            total, per_epoch = self.trainer.max_epochs, 1
+        else:
+            total = self.trainer.estimated_stepping_batches
+            per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        schedule = warmup_cosine(total, int(o["warmup_epochs"] * per_epoch), o["warmup_factor"],
+                                 o["min_lr_factor"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}

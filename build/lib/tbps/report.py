@@ -1,0 +1,257 @@
+"""`tbps report`: one table (mean ± std over seeds) and a plot across run folders.
+
+A run folder is what `tbps train` writes: ``config.yaml`` and, once it finished,
+``metrics.json``. Runs are grouped by experiment and by the ``--by`` keys (for example
+``data.noise_rate``); without ``--by``, runs whose configs differ only in the seed form a
+group. Each group gives the number of seeds, every test metric as mean ± sample standard
+deviation, the validation metric that chose the checkpoint, training time and samples/s.
+Runs without ``metrics.json`` are listed apart and never averaged in.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+TEST_METRICS = ("R1", "R5", "R10", "mAP", "mINP", "rSum")
+VAL_PREFIXES = ("val", "val_on_test", "val_holdout")
+# Keys that differ between seeds of one setting, or that say where a run lives
+NOT_SETTINGS = {"seed", "data.seed", "run_dir", "runs_dir", "resume", "eval.ckpt"}
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, object]          # flattened, dotted keys
+    metrics: dict[str, float] | None   # None: the run did not finish
+
+
+@dataclass
+class Group:
+    experiment: str
+    by: tuple[object, ...]
+    runs: list[Run] = field(default_factory=list)
+
+    def values(self, key: str) -> list[float]:
+        return [r.metrics[key] for r in self.runs if key in r.metrics]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _read_run(folder: Path) -> Run:
+    from omegaconf import OmegaConf
+
+    try:
+        config = _flatten(OmegaConf.to_container(OmegaConf.load(folder / "config.yaml")))
+    except Exception as exc:  # noqa: BLE001 - YAML and OmegaConf raise several kinds
+        raise ConfigError(f"{folder / 'config.yaml'} cannot be read ({exc}); is {folder} a "
+                          "run folder written by `tbps train`?") from exc
+    metrics_file = folder / "metrics.json"
+    if not metrics_file.is_file():
+        return Run(folder, config, None)
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{metrics_file} is not valid JSON ({exc}); delete it or rerun "
+                          "`tbps eval` for that run") from exc
+    return Run(folder, config, {k: float(v) for k, v in metrics.items()})
+
+
+def find_runs(paths: list[str | Path], runs_dir: str | Path = "runs") -> list[Run]:
+    """Run folders under the given paths (a run folder, or any folder holding run folders);
+    by default every run under ``runs_dir``."""
+    roots = [Path(p) for p in paths] or [Path(runs_dir)]
+    folders: list[Path] = []
+    for root in roots:
+        if (root / "config.yaml").is_file():
+            folders.append(root)
+            continue
+        if not root.is_dir():
+            raise ConfigError(f"{root} is not a folder; pass run folders (with config.yaml) or "
+                              "folders that hold them, such as runs/ or runs/<experiment>/")
+        # (W&B keeps a config.yaml of its own inside each run's wandb/ folder)
+        found = sorted(p.parent for p in root.rglob("config.yaml")
+                       if "wandb" not in p.relative_to(root).parts)
+        if not found:
+            raise ConfigError(f"{root} holds no run folder (no config.yaml below it); train "
+                              "first (make train) or pass the folder your runs are in")
+        folders += found
+    return [_read_run(f) for f in dict.fromkeys(folders)]
+
+
+def group_runs(runs: list[Run], by: list[str]) -> list[Group]:
+    for key in by:
+        if not any(key in r.config for r in runs):
+            known = sorted({k for r in runs for k in r.config if not k.startswith("hydra")})
+            close = [k for k in known if key.split(".")[-1] in k][:5]
+            raise ConfigError(f"--by {key}: no run has that setting"
+                              + (f"; close ones: {', '.join(close)}" if close else ""))
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        experiment = str(run.config.get("experiment", run.path.parent.name))
+        values = tuple(run.config.get(k) for k in by)
+        if by:
+            key = (experiment, values)
+        else:  # same settings but for the seed
+            key = (experiment, tuple(sorted((k, repr(v)) for k, v in run.config.items()
+                                            if k not in NOT_SETTINGS)))
+        groups.setdefault(key, Group(experiment, values)).runs.append(run)
+    return sorted(groups.values(), key=lambda g: (g.experiment, [repr(v) for v in g.by]))
+
+
+def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    if len(xs) == 1:
+        return mean, None
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def summarise(groups: list[Group], by: list[str]) -> list[dict]:
+    """One row per group of finished runs."""
+    rows = []
+    for g in groups:
+        done = [r for r in g.runs if r.metrics is not None]
+        if not done:
+            continue
+        finished = Group(g.experiment, g.by, done)
+        row: dict[str, object] = {"experiment": g.experiment}
+        row.update(dict(zip(by, g.by)))
+        row["seeds"] = len(done)
+        row["seed_list"] = sorted(r.config.get("seed") for r in done)
+        for m in TEST_METRICS:
+            row[f"test/{m}"] = _mean_std(finished.values(f"test/{m}"))
+        prefix = next((p for p in VAL_PREFIXES if finished.values(f"{p}/R1")), None)
+        row["val_metric"] = f"{prefix}/R1" if prefix else None
+        row["val"] = _mean_std(finished.values(f"{prefix}/R1")) if prefix else (None, None)
+        row["train/seconds"] = _mean_std(finished.values("train/seconds"))
+        row["train/samples_per_s"] = _mean_std(finished.values("train/samples_per_s"))
+        rows.append(row)
+    return rows
+
+
+def _pm(value: tuple[float | None, float | None], digits: int = 2) -> str:
+    mean, std = value
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def to_markdown(rows: list[dict], by: list[str], unfinished: list[Run]) -> str:
+    head = ["experiment", *by, "seeds", *TEST_METRICS, "val (chose the checkpoint)",
+            "train s", "samples/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["experiment"], *(str(r[k]) for k in by), str(r["seeds"]),
+                 *(_pm(r[f"test/{m}"]) for m in TEST_METRICS),
+                 f"{r['val_metric']} {_pm(r['val'])}" if r["val_metric"] else "–",
+                 _pm(r["train/seconds"], 0), _pm(r["train/samples_per_s"], 0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if unfinished:
+        lines.append("")
+        lines.append("unfinished (no metrics.json, not averaged): "
+                     + ", ".join(str(r.path) for r in unfinished))
+    return "\n".join(lines)
+
+
+def _flat_row(r: dict) -> dict:
+    out = {}
+    for k, v in r.items():
+        if isinstance(v, tuple):
+            out[f"{k} mean"], out[f"{k} std"] = v
+        else:
+            out[k] = v
+    return out
+
+
+def to_csv(rows: list[dict]) -> str:
+    flat = [_flat_row(r) for r in rows]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(flat[0]) if flat else [])
+    writer.writeheader()
+    writer.writerows(flat)
+    return buf.getvalue()
+
+
+def to_json(rows: list[dict], unfinished: list[Run]) -> str:
+    return json.dumps({"groups": [_flat_row(r) for r in rows],
+                       "unfinished": [str(r.path) for r in unfinished]}, indent=1)
+
+
+def plot(rows: list[dict], key: str, out: Path) -> Path:
+    """Test R@1 against ``key``, one line per experiment, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for experiment in dict.fromkeys(r["experiment"] for r in rows):
+        pts = sorted((r[key], *r["test/R1"]) for r in rows if r["experiment"] == experiment)
+        xs = [p[0] for p in pts]
+        ax.errorbar(xs, [p[1] for p in pts], yerr=[p[2] or 0.0 for p in pts], marker="o",
+                    capsize=3, label=experiment)
+    ax.set_xlabel(key)
+    ax.set_ylabel("test R@1 (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def log_to_wandb(rows: list[dict], project: str = "tbps") -> None:
+    """The table as a ``wandb.Table``, only when the user is logged in and W&B is online."""
+    from .sweep import wandb_logged_in
+
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled") or not wandb_logged_in():
+        return
+    import wandb
+
+    flat = [_flat_row(r) for r in rows]
+    columns = list(flat[0])
+    with wandb.init(project=project, job_type="report") as run:
+        run.log({"report": wandb.Table(columns=columns,
+                                       data=[[str(f[c]) for c in columns] for f in flat])})
+
+
+def report(paths: list[str], by: list[str], out: str | Path = "runs/report",
+           fmt: str = "md", runs_dir: str | Path = "runs") -> str:
+    runs = find_runs(paths, runs_dir)
+    unfinished = [r for r in runs if r.metrics is None]
+    rows = summarise(group_runs(runs, by), by)
+    if not rows:
+        raise ConfigError(f"none of the {len(runs)} runs found has finished (no metrics.json "
+                          "in any); wait for them, or resume them with resume=true")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    texts = {"md": to_markdown(rows, by, unfinished), "csv": to_csv(rows),
+             "json": to_json(rows, unfinished)}
+    for name, text in texts.items():
+        (out / f"report.{name}").write_text(text + "\n")
+    if by:
+        try:
+            picture = plot(rows, by[0], out / "report.png")
+            texts["md"] += f"\n\nplot: {picture}"
+        except ImportError:
+            texts["md"] += ("\n\nno plot: matplotlib is not installed "
+                            "(pip install 'tbps[notebooks]')")
+        except TypeError:
+            texts["md"] += f"\n\nno plot: {by[0]} is not numeric in every run"
+    log_to_wandb(rows)
+    return texts[fmt] + (f"\n\nwritten to {out}/report.{{md,csv,json}}" if fmt == "md" else "")

@@ -1,0 +1,93 @@
+"""`tbps study` / `make study`: every method on SynthPedes, clean and with noisy captions,
+several seeds each, on the same per-run budget, then `tbps report` over them.
+
+Runs go to ``<out>/<experiment>/noise<rate>-seed<seed>/``. A run that finished
+(metrics.json) is skipped; one that was stopped continues from its last.ckpt; so the study
+can be stopped and restarted. Trainings run ``parallel`` at a time with one thread each
+(the 2-core machine: two at a time), each in its own process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+# The methods of the study: IRRA's heads, CLIP's ITC baseline, CRUE, ACSA, UCFA
+METHODS = ("synthetic", "clip_synthetic", "crue_synthetic", "acsa_synthetic", "ucfa_synthetic")
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    experiment: str
+    noise: float
+    seed: int
+    folder: Path
+
+    def command(self, epochs: int, extra: list[str]) -> list[str]:
+        args = [sys.executable, "-m", "tbps.cli", "train", f"experiment={self.experiment}",
+                f"seed={self.seed}", f"data.noise_rate={self.noise}",
+                f"trainer.max_epochs={epochs}", f"run_dir={self.folder}", *extra]
+        if (self.folder / "checkpoints" / "last.ckpt").is_file():
+            args.append(f"resume={self.folder}")  # continue where a stopped study left it
+        return args
+
+
+def plan(out: Path, methods: list[str], noises: list[float], seeds: list[int]) -> list[StudyRun]:
+    return [StudyRun(m, r, s, out / m / f"noise{r:g}-seed{s}")
+            for r in noises for s in seeds for m in methods]
+
+
+def run_study(out: str | Path = "runs/study", methods: list[str] | None = None,
+              noises: list[float] = (0.0, 0.3), seeds: list[int] = (0, 1, 2),
+              epochs: int = 6, parallel: int = 2, extra: list[str] = (),
+              dry_run: bool = False) -> list[StudyRun]:
+    """Trains what is missing, ``parallel`` at a time; returns the plan."""
+    methods = list(methods or METHODS)
+    if parallel < 1 or epochs < 1 or not seeds or not noises:
+        raise ConfigError("tbps study: --parallel and --epochs must be at least 1, and "
+                          "--seeds and --noise need at least one value each")
+    runs = plan(Path(out), methods, list(noises), list(seeds))
+    todo = [r for r in runs if not (r.folder / "metrics.json").is_file()]
+    print(f"study: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to train "
+          f"({parallel} at a time, {epochs} epochs each) under {out}", flush=True)
+    if dry_run:
+        for r in todo:
+            print(" ".join(r.command(epochs, list(extra))[2:]))
+        return runs
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    running: list[tuple[StudyRun, subprocess.Popen, float, object]] = []
+    failed: list[StudyRun] = []
+    queue = list(todo)
+    began = time.perf_counter()
+    while queue or running:
+        while queue and len(running) < parallel:
+            r = queue.pop(0)
+            r.folder.mkdir(parents=True, exist_ok=True)
+            log = open(r.folder / "study.log", "a")
+            proc = subprocess.Popen(r.command(epochs, list(extra)), stdout=log,
+                                    stderr=subprocess.STDOUT, env=env)
+            running.append((r, proc, time.perf_counter(), log))
+            print(f"  started {r.folder}", flush=True)
+        time.sleep(2)
+        for item in list(running):
+            r, proc, start, log = item
+            if proc.poll() is not None:
+                running.remove(item)
+                log.close()
+                took = time.perf_counter() - start
+                print(f"  {'done' if proc.returncode == 0 else 'FAILED'} {r.folder} "
+                      f"({took:.0f} s)", flush=True)
+                if proc.returncode != 0:
+                    failed.append(r)
+    print(f"study: trained {len(todo) - len(failed)} runs in {(time.perf_counter() - began) / 60:.1f} "
+          f"min of wall clock ({parallel} at a time)", flush=True)
+    if failed:
+        raise ConfigError(f"{len(failed)} study runs failed; see study.log in "
+                          + ", ".join(str(r.folder) for r in failed))
+    return runs

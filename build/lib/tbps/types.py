@@ -1,0 +1,24 @@
+"""Typed contracts between the stages: what the encoder hands to the heads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class EncoderOutput:
+    """Everything heads may read from one forward pass of the dual encoder.
+
+    Shapes: B images/captions, N = 1 + patches, L = text context, D = joint dimension.
+    Token sequences are after the projection into the joint space, as in IRRA.
+    """
+
+    image_tokens: torch.Tensor  # [B, N, D], token 0 is the class token
+    text_tokens: torch.Tensor  # [B, L, D]
+    image_global: torch.Tensor  # [B, D] projected class token, not normalised
+    text_global: torch.Tensor  # [B, D] projected end-of-text token, not normalised
+    text_mask: torch.Tensor  # [B, L] bool, True at real (non-padding) tokens
+    # Extra captions a head asked for (e.g. "mlm_ids" -> token features of masked text).
+    extra_text: dict[str, torch.Tensor] = field(default_factory=dict)
