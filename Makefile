@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install train eval test synth bench sweep notebooks lab docs-figures report study clean-runs
+.PHONY: help install lock train eval test synth bench sweep notebooks lab docs-figures report study clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,11 +21,25 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+# The tested versions of every package, with hashes (requirements.lock, made by `make lock`);
+# `make install LOCK=` installs the newest versions setup.cfg allows instead.
+LOCK ?= requirements.lock
+
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml $(LOCK)
+ifneq ($(strip $(LOCK)),)
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e '.[test]'
+else
 	$(BIN)/python -m pip install -q -e '.[test]'
+endif
 	@touch $(STAMP)
 
-install: $(STAMP)  ## create .venv if missing and install tbps with its extras (quick when nothing changed)
+install: $(STAMP)  ## create .venv if missing and install tbps with its extras from requirements.lock (LOCK= for the newest versions)
+
+lock: $(BIN)/python  ## refresh requirements.lock: the newest versions setup.cfg allows (LOCK_ARGS='--constraint FILE' to cap some)
+	$(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip compile setup.cfg --extra test --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 $(LOCK_ARGS) -o requirements.lock
 
 train: $(STAMP)  ## train and test EXP (default: synthetic, generated on first use); ARGS='key=value ...'
 	$(BIN)/tbps train experiment=$(EXP) $(ARGS)

@@ -35,3 +35,15 @@ def test_rescoring_benchmark_runs_small():
     out = bench_rescoring(torch.device("cpu"), 120, 60, dim=32, top_k=10, repeats=1)
     assert out["with_rescoring_ms"] > 0 and out["global_only_ms"] > 0 and out["ratio"] > 0
     assert out["floor_ratio"] > 1 and out["product_ms"] >= 0 and out["topk_ms"] >= 0  # µs here
+
+
+def test_irra_reference_in_blocks_equals_the_whole():
+    import torch
+
+    from tbps.bench.evaluation import irra_rank, irra_rank_in_blocks, synthetic_features
+
+    q, qp, g, gp = synthetic_features(300, 120, 16, torch.device("cpu"))
+    sim = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(g, dim=-1).t()
+    whole, blocks = irra_rank(sim, qp, gp), irra_rank_in_blocks(sim, qp, gp, block=64)
+    assert torch.allclose(whole[0], blocks[0], atol=1e-4)
+    assert abs(whole[1] - blocks[1]) < 1e-4 and abs(whole[2] - blocks[2]) < 1e-4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import sys
 import time
 from collections.abc import Callable
 
@@ -12,6 +13,12 @@ import torch
 PEAK_BF16_TFLOPS = {"H100 80GB HBM3": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0,
                     "H100 NVL": 835.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0,
                     "RTX 4090": 165.0}
+
+
+def progress(line: str) -> None:
+    """What the benchmark is doing, on stderr as it happens (stdout carries the JSON): a
+    long part should never look like a hang."""
+    print(f"bench: {line}", file=sys.stderr, flush=True)
 
 
 def device_name(device: torch.device) -> str:

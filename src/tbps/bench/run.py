@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .common import device_name, peak_tflops
+from .common import device_name, peak_tflops, progress
 from .encode import bench_encode
 from .evaluation import bench_eval, bench_rescoring
 from .loader import bench_loader
@@ -53,6 +53,8 @@ def run_benchmarks(device: str = "auto", batch_size: int | None = None, steps: i
         return out
     if only == "eval":  # the evaluation at the real test-set sizes, on any device
         out["mode"] = "eval"
+        progress("evaluation at CUHK-PEDES and ICFG-PEDES size, then ACSA's re-scoring "
+                 "(several minutes on a CPU)")
         # medians of more repeats where one run takes milliseconds and noise dominates
         out["eval"] = [bench_eval(dev, q, g, repeats=9 if q * g < 5e7 else 3)
                        for q, g in REAL_EVAL_SIZES]
