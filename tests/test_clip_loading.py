@@ -83,6 +83,27 @@ def _torchscript_archive(sd, path):
     torch.jit.script(root).save(str(path))
 
 
+def test_torchscript_weights_read_as_data_equal_jit_load(tmp_path):
+    """The archive reader gives ScriptModule.state_dict(): parameters and buffers of every
+    module, not plain tensor attributes; code and foreign classes are never run."""
+    import warnings
+
+    from tbps.model.torchscript_archive import read_torchscript_state_dict
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).eval()
+    _torchscript_archive(model.state_dict(), tmp_path / "ViT-B-16.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # jit.load is the reference here only
+        reference = torch.jit.load(str(tmp_path / "ViT-B-16.pt")).state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecation on the way
+        ours = read_torchscript_state_dict(tmp_path / "ViT-B-16.pt")
+    assert sorted(ours) == sorted(reference)
+    assert all(torch.equal(ours[k], reference[k]) and ours[k].dtype == reference[k].dtype
+               for k in reference)
+
+
 def test_openai_torchscript_and_state_dict(pixels, tmp_path):
     torch.manual_seed(1)
     model = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).eval()  # OpenAI's

@@ -8,13 +8,15 @@ from the tensor shapes, and the OpenAI names are then mapped to timm's ViT (with
 converter) and to transformers' CLIP text model.
 
 Safety: safetensors where present, ``torch.load(weights_only=True)`` for pickled state
-dicts, TorchScript only through ``torch.jit.load``; anything else is refused with a message.
+dicts, TorchScript archives read as data (``torchscript_archive``: tensors only, no code run,
+no ``torch.jit.load``); anything else is refused with a message.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import zipfile
 from pathlib import Path
@@ -38,7 +40,14 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     if _is_torchscript(path):
-        return torch.jit.load(str(path), map_location="cpu").state_dict()
+        from .torchscript_archive import read_torchscript_state_dict
+
+        try:
+            return read_torchscript_state_dict(path)
+        except (ValueError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+            raise ConfigError(f"{path} looks like a TorchScript archive but its weights could "
+                              f"not be read ({exc}); pass OpenAI's ViT-B-16.pt as downloaded, "
+                              "an open_clip checkpoint or a Hugging Face CLIP folder") from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle refuses code, or the file is no checkpoint at all
