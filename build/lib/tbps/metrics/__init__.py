@@ -1,3 +1,0 @@
-from .retrieval import TextToImageRetrieval, retrieval_metrics
-
-__all__ = ["TextToImageRetrieval", "retrieval_metrics"]
