@@ -47,8 +47,9 @@ train: $(STAMP)  ## train and test EXP (default: synthetic, generated on first u
 eval: $(STAMP)  ## evaluate CKPT (default: newest best.ckpt of EXP); ARGS='key=value ...'
 	$(BIN)/tbps eval experiment=$(EXP) $(if $(CKPT),eval.ckpt=$(CKPT)) $(ARGS)
 
-test: $(STAMP)  ## run the test suite (CPU, no network)
-	WANDB_MODE=$${WANDB_MODE:-disabled} $(BIN)/python -m pytest -q
+TEST_WORKERS ?= 2
+test: $(STAMP)  ## run the test suite (CPU, no network; TEST_WORKERS=2 processes, 0 for one)
+	WANDB_MODE=$${WANDB_MODE:-disabled} $(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 synth: $(STAMP)  ## generate the default SynthPedes data set under data/synthpedes
 	$(BIN)/tbps synth --out data/synthpedes --workers 2

@@ -11,6 +11,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on the two cores: one thread each, so that they do not
+    # fight over the cores (subprocesses the tests start inherit it too)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 TINY_SYNTH = {"identities": 48, "images_per_identity": 3, "captions_per_image": 2,
               "height": 96, "width": 32, "val_share": 0.2, "test_share": 0.3, "seed": 3}
 
