@@ -49,7 +49,7 @@ eval: $(STAMP)  ## evaluate CKPT (default: newest best.ckpt of EXP); ARGS='key=v
 
 TEST_WORKERS ?= 2
 test: $(STAMP)  ## run the test suite (CPU, no network; TEST_WORKERS=2 processes, 0 for one)
-	WANDB_MODE=$${WANDB_MODE:-disabled} $(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	WANDB_MODE=$${WANDB_MODE:-disabled} $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 synth: $(STAMP)  ## generate the default SynthPedes data set under data/synthpedes
 	$(BIN)/tbps synth --out data/synthpedes --workers 2

@@ -25,8 +25,8 @@ from ..heads.mlm import replacement_ids
 from ..metrics import TextToImageRetrieval
 from ..metrics.retrieval import fuse
 from .compile import compile_step
-from .loop_state import finish_saved_epoch
 from .encoder import build_dual_encoder
+from .loop_state import finish_saved_epoch
 from .optim import param_groups, warmup_cosine
 
 
