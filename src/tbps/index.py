@@ -28,6 +28,7 @@ import shutil
 import sqlite3
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,16 +243,16 @@ class GalleryIndex:
     def _bump(self) -> None:
         self._set_meta({"generation": str(self.generation + 1)})
 
+    @contextmanager
     def _transaction(self):
-        db = self.db
-
-        class _T:
-            def __enter__(self_):
-                db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self_, kind, *rest):
-                db.execute("ROLLBACK" if kind else "COMMIT")
-        return _T()
+        """One SQLite transaction: all of it lands, or none (autocommit is off inside)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def _commit_shard(self, paths: list[str], feats: np.ndarray, kept: dict[str, np.ndarray],
                       failed: list[tuple[str, str]], stats: dict[str, tuple[int, int]]) -> None:
