@@ -71,6 +71,15 @@ def test_multirun_trains_each_job_and_no_progress_bar_when_asked(tiny_synth, tmp
     assert "multirun: job 2 of 2" in out and "\r" not in out and "epoch 0 done" not in out
 
 
+def test_fast_dev_run_smokes_without_a_metrics_file(tiny_synth, tmp_path, capsys):
+    """Lightning's smoke run works and leaves no metrics.json for `tbps report` to average."""
+    run = tmp_path / "run"
+    assert main(["train", "experiment=synthetic", *tiny_overrides(tiny_synth, run),
+                 "+trainer.fast_dev_run=true"]) == 0
+    assert "not written to metrics.json" in capsys.readouterr().out
+    assert (run / "config.yaml").is_file() and not (run / "metrics.json").exists()
+
+
 def test_off_a_terminal_the_log_is_plain_lines(tiny_synth, tmp_path):
     """A job scheduler's log (stdout not a terminal): no carriage returns or cursor codes,
     one line per epoch; the learning rate is logged per step."""

@@ -176,7 +176,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
                "train/seconds": fit_seconds,
                "train/nonfinite_skipped": float(module.nonfinite_skipped)}
     if trainer.is_global_zero:
-        write_metrics(run_dir / "metrics.json", metrics)
+        if cfg.trainer.get("fast_dev_run"):  # a smoke run: one batch, no checkpoint
+            print("fast_dev_run: a smoke run of a batch or two; its metrics are not written "
+                  "to metrics.json, so `tbps report` never averages them with real runs")
+        else:
+            write_metrics(run_dir / "metrics.json", metrics)
         print_table(metrics, f"{cfg.experiment}: {run_dir}")
         print(f"training {fit_seconds:.0f} s, {speed.samples_per_s:.0f} samples/s; "
               f"{time.perf_counter() - STARTED:.0f} s since the command started; "
