@@ -33,6 +33,18 @@ def tiny_synth(tmp_path_factory):
     return root
 
 
+def copy_images(tiny_synth, folder, n: int, sub: str, every: int, first: int = 0):
+    """The first ``n`` SynthPedes images as a user's folder, ``NNN.jpg``: those with
+    ``i % every == first`` in ``sub/``, the others at the top."""
+    import shutil
+
+    src = sorted((tiny_synth / "CUHK-PEDES" / "imgs").rglob("*.jpg"))[:n]
+    (folder / sub).mkdir(parents=True)
+    for i, p in enumerate(src):
+        shutil.copy(p, folder / (sub if i % every == first else "") / f"{i:03d}.jpg")
+    return folder
+
+
 def tiny_overrides(root, run_dir) -> list[str]:
     """Hydra overrides that make the synthetic experiment run in seconds."""
     synth = [f"data.synth.{k}={v}" for k, v in TINY_SYNTH.items()]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import tbps.search as search_mod
+from conftest import copy_images
 from tbps.cli import main
 from tbps.index import GalleryIndex, checkpoint_fingerprint
 
@@ -27,12 +28,7 @@ def _index(capsys, *args):
 
 @pytest.fixture()
 def folder(tiny_synth, tmp_path):
-    src = sorted((tiny_synth / "CUHK-PEDES" / "imgs").rglob("*.jpg"))[:20]
-    out = tmp_path / "photos"
-    (out / "cam2").mkdir(parents=True)
-    for i, p in enumerate(src):
-        shutil.copy(p, out / ("cam2" if i % 2 else "") / f"{i:03d}.jpg")
-    return out
+    return copy_images(tiny_synth, tmp_path / "photos", 20, "cam2", every=2, first=1)
 
 
 def _encoded_paths(monkeypatch):

@@ -2,7 +2,6 @@
 keys, hydra.* settings; each works or gets the exit-2 paragraph, never a traceback or a
 silently ignored key. And a log that reads cleanly off a terminal."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path

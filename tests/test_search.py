@@ -9,16 +9,13 @@ import pytest
 import torch
 
 import tbps.search as search_mod
+from conftest import copy_images
 from tbps.cli import main
 
 
 @pytest.fixture()
 def gallery(tiny_synth, tmp_path):
-    src = sorted((tiny_synth / "CUHK-PEDES" / "imgs").rglob("*.jpg"))[:30]
-    folder = tmp_path / "gallery"
-    (folder / "sub").mkdir(parents=True)
-    for i, p in enumerate(src):
-        shutil.copy(p, folder / ("sub" if i % 3 == 0 else "") / f"{i:03d}.jpg")
+    folder = copy_images(tiny_synth, tmp_path / "gallery", 30, "sub", 3)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     (folder / "notes.txt").write_text("ignored")
     return folder

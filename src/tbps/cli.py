@@ -138,17 +138,15 @@ def _search(args: argparse.Namespace) -> None:
 
 def _index(args: argparse.Namespace) -> None:
     import shutil
-    from pathlib import Path
 
-    from .search import format_update, index_root, open_index
+    from .search import checked_inputs, format_update, index_root, open_index
 
     if args.action == "build":  # afresh: whatever was there goes, with its checkpoint's claim
         root = index_root(args.ckpt, args.gallery, args.index)
         if root.exists() and not (root / "index.sqlite").is_file():
             raise TBPSError(f"{root} exists and is not a tbps index; `index build` starts an "
                             "index afresh there, so pass an empty or new --index folder")
-        if not Path(args.ckpt).is_file() or not Path(args.gallery).is_dir():
-            open_index(args.ckpt, args.gallery, args.index, args.device, create=False)
+        checked_inputs(args.ckpt, args.gallery)  # nothing is deleted for a mistyped path
         shutil.rmtree(root, ignore_errors=True)
     index, model = open_index(args.ckpt, args.gallery, args.index, args.device,
                               create=args.action != "info")

@@ -75,8 +75,9 @@ class TextProgram:
         self.meta = folder / f"text-{fingerprint}.json"
 
     def state(self) -> str | None:
-        """"exported", "rescores" (queries need the full model), "failed" (the export did
-        not work), or None: nothing recorded yet, or a program file gone missing."""
+        """What the index holds for queries: ``"exported"`` (the ONNX program),
+        ``"rescores"`` (queries need the full model), ``"failed"`` (the export did not
+        work), or None (nothing recorded yet, or a program file gone missing)."""
         if not self.meta.is_file():
             return None
         state = json.loads(self.meta.read_text()).get("state")
@@ -138,12 +139,18 @@ def index_root(ckpt: str | Path, gallery: str | Path, index_dir: str | Path | No
     return Path(index_dir) if index_dir else default_index_dir(Path(ckpt), Path(gallery))
 
 
-def open_index(ckpt: str | Path, gallery: str | Path, index_dir: str | Path | None = None,
-               device: str = "auto", create: bool = True) -> tuple[GalleryIndex, Model]:
-    """The gallery's index for this checkpoint (refused if another built it) and the model."""
+def checked_inputs(ckpt: str | Path, gallery: str | Path, device: str = "auto") -> Model:
+    """The model of ``ckpt`` (not loaded yet), once the checkpoint and the folder exist."""
     model = Model(Path(ckpt), device)
     if not Path(gallery).is_dir():
         raise ConfigError(f"gallery {gallery} is not a folder; pass --gallery DIR")
+    return model
+
+
+def open_index(ckpt: str | Path, gallery: str | Path, index_dir: str | Path | None = None,
+               device: str = "auto", create: bool = True) -> tuple[GalleryIndex, Model]:
+    """The gallery's index for this checkpoint (refused if another built it) and the model."""
+    model = checked_inputs(ckpt, gallery, device)
     root = index_root(ckpt, gallery, index_dir)
     return GalleryIndex.open(root, Path(gallery), model.fingerprint, create=create), model
 

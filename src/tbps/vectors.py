@@ -86,9 +86,6 @@ class VectorIndex:
                 best_s, best_i = s, i
         return best_s.numpy(), ids[best_i.numpy()]
 
-    def __len__(self) -> int:
-        return int(self.index.ntotal)
-
     @property
     def memory_bytes(self) -> int:
         """What the index holds in memory (its serialised size: codes, ids, centroids)."""
