@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install lock train eval test synth bench sweep notebooks lab docs-figures report study clean-runs
+.PHONY: help install lock train eval test synth bench serve sweep notebooks lab docs-figures report study clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,6 +57,11 @@ synth: $(STAMP)  ## generate the default SynthPedes data set under data/synthped
 bench: $(STAMP)  ## throughput/MFU/memory/loader/eval benchmark as JSON (ARGS='--compile' ...)
 	$(BIN)/tbps bench $(ARGS)
 
+GALLERY ?=
+PORT    ?= 7860
+serve: $(STAMP)  ## a page on 127.0.0.1:PORT to search GALLERY with CKPT (default: the newest synthetic run over its test images)
+	$(BIN)/tbps serve $(if $(CKPT),--ckpt $(CKPT)) $(if $(GALLERY),--gallery $(GALLERY)) --port $(PORT) $(ARGS)
+
 sweep: $(STAMP)  ## create the W&B sweep SWEEP=experiments/sweeps/<name>.yaml and run an agent on it
 	@test -n "$(SWEEP)" || { echo "make sweep: set SWEEP=experiments/sweeps/<name>.yaml" >&2; exit 2; }
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/tbps sweep $(SWEEP) $(ARGS)
@@ -72,8 +77,9 @@ notebooks: $(NB_STAMP)  ## install Jupyter, run notebooks/*.ipynb headless on th
 lab: $(NB_STAMP)  ## open the notebooks in JupyterLab (kernel: this .venv)
 	$(BIN)/jupyter lab notebooks/
 
-docs-figures: $(NB_STAMP)  ## regenerate the README's notebook figures in docs/ (from TBPS_CKPT or the newest synthetic run)
+docs-figures: $(NB_STAMP)  ## regenerate the README's notebook figures and docs/serve.png (TBPS_CKPT or the newest synthetic run; the screenshot needs chromium)
 	$(BIN)/python -m tbps.analysis.notebooks --figures docs
+	$(BIN)/python -m tbps.serve.browser --out docs/serve.png $(if $(TBPS_CKPT),--ckpt $(TBPS_CKPT))
 
 report: $(STAMP)  ## one table (mean ± std over seeds) and a plot across runs/; ARGS='--by data.noise_rate'
 	$(BIN)/tbps report $(ARGS)

@@ -1,4 +1,4 @@
-"""The `tbps` console script: train, eval, synth, check-data, search, index, bench, report.
+"""The `tbps` console script: train, eval, synth, check-data, search, index, serve, bench, report.
 
 `tbps train [experiment=<name>] [key=value ...]` takes Hydra overrides (also in W&B's
 `--key=value` form); user mistakes print one clear paragraph and exit with status 2.
@@ -165,12 +165,19 @@ def _index(args: argparse.Namespace) -> None:
     print(json.dumps(out, indent=1))
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from .serve import serve
+
+    serve(args.ckpt, args.gallery, args.host, args.port, args.index, args.device, args.kind)
+
+
 def _bench(args: argparse.Namespace) -> None:
     from .bench.run import run_benchmarks
 
     result = run_benchmarks(args.device, args.batch_size, args.steps, args.compile,
                             args.peak_tflops, args.loader_images, args.workers,
-                            args.experiment, args.only, args.search_sizes, args.fit)
+                            args.experiment, args.only, args.search_sizes, args.fit,
+                            args.ckpt, args.serve_images)
     text = json.dumps(result, indent=1)
     if args.out:
         from pathlib import Path
@@ -270,6 +277,17 @@ def parser() -> argparse.ArgumentParser:
     ix.add_argument("--flush-every", type=POSITIVE_INT, default=2048, help="images encoded "
                     "between two writes to disk (a killed run loses at most these)")
     ix.set_defaults(func=_index)
+    sv = sub.add_parser("serve", help="a page on localhost to search a gallery by description "
+                        "and see why each image ranks where it does, with a JSON API")
+    sv.add_argument("--ckpt", help="a checkpoints/best.ckpt (default: the newest "
+                    "runs/synthetic/*/checkpoints/best.ckpt)")
+    sv.add_argument("--gallery", help="folder of images, searched recursively (default: the "
+                    "test images of the default checkpoint's data set)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this "
+                    "machine only; 0.0.0.0 for every network interface)")
+    sv.add_argument("--port", type=_number(int, 1, 65535, what="a port number"), default=7860)
+    _index_options(sv)
+    sv.set_defaults(func=_serve)
     b = sub.add_parser("bench", help="training throughput, MFU, memory, loader, encoding and "
                        "evaluation timings as JSON (small CPU version without a GPU)")
     b.add_argument("--device", type=_device, default="auto", help="auto, cpu or cuda[:N]")
@@ -281,15 +299,20 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=NON_NEGATIVE_INT, help="loader worker processes (default: all cores)")
     b.add_argument("--experiment", default="synthetic", help="whose heads the training step "
                    "runs (the encoder is IRRA's ViT-B/16 on a GPU, the tiny one on the CPU)")
-    b.add_argument("--only", choices=["train", "eval", "search", "data"], help="only the "
-                   "training-step benchmark; the evaluation at CUHK-PEDES and ICFG-PEDES size "
-                   "(with IRRA's rank() beside it); vector search over 10k, 100k and 1M "
-                   "images (exact, approximate, torch); or SynthPedes generation and reading "
+    b.add_argument("--only", choices=["train", "eval", "search", "serve", "data"], help="only "
+                   "the training-step benchmark; the evaluation at CUHK-PEDES and ICFG-PEDES "
+                   "size (with IRRA's rank() beside it); vector search over 10k, 100k and 1M "
+                   "images (exact, approximate, torch); `tbps serve` over 10k indexed images "
+                   "(query and explanation latency); or SynthPedes generation and reading "
                    "a CUHK-PEDES-sized annotation")
     b.add_argument("--search-sizes", nargs="+", type=POSITIVE_INT, metavar="N",
                    help="gallery sizes for --only search (default 10000 100000 1000000)")
     b.add_argument("--fit", metavar="CKPT", help="with --only search: shape the galleries "
                    "after this checkpoint's test features instead of the stored shape")
+    b.add_argument("--ckpt", help="with --only serve: the checkpoint to serve (default: the "
+                   "newest runs/synthetic/*/checkpoints/best.ckpt)")
+    b.add_argument("--serve-images", type=POSITIVE_INT, default=10_000,
+                   help="with --only serve: the gallery's size")
     b.add_argument("--out", help="also write the JSON to this file")
     b.set_defaults(func=_bench)
     w = sub.add_parser("sweep", help="create a W&B sweep from a sweep file and run an agent "

@@ -125,7 +125,8 @@ class GalleryIndex:
                               f"{gallery} --ckpt CKPT`")
         root.mkdir(parents=True, exist_ok=True)
         try:
-            db = sqlite3.connect(db_file, isolation_level=None)
+            # one connection; `tbps serve` uses it from its worker threads, one at a time
+            db = sqlite3.connect(db_file, isolation_level=None, check_same_thread=False)
             db.executescript(SCHEMA)
             meta = dict(db.execute("SELECT key, value FROM meta"))
         except sqlite3.DatabaseError as exc:
@@ -197,6 +198,10 @@ class GalleryIndex:
             out += self.db.execute(f"SELECT id, {columns} FROM entries WHERE id IN "
                                    f"({','.join('?' * len(part))})", part).fetchall()
         return out
+
+    def has(self, path: str) -> bool:
+        """Whether ``path`` (inside the gallery) is an indexed image."""
+        return self.db.execute("SELECT 1 FROM entries WHERE path = ?", (path,)).fetchone() is not None
 
     def paths(self, ids: list[int]) -> dict[int, str]:
         return dict(self._rows("path", ids))

@@ -155,38 +155,64 @@ def open_index(ckpt: str | Path, gallery: str | Path, index_dir: str | Path | No
     return GalleryIndex.open(root, Path(gallery), model.fingerprint, create=create), model
 
 
+class Ranker:
+    """What answering queries on one index needs, loaded once (the vector index, the
+    exported text program or the model): `tbps search` makes one per call, `tbps serve`
+    keeps one."""
+
+    def __init__(self, index: GalleryIndex, model: Model, kind: str = "auto",
+                 nprobe: int | None = None) -> None:
+        self.index, self.model = index, model
+        self.vectors = index.vector_index(kind)
+        if nprobe:
+            self.vectors.nprobe = nprobe
+        program = TextProgram(index.root, model.fingerprint)
+        if program.state() is None:
+            program.save(model.module)  # this query on, a model without re-scoring uses it
+        self.exported = program.load()
+
+    def __call__(self, queries: list[str], topk: int
+                 ) -> tuple[list[list[tuple[int, float]]], dict]:
+        """Each query's best ``topk`` (entry id, score), as the evaluation ranks, and timings."""
+        start = time.perf_counter()
+        if self.exported is not None:
+            embed, tokenizer = self.exported
+            text = embed(tokenizer.encode_numpy(queries))
+            query_kept, k_rescore = {}, 0
+        else:
+            import torch
+
+            model = self.model
+            module = model.module
+            with torch.inference_mode():
+                batch = {k: v.to(model.device) for k, v in module.query_batch(queries).items()}
+                text, query_kept = module.query_entries(batch)
+            text = text.float().cpu().numpy()
+            k_rescore = module.candidates_to_rescore
+        text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+        cosines, ids = self.vectors.search(text.astype(np.float32), max(topk, k_rescore))
+        if k_rescore:
+            cosines, ids = _rescored(self.index, self.model.module, query_kept, cosines, ids,
+                                     k_rescore)
+        out = [[(int(i), float(s)) for s, i in zip(cosines[q, :topk], ids[q, :topk]) if i >= 0]
+               for q in range(len(queries))]
+        return out, {"query_ms": (time.perf_counter() - start) * 1e3 / len(queries),
+                     "vector_index": self.vectors.kind, "rescored_candidates": k_rescore}
+
+
 def rank(index: GalleryIndex, model: Model, queries: list[str], topk: int,
          kind: str = "auto", nprobe: int | None = None) -> tuple[list[list[tuple[int, float]]], dict]:
     """Each query's best ``topk`` (entry id, score), as the evaluation ranks, and timings."""
-    program = TextProgram(index.root, model.fingerprint)
-    vectors = index.vector_index(kind)
-    if nprobe:
-        vectors.nprobe = nprobe
-    if program.state() is None:
-        program.save(model.module)  # this query on, a model without re-scoring uses it
-    exported = program.load()
-    start = time.perf_counter()
-    if exported is not None:
-        embed, tokenizer = exported
-        text = embed(tokenizer.encode_numpy(queries))
-        query_kept, k_rescore = {}, 0
-    else:
-        import torch
+    return Ranker(index, model, kind, nprobe)(queries, topk)
 
-        module = model.module
-        with torch.inference_mode():
-            batch = {k: v.to(model.device) for k, v in module.query_batch(queries).items()}
-            text, query_kept = module.query_entries(batch)
-        text = text.float().cpu().numpy()
-        k_rescore = module.candidates_to_rescore
-    text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
-    cosines, ids = vectors.search(text.astype(np.float32), max(topk, k_rescore))
-    if k_rescore:
-        cosines, ids = _rescored(index, model.module, query_kept, cosines, ids, k_rescore)
-    out = [[(int(i), float(s)) for s, i in zip(cosines[q, :topk], ids[q, :topk]) if i >= 0]
-           for q in range(len(queries))]
-    return out, {"query_ms": (time.perf_counter() - start) * 1e3 / len(queries),
-                 "vector_index": vectors.kind, "rescored_candidates": k_rescore}
+
+def ranked_results(index: GalleryIndex, ranked: list[list[tuple[int, float]]]
+                   ) -> list[list[dict]]:
+    """Each query's hits as `tbps search --json` lists them: rank, the image's path inside
+    the gallery (``name``) and beside it (``path``), and score."""
+    names = index.paths([i for row in ranked for i, _ in row])
+    return [[{"rank": r + 1, "path": str(index.gallery / names[i]), "name": names[i],
+              "score": round(s, 4)} for r, (i, s) in enumerate(row)] for row in ranked]
 
 
 def _rescored(index: GalleryIndex, module, query_kept: dict, cosines: np.ndarray,
@@ -219,7 +245,6 @@ def search(ckpt: str | Path, gallery: str | Path, queries: list[str], topk: int 
     index, model = open_index(ckpt, gallery, index_dir, device)
     report = index.update(model, batch_size, workers) if update else None
     ranked, timing = rank(index, model, queries, topk, kind, nprobe)
-    paths = index.paths([i for row in ranked for i, _ in row])
     folder = Path(gallery)
     bad = index.unreadable(limit=5)
     return {"checkpoint": str(ckpt), "gallery": str(folder), "index": str(index.root),
@@ -230,9 +255,8 @@ def search(ckpt: str | Path, gallery: str | Path, queries: list[str], topk: int 
             "rescored_candidates": timing["rescored_candidates"],
             "unreadable": {"count": index.unreadable_count(),
                            "first": [f"{folder / p}: {why}" for p, why in bad]},
-            "queries": [{"query": q, "results": [
-                {"rank": r + 1, "path": str(folder / paths[i]), "score": round(s, 4)}
-                for r, (i, s) in enumerate(row)]} for q, row in zip(queries, ranked)]}
+            "queries": [{"query": q, "results": hits}
+                        for q, hits in zip(queries, ranked_results(index, ranked))]}
 
 
 def draw_results(result: dict, out: str | Path, thumb: tuple[int, int] = (64, 160)) -> Path:

@@ -22,3 +22,12 @@ class EncoderOutput:
     text_mask: torch.Tensor  # [B, L] bool, True at real (non-padding) tokens
     # Extra captions a head asked for (e.g. "mlm_ids" -> token features of masked text).
     extra_text: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Explanation:
+    """Where each phrase of a caption looks in one image (``TBPSModule.explain``)."""
+
+    phrases: list[str]  # as the tokenizer reads them, in caption order
+    maps: torch.Tensor  # [P, gh, gw] over the patch grid, each scaled to [0, 1]
+    source: str  # what the maps are: the head's attention, or token similarity

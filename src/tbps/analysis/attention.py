@@ -120,29 +120,20 @@ def phrase_scale_attention(module: TBPSModule, image: torch.Tensor, caption: str
     ``part_mode=channel_split`` the part tokens are channel groups, drawn at their nominal
     body regions (head, upper, lower, feet)."""
     from ..data.annotations import phrase_index
-    from ..heads.acsa import l2norm, t2i_attention
+    from ..heads.acsa import scale_regions
 
-    head = next((h for h in module.heads.values() if hasattr(h, "image_side")), None)
+    head = next((h for h in module.heads.values() if hasattr(h, "phrase_token_attention")), None)
     if head is None:
         raise ValueError("this model has no ACSA head")
     tok = module.tokenizer
-    ann = phrase_index(tok, [caption]).tensor.long().to(image.device)
-    ids = tok.encode([caption]).to(image.device)
-    text_tokens = module.encoder.encode_text_tokens(ids)
-    k, _, mask = head.caption_side(text_tokens, {"caption_ids": ids, "phrases": ann},
-                                   module.encoder)
-    q, _ = head.image_side(module.encoder.encode_image_tokens(image[None]))
-    s = l2norm(k[0]) @ l2norm(q[0]).t()                                     # [P, 7]
-    weights = t2i_attention(s[None, :, None], head.lam)[0, :, 0]            # [P, 7]
-    n = int(mask[0].sum())
-    phrases = [tok.decode(ids[0][ann[0] == p + 1].tolist()).strip() for p in range(n)]
+    batch = {"caption_ids": tok.encode([caption]).to(image.device),
+             "phrases": phrase_index(tok, [caption]).tensor.long().to(image.device)}
+    text_tokens = module.encoder.encode_text_tokens(batch["caption_ids"])
+    weights = head.phrase_token_attention(module.encoder.encode_image_tokens(image[None]),
+                                          text_tokens, batch, module.encoder)   # [P, 7]
+    ids, ann = batch["caption_ids"][0], batch["phrases"][0]
+    phrases = [tok.decode(ids[ann == p + 1].tolist()).strip() for p in range(len(weights))]
     gh, gw = grid_size(module)
-    regions = torch.zeros(7, gh, device=image.device)
-    regions[0] = 1.0
-    for j, rows in enumerate(torch.tensor_split(torch.arange(gh), 4)):
-        regions[1 + j, rows] = 1.0
-    for j, rows in enumerate(torch.tensor_split(torch.arange(gh), 2)):
-        regions[5 + j, rows] = 1.0
-    rows = weights[:n] @ (regions / regions.sum(1, keepdim=True))         # [P, gh]
+    rows = weights @ scale_regions((gh, gw)).to(weights.device)           # [P, gh]
     maps = rows[:, :, None].expand(-1, gh, gw)
-    return phrases, weights[:n], maps / maps.amax((1, 2), keepdim=True).clamp(min=1e-8)
+    return phrases, weights, maps / maps.amax((1, 2), keepdim=True).clamp(min=1e-8)

@@ -27,7 +27,8 @@ def run_benchmarks(device: str = "auto", batch_size: int | None = None, steps: i
                    compile: bool = False, peak: float | None = None,
                    loader_images: int | None = None, workers: int | None = None,
                    experiment: str = "synthetic", only: str | None = None,
-                   search_sizes: list[int] | None = None, fit: str | None = None) -> dict:
+                   search_sizes: list[int] | None = None, fit: str | None = None,
+                   ckpt: str | None = None, serve_images: int = 10_000) -> dict:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     gpu = dev.type == "cuda"
@@ -41,6 +42,11 @@ def run_benchmarks(device: str = "auto", batch_size: int | None = None, steps: i
         from .data import bench_data
 
         out.update(mode="data", data=bench_data())
+        return out
+    if only == "serve":
+        from .serve import bench_serve
+
+        out.update(mode="serve", serve=bench_serve(ckpt, serve_images))
         return out
     if only == "search":
         from .search import GALLERY_SHAPE, SIZES, bench_search, fit_gallery_shape

@@ -159,6 +159,21 @@ def stripe_tokens(tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Te
     return stripes, halves
 
 
+def scale_regions(grid: tuple[int, int]) -> torch.Tensor:
+    """Where each of the 7 image tokens pools from, as rows of the patch grid [7, gh], each
+    row summing to 1: the global token the whole image, the stripes their quarter of the
+    rows, the halves their half. (With ``part_mode=channel_split`` the part tokens are
+    channel groups; they are drawn at these nominal body regions, head to feet.)"""
+    gh = grid[0]
+    regions = torch.zeros(NUM_IMAGE_TOKENS, gh)
+    regions[0] = 1.0
+    for j, rows in enumerate(torch.tensor_split(torch.arange(gh), 4)):
+        regions[1 + j, rows] = 1.0
+    for j, rows in enumerate(torch.tensor_split(torch.arange(gh), 2)):
+        regions[5 + j, rows] = 1.0
+    return regions / regions.sum(1, keepdim=True)
+
+
 class ChannelParts(nn.Module):
     """The official code's part tokens: a residual block over the global feature, split into
     6 channel chunks; head = chunks 0-1, upper = 1-2, lower = 3-4, feet = 5, each through
@@ -313,6 +328,25 @@ class ACSAHead(AlignmentHead):
         return {"loss_cont": self.weight * loss,
                 "acsa_i2t_pos": i2t.detach()[positive].mean(),
                 "acsa_i2t_neg": i2t.detach()[~positive].mean()}
+
+    # --- explaining a match (the head contract) -------------------------------------------
+    @torch.no_grad()
+    def phrase_token_attention(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor,
+                               batch: dict, encoder: nn.Module) -> torch.Tensor:
+        """Each phrase of one caption attending over the 7 tokens of one image (the t2i
+        direction of the cross-attention the local score reads): [P, 7]."""
+        k, _, mask = self.caption_side(text_tokens.float(), batch, encoder)
+        q, _ = self.image_side(image_tokens.float())
+        s = l2norm(k[0]) @ l2norm(q[0]).t()                                   # [P, 7]
+        return t2i_attention(s[None, :, None], self.lam)[0, :, 0][:int(mask[0].sum())]
+
+    def explain(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, batch: dict,
+                encoder: nn.Module) -> tuple[torch.Tensor, str]:
+        """A phrase's weights over the 7 tokens spread over the regions they pool."""
+        weights = self.phrase_token_attention(image_tokens, text_tokens, batch, encoder)
+        rows = weights @ scale_regions(self.grid).to(weights.device)          # [P, gh]
+        maps = rows[:, :, None].expand(-1, *self.grid).flatten(1)
+        return maps, "ACSA's phrase-to-scale attention"
 
     # --- inference-time re-scoring (the head contract) -----------------------------------
     def rescoring_inputs(self, modality: Modality, tokens: torch.Tensor, batch: dict,

@@ -30,6 +30,11 @@ module reads it without ``getattr`` guesses and never needs to know a head by na
   evaluation fuses w·global + (1 − w)·local with w = ``fusion_weight``, or the best of
   ``fusion_grid`` on the validation split. At most one head may re-score; the module, the
   metric and the evaluation loop never know which.
+- ``explain(...)``: where each phrase of a caption looks in an image, as the head itself
+  relates words to image regions (a cross-attention, ACSA's phrase-to-scale attention), or
+  ``None`` (the default). ``TBPSModule.explain`` asks the heads in config order and takes
+  the first answer (else the similarity of the phrase's token features to the patches);
+  ``tbps serve`` and the notebooks draw it.
 """
 
 from __future__ import annotations
@@ -60,6 +65,15 @@ class HeadContext:
     sos_id: int = -1
     eos_id: int = -1
     image_grid: tuple[int, int] = (0, 0)  # the vision tower's patch grid (rows, columns)
+
+
+def phrase_means(token_rows: torch.Tensor, phrases: torch.Tensor) -> torch.Tensor:
+    """Rows [L, X] of a caption's tokens and its ``phrases`` annotation [L] (phrase p at
+    the positions numbered p + 1) -> the mean row of each phrase's tokens [P, X]."""
+    count = int(phrases.max()) if phrases.numel() else 0
+    one_hot = (phrases[None, :] == torch.arange(1, count + 1, device=phrases.device)[:, None])
+    one_hot = one_hot.to(token_rows.dtype)
+    return (one_hot @ token_rows) / one_hot.sum(1, keepdim=True).clamp(min=1)
 
 
 class AlignmentHead(nn.Module, metaclass=ABCMeta):
@@ -98,6 +112,15 @@ class AlignmentHead(nn.Module, metaclass=ABCMeta):
         """Local scores [Q, k] of queries (``query``: rows of what ``rescoring_inputs`` kept)
         with their candidate gallery items (``candidates`` [Q, k] indices into ``gallery``)."""
         raise NotImplementedError(f"{type(self).__name__} does not re-score")
+
+    def explain(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, batch: dict,
+                encoder: nn.Module) -> tuple[torch.Tensor, str] | None:
+        """For one image (its tokens [1, 1 + N, D]) and one caption (its text tokens
+        [1, L, D]; ``batch`` holds ``caption_ids`` and the ``phrases`` annotation, phrase p
+        at the positions numbered p + 1): (non-negative weights [P, gh·gw] of each phrase over
+        the image patches, a few words naming what they are), or ``None`` if this head does
+        not relate words to regions."""
+        return None
 
     @abstractmethod
     def forward(self, encoded: EncoderOutput, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from ..components.rng import generator_kwargs
 
 from ..types import EncoderOutput
 from ..settings_types import OpenRate, PositiveFloat, PositiveInt
-from .base import AlignmentHead, HeadContext
+from .base import AlignmentHead, HeadContext, phrase_means
 
 IGNORE = -100
 
@@ -130,6 +130,16 @@ class MLMHead(AlignmentHead):
         kv = self.ln_image(image)
         return self.cross_attn(self.ln_text(text), kv, kv, need_weights=True,
                                average_attn_weights=True)[1]
+
+    def explain(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, batch: dict,
+                encoder: nn.Module) -> tuple[torch.Tensor, str]:
+        """Each phrase's tokens' cross-attention over the image patches (the class token's
+        share left out), averaged over the phrase."""
+        gh, gw = self.ctx.image_grid
+        weights = self.cross_attention(text_tokens, image_tokens)[0, :, -gh * gw:]  # [L, N]
+        name = type(self).__name__.removesuffix("Head")
+        return (phrase_means(weights.float(), batch["phrases"][0]),
+                f"cross-attention of the {name} head")
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         labels = batch["mlm_labels"]

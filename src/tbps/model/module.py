@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
 
@@ -20,10 +21,11 @@ from ..components.text_augment import CaptionAugment
 from ..data.tokenizer import CaptionTokenizer
 from ..distributed import world_size
 from ..errors import ConfigError, DivergedError
-from ..heads.base import HeadContext
+from ..heads.base import HeadContext, phrase_means
 from ..heads.mlm import replacement_ids
 from ..metrics import TextToImageRetrieval
 from ..metrics.retrieval import fuse
+from ..types import Explanation
 from .compile import compile_step
 from .encoder import build_dual_encoder
 from .loop_state import finish_saved_epoch
@@ -258,13 +260,15 @@ class TBPSModule(L.LightningModule):
         feature = self._project("text", enc.text_global(tokens, batch["caption_ids"]))
         return feature, rescorer.rescoring_inputs("text", tokens, batch, enc)
 
-    def query_batch(self, captions: list[str]) -> dict[str, torch.Tensor]:
+    def query_batch(self, captions: list[str], annotations: tuple[str, ...] = ()
+                    ) -> dict[str, torch.Tensor]:
         """Sentences -> the batch ``query_entries`` reads: token ids and the caption
-        annotations the heads read, made as the data module makes them for test captions."""
+        annotations the heads read (and ``annotations``), made as the data module makes them
+        for test captions."""
         from ..data.annotations import annotate
 
         batch = {"caption_ids": self.tokenizer.encode(captions)}
-        for name in self.caption_annotations:
+        for name in sorted(set(self.caption_annotations) | set(annotations)):
             made = annotate(name, self.tokenizer, captions, [None] * len(captions))
             batch[name] = made.tensor.long()  # as the data sets hand them out
         return batch
@@ -296,6 +300,34 @@ class TBPSModule(L.LightningModule):
             return cosines
         local = self._rescorer.rescore(query_kept, gallery_kept, candidates).float()
         return fuse(self.inference_fusion_weight, cosines, local)
+
+    @torch.no_grad()
+    def explain(self, image: torch.Tensor, caption: str) -> Explanation:
+        """Which part of ``image`` [3, H, W] each phrase of ``caption`` matches: the first
+        head (in config order) that relates words to regions answers (``AlignmentHead.
+        explain``); with none, the cosine of the phrase's mean token feature with each patch
+        feature, clipped at 0. Phrases are those ``tbps.data.phrases`` finds (a caption
+        with none is one phrase)."""
+        batch = {k: v.to(image.device) for k, v in
+                 self.query_batch([caption], annotations=("phrases",)).items()}
+        enc = self.encoder
+        image_tokens = enc.encode_image_tokens(image[None])
+        text_tokens = enc.encode_text_tokens(batch["caption_ids"])
+        ids, ann = batch["caption_ids"][0], batch["phrases"][0]
+        gh, gw = enc.grid_size
+        found = next((e for h in self.heads.values()
+                      if (e := h.explain(image_tokens, text_tokens, batch, enc)) is not None), None)
+        if found is None:
+            patches = F.normalize(image_tokens[0, -gh * gw:].float(), dim=-1)
+            phrases = F.normalize(phrase_means(text_tokens[0].float(), ann), dim=-1)
+            found = ((phrases @ patches.t()).clamp(min=0), "token similarity (no head "
+                     "relates words to regions)")
+        weights, source = found
+        low = weights.amin(1, keepdim=True)
+        maps = (weights - low) / (weights.amax(1, keepdim=True) - low).clamp(min=1e-8)
+        labels = [self.tokenizer.decode(ids[ann == p + 1].tolist()).strip()
+                  for p in range(len(maps))]
+        return Explanation(labels, maps.reshape(-1, gh, gw).float().cpu(), source)
 
     # --- evaluation: dataloader 0 = gallery images, 1 = query captions -------------------
     def _eval_step(self, metric: TextToImageRetrieval, batch: dict, dataloader_idx: int) -> None:
