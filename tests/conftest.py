@@ -56,6 +56,34 @@ def tiny_overrides(root, run_dir) -> list[str]:
             "trainer.max_epochs=2", "logger.wandb=false", f"run_dir={run_dir}"]
 
 
+def tiny_module(tiny_synth, run_dir, experiment: str = "synthetic", *extra):
+    """(an untrained tiny TBPSModule of ``experiment`` in eval mode, its data module), built
+    as `tbps train` builds them, with a tokenizer trained on the tiny captions."""
+    from pathlib import Path
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from tbps.config import compose_experiment
+    from tbps.data.tokenizer import CaptionTokenizer
+    from tbps.model.module import TBPSModule
+    from tbps.train import build_data
+
+    os.environ["TBPS_EXPERIMENTS"] = str(Path(__file__).resolve().parent.parent / "experiments")
+    args = tiny_overrides(tiny_synth, run_dir)
+    if experiment != "synthetic":  # the MLM sizes apply to the synthetic experiment's head
+        args = [o for o in args if "mlm" not in o]
+    cfg = compose_experiment(experiment, [*args, *extra])
+    dm = build_data(cfg)
+    tok = CaptionTokenizer.train(dm.records["train"].captions, cfg.tokenizer.vocab_size,
+                                 cfg.tokenizer.context_length)
+    dm.set_tokenizer(tok)
+    torch.manual_seed(0)
+    module = TBPSModule(OmegaConf.to_container(cfg, resolve=True), tok.to_json(),
+                        dm.num_train_ids).eval()
+    return module, dm
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tiny_synth, tmp_path_factory):
     """One tiny trained run of the synthetic experiment (run folder with checkpoints),

@@ -3,38 +3,18 @@ contract (``AlignmentHead.explain``), checked against slow obvious recomputation
 model with IRRA's MLM head, one with ACSA, and one with neither (token similarity)."""
 
 import math
-import os
-from pathlib import Path
 
 import torch
-from conftest import tiny_overrides
-from omegaconf import OmegaConf
+from conftest import tiny_module
 
-from tbps.config import compose_experiment
 from tbps.data.phrases import extract_phrases
-from tbps.data.tokenizer import CaptionTokenizer
-from tbps.model.module import TBPSModule
-from tbps.train import build_data
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 CAPTION = "A woman in a red striped coat and blue jeans, carrying a black backpack."
 
 
 def _module(tiny_synth, tmp_path, experiment: str, *extra):
-    os.environ["TBPS_EXPERIMENTS"] = str(EXPERIMENTS)
-    args = tiny_overrides(tiny_synth, tmp_path)
-    if experiment != "synthetic":
-        args = [o for o in args if "mlm" not in o]
-    cfg = compose_experiment(experiment, [*args, *extra])
-    dm = build_data(cfg)
-    tok = CaptionTokenizer.train(dm.records["train"].captions, cfg.tokenizer.vocab_size,
-                                 cfg.tokenizer.context_length)
-    dm.set_tokenizer(tok)
-    torch.manual_seed(0)
-    module = TBPSModule(OmegaConf.to_container(cfg, resolve=True), tok.to_json(),
-                        dm.num_train_ids).eval()
-    image = next(iter(dm._eval_loaders("test")[0]))["image"][0]
-    return module, image
+    module, dm = tiny_module(tiny_synth, tmp_path, experiment, *extra)
+    return module, next(iter(dm._eval_loaders("test")[0]))["image"][0]
 
 
 def _phrase_positions(module, caption):

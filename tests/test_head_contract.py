@@ -2,23 +2,18 @@
 encoder, retrieval embeddings go through a head's projection when one claims it, and a head
 that trains nothing is refused at the first step."""
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import tiny_module
 from fake_benchmarks import write_rstpreid
 from omegaconf import OmegaConf
 
 from tbps.cli import main
-from tbps.config import compose_experiment
-from tbps.data.tokenizer import CaptionTokenizer
 from tbps.errors import ConfigError
 from tbps.heads.base import AlignmentHead
 from tbps.metrics.retrieval import retrieval_metrics
-from tbps.model.module import TBPSModule
-from tbps.train import build_data
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -77,17 +72,7 @@ def test_momentum_encoder_starts_from_the_pretrained_weights_and_resumes_from_it
 
 
 def _module_and_data(tiny_synth, tmp_path, *extra):
-    os.environ["TBPS_EXPERIMENTS"] = str(EXPERIMENTS)
-    args = [o for o in tiny_overrides(tiny_synth, tmp_path) if "mlm" not in o]
-    cfg = compose_experiment("crue_synthetic", [*args, "memory.size=32", *extra])
-    dm = build_data(cfg)
-    tok = CaptionTokenizer.train(dm.records["train"].captions, cfg.tokenizer.vocab_size,
-                                 cfg.tokenizer.context_length)
-    dm.set_tokenizer(tok)
-    torch.manual_seed(0)
-    module = TBPSModule(OmegaConf.to_container(cfg, resolve=True), tok.to_json(),
-                        dm.num_train_ids).eval()
-    return module, dm
+    return tiny_module(tiny_synth, tmp_path, "crue_synthetic", "memory.size=32", *extra)
 
 
 @torch.no_grad()

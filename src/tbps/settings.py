@@ -46,6 +46,7 @@ class Optim(_Strict):
     warmup_factor: OpenRate
     min_lr_factor: Rate
     interval: Literal["step", "epoch"]
+    param_rule: Literal["by_module", "irra"] = "by_module"
 
 
 class Tokenizer(_Strict):

@@ -30,6 +30,10 @@ module reads it without ``getattr`` guesses and never needs to know a head by na
   evaluation fuses w·global + (1 − w)·local with w = ``fusion_weight``, or the best of
   ``fusion_grid`` on the validation split. At most one head may re-score; the module, the
   metric and the evaluation loop never know which.
+- ``irra_role(name)``: which of IRRA's optimiser name tests a parameter of the head
+  answers to under ``optim.param_rule: irra`` (``tbps.model.optim``): ``"cross"`` (the
+  default: a randomly initialised module, as IRRA's cross-modal ones), ``"classifier"`` or
+  ``"plain"``.
 - ``explain(...)``: where each phrase of a caption looks in an image, as the head itself
   relates words to image regions (a cross-attention, ACSA's phrase-to-scale attention), or
   ``None`` (the default). ``TBPSModule.explain`` asks the heads in config order and takes
@@ -112,6 +116,11 @@ class AlignmentHead(nn.Module, metaclass=ABCMeta):
         """Local scores [Q, k] of queries (``query``: rows of what ``rescoring_inputs`` kept)
         with their candidate gallery items (``candidates`` [Q, k] indices into ``gallery``)."""
         raise NotImplementedError(f"{type(self).__name__} does not re-score")
+
+    def irra_role(self, name: str) -> str:
+        """IRRA's optimiser role of the parameter ``name`` (relative to the head): by default
+        "cross", the factor IRRA gives its randomly initialised cross-modal modules."""
+        return "cross"
 
     def explain(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, batch: dict,
                 encoder: nn.Module) -> tuple[torch.Tensor, str] | None:

@@ -22,6 +22,9 @@ class IDHead(AlignmentHead):
         nn.init.normal_(self.classifier.weight, std=0.001)
         nn.init.zeros_(self.classifier.bias)
 
+    def irra_role(self, name: str) -> str:
+        return "classifier"  # IRRA's ``classifier``: lr_factor x lr, bias or not
+
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         img_logits = self.classifier(encoded.image_global).float()
         txt_logits = self.classifier(encoded.text_global).float()

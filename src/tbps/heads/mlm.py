@@ -131,6 +131,14 @@ class MLMHead(AlignmentHead):
         return self.cross_attn(self.ln_text(text), kv, kv, need_weights=True,
                                average_attn_weights=True)[1]
 
+    def irra_role(self, name: str) -> str:
+        """As IRRA names these modules: ``cross_attn`` and ``cross_modal_transformer``
+        ("cross"), ``ln_pre_t`` / ``ln_pre_i`` / ``ln_post`` (neither test: plain), and
+        ``mlm_head`` (the classifier test)."""
+        if name.startswith("mlm_head."):
+            return "classifier"
+        return "plain" if name.startswith(("ln_text.", "ln_image.", "ln_post.")) else "cross"
+
     def explain(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, batch: dict,
                 encoder: nn.Module) -> tuple[torch.Tensor, str]:
         """Each phrase's tokens' cross-attention over the image patches (the class token's

@@ -29,7 +29,7 @@ from ..types import Explanation
 from .compile import compile_step
 from .encoder import build_dual_encoder
 from .loop_state import finish_saved_epoch
-from .optim import param_groups, warmup_cosine
+from .optim import irra_param_groups, param_groups, warmup_cosine
 
 
 # Parameters that start from scratch even over CLIP weights: optim.new_module_lr_factor
@@ -397,10 +397,24 @@ class TBPSModule(L.LightningModule):
         self.fusion_weight = checkpoint.get("tbps_fusion_weight")
 
     # --- optimisation --------------------------------------------------------------------
+    def irra_role(self, name: str) -> str:
+        """Which of IRRA's optimiser name tests the parameter ``name`` answers to: a head's
+        parameter as the head says (``AlignmentHead.irra_role``), another new module's
+        (the shared Gaussians) "cross", the encoder's "plain"."""
+        if name.startswith("heads."):
+            head, rest = name[len("heads."):].split(".", 1)
+            return self.heads[head].irra_role(rest)
+        return "cross" if name.startswith(NEW_MODULES) else "plain"
+
     def configure_optimizers(self):
         o = self.cfg["optim"]
-        groups = param_groups(self, o["lr"], o["weight_decay"], NEW_MODULES,
-                              o["new_module_lr_factor"], o["bias_lr_factor"])
+        if o.get("param_rule", "by_module") == "irra":
+            groups = irra_param_groups(self, o["lr"], o["weight_decay"],
+                                       o["new_module_lr_factor"], o["bias_lr_factor"],
+                                       self.irra_role)
+        else:
+            groups = param_groups(self, o["lr"], o["weight_decay"], NEW_MODULES,
+                                  o["new_module_lr_factor"], o["bias_lr_factor"])
         optimizer = instantiate(o["optimizer"], groups)
         interval = o.get("interval", "step")
         if interval == "epoch":  # IRRA steps its scheduler once per epoch

@@ -1,10 +1,27 @@
-"""IRRA's optimisation: parameter groups with learning-rate multipliers, warm-up then cosine."""
+"""IRRA's optimisation: parameter groups with learning-rate multipliers, warm-up then cosine.
+
+Two rules give each parameter its learning rate and weight decay (``optim.param_rule``):
+
+- ``by_module`` (``param_groups``): every parameter of a new module (the heads, the shared
+  Gaussians) gets ``new_module_lr_factor`` × lr, every bias ``bias_lr_factor`` × that and no
+  decay. Simple, and what the from-scratch recipes use.
+- ``irra`` (``irra_param_groups``): IRRA's ``solver/build.py`` as it runs, decided by name
+  in order: a parameter IRRA names with "cross" (its cross-attention and cross-modal
+  transformer) gets ``lr_factor`` × lr; a bias then gets ``bias_lr_factor`` × lr instead,
+  and no decay; a parameter IRRA names with "classifier" or "mlm_head" gets ``lr_factor``
+  × lr, bias or not. Our parameter names are not IRRA's, so each head says which of IRRA's
+  names its parameters answer to (``AlignmentHead.irra_role``).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Literal
 
 from torch import nn
+
+IrraRole = Literal["plain", "cross", "classifier"]
 
 
 def param_groups(module: nn.Module, lr: float, weight_decay: float, new_prefixes: tuple[str, ...],
@@ -24,6 +41,28 @@ def param_groups(module: nn.Module, lr: float, weight_decay: float, new_prefixes
         factor = (new_lr_factor if new else 1.0) * (bias_lr_factor if bias else 1.0)
         out.append({"params": params, "lr": lr * factor, "weight_decay": 0.0 if bias else weight_decay})
     return out
+
+
+def irra_param_groups(module: nn.Module, lr: float, weight_decay: float, lr_factor: float,
+                      bias_lr_factor: float, role_of: Callable[[str], IrraRole]) -> list[dict]:
+    """IRRA's rule (see the module docstring); ``role_of(name)`` says which of IRRA's name
+    tests the parameter ``name`` answers to: "cross", "classifier", or "plain" (neither).
+    "bias" is IRRA's test too: the substring anywhere in our name (``in_proj_bias``)."""
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        role = role_of(name)
+        p_lr, p_decay = lr, weight_decay
+        if role == "cross":
+            p_lr = lr * lr_factor
+        if "bias" in name:
+            p_lr, p_decay = lr * bias_lr_factor, 0.0
+        if role == "classifier":
+            p_lr = lr * lr_factor
+        groups.setdefault((p_lr, p_decay), []).append(p)
+    return [{"params": params, "lr": g_lr, "weight_decay": decay}
+            for (g_lr, decay), params in groups.items()]
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, warmup_factor: float = 0.1,
