@@ -28,7 +28,10 @@ FAMILIES = {
     "acsa": ("acsa_synthetic", []),  # SDM + ID + CONT over phrases and 7 image tokens
     "acsa_faithful": ("acsa_synthetic", ["heads=[cmpm,cmpc,acsa]", "+heads.cmpm.off_below=0.5",
                                          "heads.acsa.phrase_mode=separate",
-                                         "heads.acsa.part_mode=channel_split"]),
+                                         "heads.acsa.part_mode=channel_split",
+                                         "heads.acsa.phrase_length=40",
+                                         "heads.acsa.test_phrase_length=24",
+                                         "encoder.global_bottleneck=true"]),
     "ucfa_weight": ("ucfa_synthetic", ["heads.uamlr.num_heads=2", "heads.uamlr.uncertainty=weight",
                                        "heads.dcl.distance=csd", "distributions.variance_from=global"]),
 }

@@ -46,7 +46,7 @@ class Optim(_Strict):
     warmup_factor: OpenRate
     min_lr_factor: Rate
     interval: Literal["step", "epoch"]
-    param_rule: Literal["by_module", "irra"] = "by_module"
+    param_rule: Literal["by_module", "irra", "uniform"] = "by_module"
 
 
 class Tokenizer(_Strict):
@@ -59,6 +59,7 @@ class Encoder(_Strict):
     vision: dict[str, Any]   # timm keyword arguments (timm checks them); patch size below
     text: dict[str, Any]     # CLIPTextConfig fields
     text_pool: Literal["eos", "mean", "cls"] = "eos"
+    global_bottleneck: bool = False   # ACSA's code: BatchNorm1d on both global features
     pretrained: str | None = None
     swin_weights: str | None = None   # encoder=swin_bert: local Swin-T / BERT weights
     bert_weights: str | None = None

@@ -14,13 +14,14 @@ followed by one LayerNorm over phrases and channels together; CONT is CMPM's KL 
 the captions in both matrices (the code's [image, caption] layout for both). Up to
 ``num_phrases`` = 10 phrases per caption.
 
-Our choices (``docs/methods.md`` §3.9, each a key): image tokens from the shared encoder's
+Our choices (``docs/methods.md`` §3, each a key): image tokens from the shared encoder's
 patch grid (``part_mode: stripes``: the class token, 4 horizontal stripes and 2 halves) or
 the code's channel split of the global feature (``channel_split``: a residual block, 6
 chunks, head/upper/lower/feet through FC + ReLU + dropout, the two halves of the grid and
 the mean of those six); phrases from our offline chunker (``tbps.data.phrases``; the code
 used TextBlob), mean-pooled over their tokens in the sentence (``phrase_mode: span``) or
-each encoded alone by the text tower (``separate``, as the code does); padded phrase
+each encoded alone by the text tower and pooled as the encoder pools a caption (``separate``,
+as the code does: BERT's [CLS]; CLIP's end token); padded phrase
 slots are masked (the code lets them take part); all B×B pairs of the gathered batch at
 once, in chunks of ``chunk`` images. Inference: score = w·global cosine + (1 − w)·i2t for
 the ``top_k`` = 100 best gallery images of each query by the global cosine; w is
@@ -38,6 +39,7 @@ from einops import rearrange
 from pydantic import Field
 from torch import nn
 
+from ..components.pooling import pool_text
 from ..distributed import gather_with_grad
 from ..settings_types import PositiveFloat, PositiveInt, Rate
 from ..types import EncoderOutput
@@ -239,6 +241,7 @@ class ACSAHead(AlignmentHead):
                  num_phrases: PositiveInt = 10,
                  phrase_mode: Literal["span", "separate"] = "span",
                  phrase_length: Annotated[int, Field(ge=3)] = 24,
+                 test_phrase_length: Annotated[int, Field(ge=3)] | None = None,
                  part_mode: Literal["stripes", "channel_split"] = "stripes",
                  lambda_softmax: PositiveFloat = 20.0, cont_scale: PositiveFloat = 20.0,
                  top_k: PositiveInt = 100, fusion_weight: Rate | None = None,
@@ -248,6 +251,7 @@ class ACSAHead(AlignmentHead):
         d = ctx.embed_dim
         self.num_phrases, self.phrase_mode = num_phrases, phrase_mode
         self.phrase_length = phrase_length
+        self.test_phrase_length = test_phrase_length or phrase_length
         self.part_mode, self.lam, self.cont_scale = part_mode, lambda_softmax, cont_scale
         self.top_k, self.chunk = top_k, chunk
         self.fusion_weight = fusion_weight
@@ -293,8 +297,11 @@ class ACSAHead(AlignmentHead):
         return {"acsa_phrase_ids": self._phrase_ids(batch["caption_ids"], batch["phrases"])}
 
     def _phrase_ids(self, ids: torch.Tensor, phrases: torch.Tensor) -> torch.Tensor:
+        """Each phrase alone between start and end tokens, at most ``phrase_length`` tokens
+        in training and ``test_phrase_length`` at inference (the code: 40 and 24)."""
         c = self.ctx
-        return phrase_token_ids(ids, phrases, self.num_phrases, self.phrase_length,
+        length = self.phrase_length if self.training else self.test_phrase_length
+        return phrase_token_ids(ids, phrases, self.num_phrases, length,
                                 c.sos_id, c.eos_id, c.pad_id)
 
     def _phrases(self, text_tokens: torch.Tensor, phrases: torch.Tensor,
@@ -304,8 +311,8 @@ class ACSAHead(AlignmentHead):
         pooled, mask = span_pool(text_tokens.float(), phrases, self.num_phrases)
         if self.phrase_mode == "span":
             return pooled, mask
-        eos = (phrase_ids == self.ctx.eos_id).long().argmax(1)                # [B·P]
-        feats = phrase_tokens[torch.arange(len(eos), device=eos.device), eos].float()
+        # read as the encoder reads a caption: BERT's [CLS] (the code), CLIP's end token
+        feats = pool_text(phrase_tokens, phrase_ids, self.ctx.text_pool, self.ctx.eos_id).float()
         return rearrange(feats, "(b p) d -> b p d", p=self.num_phrases), mask
 
     # --- training ------------------------------------------------------------------------

@@ -69,6 +69,7 @@ class HeadContext:
     sos_id: int = -1
     eos_id: int = -1
     image_grid: tuple[int, int] = (0, 0)  # the vision tower's patch grid (rows, columns)
+    text_pool: str = "eos"  # how the text tower's tokens become one feature (pool_text)
 
 
 def phrase_means(token_rows: torch.Tensor, phrases: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from transformers import BertModel, CLIPTextConfig, CLIPTextModel
 
+from ..components.pooling import caption_mask, pool_text
 from ..errors import ConfigError
 from ..types import EncoderOutput
 
@@ -25,7 +26,7 @@ class DualEncoder(nn.Module):
     """
 
     def __init__(self, vision: nn.Module, text: CLIPTextModel, embed_dim: int, eos_id: int,
-                 text_pool: str = "eos") -> None:
+                 text_pool: str = "eos", global_bottleneck: bool = False) -> None:
         super().__init__()
         if text_pool not in ("eos", "mean", "cls"):
             raise ValueError(f"encoder.text_pool must be 'eos', 'mean' or 'cls', not {text_pool!r}")
@@ -39,10 +40,20 @@ class DualEncoder(nn.Module):
         self.tokenizer = None  # set by from_pretrained; the training module keeps its own
         for proj in (self.vision_proj, self.text_proj):
             nn.init.normal_(proj.weight, std=proj.in_features ** -0.5)
+        # ACSA's code passes both global features through a BatchNorm1d "bottleneck" (weight
+        # 1, bias 0 and frozen) before every loss, the retrieval and the body-part tokens
+        # (mul-hjh/ACSA models/model.py); off unless ``encoder.global_bottleneck``
+        self.bottleneck = (nn.ModuleDict({"image": _bottleneck(embed_dim),
+                                          "text": _bottleneck(embed_dim)})
+                           if global_bottleneck else None)
 
     def encode_image_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] normalised pixels -> projected tokens [B, 1 + patches, D]."""
-        return self.vision_proj(self.vision.forward_features(images))
+        """[B, 3, H, W] normalised pixels -> projected tokens [B, 1 + patches, D] (with
+        ``global_bottleneck``, token 0, the global feature, through the image bottleneck)."""
+        tokens = self.vision_proj(self.vision.forward_features(images))
+        if self.bottleneck is None:
+            return tokens
+        return torch.cat([self.bottleneck["image"](tokens[:, 0])[:, None], tokens[:, 1:]], 1)
 
     def encode_text_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, L] token ids -> projected tokens [B, L, D] (causal attention, as CLIP)."""
@@ -59,20 +70,13 @@ class DualEncoder(nn.Module):
         return tuple(grid) if grid is not None else tuple(self.vision.patch_embed.grid_size)
 
     def text_mask(self, ids: torch.Tensor) -> torch.Tensor:
-        """[B, L] bool: the caption's positions up to its end-of-text token. Not ``ids != 0``:
-        CLIP pads with 0, which is also the id of "!"."""
-        eos = (ids == self.eos_id).int().argmax(dim=-1, keepdim=True)
-        return torch.arange(ids.shape[1], device=ids.device) <= eos
+        """[B, L] bool: the caption's positions up to its end-of-text token."""
+        return caption_mask(ids, self.eos_id)
 
     def text_global(self, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """[B, L, D] tokens -> [B, D] by the configured pooling."""
-        if self.text_pool == "cls":  # BERT's [CLS], the first token
-            return tokens[:, 0]
-        if self.text_pool == "mean":
-            real = self.text_mask(ids).unsqueeze(-1).to(tokens.dtype)
-            return (tokens * real).sum(1) / real.sum(1).clamp(min=1)
-        eos = (ids == self.eos_id).int().argmax(dim=-1)
-        return tokens[torch.arange(tokens.shape[0], device=tokens.device), eos]
+        """[B, L] tokens -> [B, D] by the configured pooling (then the text bottleneck)."""
+        pooled = pool_text(tokens, ids, self.text_pool, self.eos_id)
+        return pooled if self.bottleneck is None else self.bottleneck["text"](pooled)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Global image features [B, D], not normalised."""
@@ -140,9 +144,16 @@ class DualEncoder(nn.Module):
                              text_mask=self.text_mask(ids), extra_text=extra)
 
 
+def _bottleneck(dim: int) -> nn.BatchNorm1d:
+    norm = nn.BatchNorm1d(dim)  # weight 1, bias 0: the code's kaiming init of a BatchNorm
+    norm.bias.requires_grad_(False)
+    return norm
+
+
 def build_dual_encoder(vision: dict, text: dict, embed_dim: int, vocab_size: int,
                        context_length: int, eos_id: int, pad_id: int = 0,
-                       bos_id: int = 2, text_pool: str = "eos") -> DualEncoder:
+                       bos_id: int = 2, text_pool: str = "eos",
+                       global_bottleneck: bool = False) -> DualEncoder:
     """Builds a randomly initialised dual encoder of any size.
 
     ``vision`` is ``{"model": <timm name>, **timm kwargs}`` (e.g. ``img_size``, ``patch_size``,
@@ -158,9 +169,9 @@ def build_dual_encoder(vision: dict, text: dict, embed_dim: int, vocab_size: int
 
         return DualEncoder(SwinTokens(name, **vision),
                            build_bert(text, vocab_size, context_length, pad_id),
-                           embed_dim, eos_id, text_pool)
+                           embed_dim, eos_id, text_pool, global_bottleneck)
     vit = timm.create_model(name, pretrained=False, num_classes=0, **vision)
     cfg = CLIPTextConfig(vocab_size=vocab_size, max_position_embeddings=context_length,
                          eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=bos_id, **text)
     txt = CLIPTextModel._from_config(cfg, attn_implementation="sdpa")
-    return DualEncoder(vit, txt, embed_dim, eos_id, text_pool)
+    return DualEncoder(vit, txt, embed_dim, eos_id, text_pool, global_bottleneck)

@@ -29,7 +29,7 @@ from ..types import Explanation
 from .compile import compile_step
 from .encoder import build_dual_encoder
 from .loop_state import finish_saved_epoch
-from .optim import irra_param_groups, param_groups, warmup_cosine
+from .optim import irra_param_groups, param_groups, uniform_param_groups, warmup_cosine
 
 
 # Parameters that start from scratch even over CLIP weights: optim.new_module_lr_factor
@@ -46,12 +46,13 @@ class TBPSModule(L.LightningModule):
         enc = cfg["encoder"]
         self.encoder = build_dual_encoder(enc["vision"], enc["text"], enc["embed_dim"],
                                           tok.vocab_size, tok.context_length, tok.eos_id,
-                                          tok.pad_id, tok.sos_id, enc.get("text_pool", "eos"))
+                                          tok.pad_id, tok.sos_id, enc.get("text_pool", "eos"),
+                                          enc.get("global_bottleneck", False))
         self.encoder.tokenizer = tok  # encode_text(list of str) works on a loaded checkpoint
         ctx = HeadContext(embed_dim=enc["embed_dim"], num_classes=num_classes,
                           vocab_size=tok.vocab_size, mask_id=tok.mask_id, pad_id=tok.pad_id,
                           special_ids=tuple(tok.special_ids), sos_id=tok.sos_id,
-                          eos_id=tok.eos_id,
+                          eos_id=tok.eos_id, text_pool=self.encoder.text_pool,
                           image_grid=self.encoder.grid_size)
         # "object": heads get the HeadContext itself, not an OmegaConf copy of it (which
         # torch.compile cannot trace through)
@@ -408,10 +409,13 @@ class TBPSModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg["optim"]
-        if o.get("param_rule", "by_module") == "irra":
+        rule = o.get("param_rule", "by_module")
+        if rule == "irra":
             groups = irra_param_groups(self, o["lr"], o["weight_decay"],
                                        o["new_module_lr_factor"], o["bias_lr_factor"],
                                        self.irra_role)
+        elif rule == "uniform":
+            groups = uniform_param_groups(self, o["lr"], o["weight_decay"])
         else:
             groups = param_groups(self, o["lr"], o["weight_decay"], NEW_MODULES,
                                   o["new_module_lr_factor"], o["bias_lr_factor"])

@@ -11,6 +11,8 @@ Two rules give each parameter its learning rate and weight decay (``optim.param_
   and no decay; a parameter IRRA names with "classifier" or "mlm_head" gets ``lr_factor``
   × lr, bias or not. Our parameter names are not IRRA's, so each head says which of IRRA's
   names its parameters answer to (``AlignmentHead.irra_role``).
+- ``uniform``: every parameter at lr with the same decay, biases included: ACSA's code (one
+  AdamW over all parameters) and its faithful recipe.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ def param_groups(module: nn.Module, lr: float, weight_decay: float, new_prefixes
         factor = (new_lr_factor if new else 1.0) * (bias_lr_factor if bias else 1.0)
         out.append({"params": params, "lr": lr * factor, "weight_decay": 0.0 if bias else weight_decay})
     return out
+
+
+def uniform_param_groups(module: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """One group: every trainable parameter at ``lr`` with ``weight_decay``."""
+    return [{"params": [p for p in module.parameters() if p.requires_grad], "lr": lr,
+             "weight_decay": weight_decay}]
 
 
 def irra_param_groups(module: nn.Module, lr: float, weight_decay: float, lr_factor: float,

@@ -1,5 +1,5 @@
 """ACSA's own backbone, as an option: Swin-T at 224×224 from timm and a frozen BERT-base from
-transformers (mul-hjh/ACSA; ``docs/methods.md`` §3.1), inside the same ``DualEncoder``.
+transformers (mul-hjh/ACSA; ``docs/methods.md`` §3), inside the same ``DualEncoder``.
 
 The Swin tower's last stage (7×7 tokens) becomes the token sequence, with the mean of those
 tokens in front as the global token (the code's average pool); BERT reads the caption with
