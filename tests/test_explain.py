@@ -41,12 +41,18 @@ def _check(found, module, reference):
     assert float(found.maps.amin()) == 0.0 and float(found.maps.amax()) == 1.0
 
 
+def _explained(tiny_synth, tmp_path, experiment: str, source: str):
+    module, image = _module(tiny_synth, tmp_path, experiment)
+    found = module.explain(image, CAPTION)
+    assert found.source == source
+    assert found.phrases == ["a red striped coat", "blue jeans", "a black backpack"]
+    return module, image, found
+
+
 @torch.no_grad()
 def test_mlm_model_explains_with_its_cross_attention(tiny_synth, tmp_path):
-    module, image = _module(tiny_synth, tmp_path, "synthetic")
-    found = module.explain(image, CAPTION)
-    assert found.source == "cross-attention of the MLM head"
-    assert found.phrases == ["a red striped coat", "blue jeans", "a black backpack"]
+    module, image, found = _explained(tiny_synth, tmp_path, "synthetic",
+                                      "cross-attention of the MLM head")
     mlm, enc = module.heads["mlm"], module.encoder
     text = mlm.ln_text(enc.encode_text_tokens(module.tokenizer.encode([CAPTION])))[0]
     patches = mlm.ln_image(enc.encode_image_tokens(image[None]))[0]
@@ -69,10 +75,8 @@ def test_mlm_model_explains_with_its_cross_attention(tiny_synth, tmp_path):
 
 @torch.no_grad()
 def test_acsa_model_explains_with_its_phrase_to_scale_attention(tiny_synth, tmp_path):
-    module, image = _module(tiny_synth, tmp_path, "acsa_synthetic")
-    found = module.explain(image, CAPTION)
-    assert found.source == "ACSA's phrase-to-scale attention"
-    assert found.phrases == ["a red striped coat", "blue jeans", "a black backpack"]
+    module, image, found = _explained(tiny_synth, tmp_path, "acsa_synthetic",
+                                      "ACSA's phrase-to-scale attention")
     head, enc = module.heads["acsa"], module.encoder
     batch = module.query_batch([CAPTION])
     weights = head.phrase_token_attention(enc.encode_image_tokens(image[None]),
