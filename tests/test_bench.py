@@ -20,7 +20,8 @@ def test_bench_cpu_version(capsys, tmp_path):
     assert printed["encode"]["images_per_s"] > 0
     assert printed["loader"]["images_per_s"] > 0
     for e in printed["eval"]:
-        assert e["identical_to_unchunked"] and e["ms"] > 0 and 0 < e["R1"] <= 100
+        assert e["identical_to_unchunked"] and e["identical_across_chunks"]
+        assert e["ms"] > 0 and 0 < e["R1"] <= 100
         # IRRA's rank() beside ours: the same R@1 (no ties in random data) and mAP
         assert e["irra_R1"] == e["R1"] and abs(e["irra_mAP"] - e["mAP"]) < 0.01
         assert e["product_ms"] > 0 and e["ranking_only_ms"] > 0 and e["irra_rank_ms"] > 0

@@ -179,3 +179,15 @@ def test_without_arguments_it_serves_the_newest_synthetic_run_over_its_test_imag
     made = subprocess.run(["make", "-n", "serve", "CKPT=a.ckpt", "GALLERY=photos", "PORT=8123"],
                           capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert "tbps serve --ckpt a.ckpt --gallery photos --port 8123" in made.stdout
+
+
+def test_a_port_in_use_fails_at_start(tiny_run, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ckpt = tiny_run / "checkpoints" / "best.ckpt"
+        assert main(["serve", "--ckpt", str(ckpt), "--gallery", ".", "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
