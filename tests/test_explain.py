@@ -4,6 +4,7 @@ model with IRRA's MLM head, one with ACSA, and one with neither (token similarit
 
 import math
 
+import pytest
 import torch
 from conftest import tiny_module
 
@@ -17,14 +18,15 @@ def _module(tiny_synth, tmp_path, experiment: str, *extra):
     return module, next(iter(dm._eval_loaders("test")[0]))["image"][0]
 
 
-def _phrase_positions(module, caption):
-    """Token positions of each phrase, found by matching its own tokens inside the caption's
-    (not through the ``phrases`` annotation the module reads)."""
+def _phrase_positions(module, caption, phrases=None):
+    """Token positions of each phrase (the chunker's, or ``phrases``), found by matching its
+    own tokens inside the caption's (not through the annotation the module reads)."""
     tok = module.tokenizer
     ids = tok.encode([caption])[0].tolist()
     out = []
-    for phrase in extract_phrases(tok.prepare(caption)).phrases:
-        want = [i for i in tok.encode([phrase.text])[0].tolist() if i not in tok.special_ids]
+    texts = phrases or [p.text for p in extract_phrases(tok.prepare(caption)).phrases]
+    for text in texts:
+        want = [i for i in tok.encode([text])[0].tolist() if i not in tok.special_ids]
         start = next(s for s in range(len(ids)) if ids[s:s + len(want)] == want)
         out.append(list(range(start, start + len(want))))
     return out
@@ -49,12 +51,11 @@ def _explained(tiny_synth, tmp_path, experiment: str, source: str):
     return module, image, found
 
 
-@torch.no_grad()
-def test_mlm_model_explains_with_its_cross_attention(tiny_synth, tmp_path):
-    module, image, found = _explained(tiny_synth, tmp_path, "synthetic",
-                                      "cross-attention of the MLM head")
+def _mlm_reference(module, image, caption, phrases=None):
+    """Each phrase's mean over its tokens of the head-averaged cross-attention over the
+    patches, written out from the attention layer's weights, scaled to [0, 1]."""
     mlm, enc = module.heads["mlm"], module.encoder
-    text = mlm.ln_text(enc.encode_text_tokens(module.tokenizer.encode([CAPTION])))[0]
+    text = mlm.ln_text(enc.encode_text_tokens(module.tokenizer.encode([caption])))[0]
     patches = mlm.ln_image(enc.encode_image_tokens(image[None]))[0]
     attn, (gh, gw) = mlm.cross_attn, enc.grid_size
     d, heads = text.shape[-1], attn.num_heads
@@ -62,7 +63,7 @@ def test_mlm_model_explains_with_its_cross_attention(tiny_synth, tmp_path):
     bq, bk, _ = attn.in_proj_bias.split(d)
     q, k = (text @ wq.t() + bq), (patches @ wk.t() + bk)
     rows = []
-    for positions in _phrase_positions(module, CAPTION):
+    for positions in _phrase_positions(module, caption, phrases):
         per_token = []
         for t in positions:  # softmax over all image tokens, per head, then head mean
             dh = d // heads
@@ -70,7 +71,22 @@ def test_mlm_model_explains_with_its_cross_attention(tiny_synth, tmp_path):
                                            / math.sqrt(dh), -1) for h in range(heads)]).mean(0)
             per_token.append(w[-gh * gw:])
         rows.append(torch.stack(per_token).mean(0))
-    _check(found, module, _scaled(rows))
+    return _scaled(rows)
+
+
+@torch.no_grad()
+def test_mlm_model_explains_with_its_cross_attention(tiny_synth, tmp_path):
+    module, image, found = _explained(tiny_synth, tmp_path, "synthetic",
+                                      "cross-attention of the MLM head")
+    _check(found, module, _mlm_reference(module, image, CAPTION))
+    # words of the user's choice (the notebook's word_regions), in the order given
+    chosen = module.explain(image, CAPTION, ["BLUE", "striped coat"])
+    assert chosen.phrases == ["blue", "striped coat"]
+    _check(chosen, module, _mlm_reference(module, image, CAPTION, ["blue", "striped coat"]))
+    with pytest.raises(ValueError, match="'green' is not in the caption"):
+        module.explain(image, CAPTION, ["green"])
+    with pytest.raises(ValueError, match="is not in the caption"):
+        module.explain(image, CAPTION, ["blu"])  # whole words only
 
 
 @torch.no_grad()

@@ -6,7 +6,6 @@ features are most similar to the words' token features)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..model.module import TBPSModule
 
@@ -63,25 +62,11 @@ def phrase_positions(module: TBPSModule, caption: str, phrase: str) -> list[int]
 def word_regions(module: TBPSModule, image: torch.Tensor, caption: str, phrase: str
                  ) -> tuple[torch.Tensor, str]:
     """[3, H, W] image, its caption and a word or phrase of it -> ([gh, gw] map, source):
-    the cross-modal attention of the phrase's tokens over the image patches when the model
-    has an IRR/MLM head, else the similarity of the phrase's token features to the patches."""
-    positions = phrase_positions(module, caption, phrase)
-    if not positions:
-        raise ValueError(f"{phrase!r} is not in the caption {caption!r}")
-    ids = module.tokenizer.encode([caption]).to(image.device)
-    image_tokens = module.encoder.encode_image_tokens(image[None])
-    text_tokens = module.encoder.encode_text_tokens(ids)
-    gh, gw = grid_size(module)
-    mlm = next((h for h in module.heads.values() if hasattr(h, "cross_attention")), None)
-    if mlm is not None:
-        weights = mlm.cross_attention(text_tokens, image_tokens)[0]       # [L, 1 + N]
-        heat, source = weights[positions, -gh * gw:].mean(0), "cross-attention (IRR head)"
-    else:
-        patches = F.normalize(image_tokens[0, -gh * gw:], dim=-1)
-        words = F.normalize(text_tokens[0, positions].mean(0), dim=-1)
-        heat, source = (patches @ words).clamp(min=0), "token similarity"
-    heat = heat - heat.min()
-    return (heat / heat.max().clamp(min=1e-8)).reshape(gh, gw), source
+    ``TBPSModule.explain`` for that phrase alone (the cross-attention of its tokens over the
+    patches when the model has a head that relates words to regions, else the similarity
+    of its token features to the patches), as `tbps serve` draws it."""
+    found = module.explain(image, caption, [phrase])
+    return found.maps[0].to(image.device), found.source
 
 
 @torch.no_grad()
