@@ -168,7 +168,8 @@ def _index(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from .serve import serve
 
-    serve(args.ckpt, args.gallery, args.host, args.port, args.index, args.device, args.kind)
+    serve(args.ckpt, args.gallery, args.host, args.port, args.index, args.device, args.kind,
+          args.batch_size, args.workers)
 
 
 def _bench(args: argparse.Namespace) -> None:

@@ -48,13 +48,14 @@ def prepare(ckpt: str | Path | None, gallery: str | Path | None, index_dir=None,
 
 
 def serve(ckpt=None, gallery=None, host: str = "127.0.0.1", port: int = 7860, index_dir=None,
-          device: str = "auto", kind: str = "auto") -> None:
+          device: str = "auto", kind: str = "auto", batch_size: int = 64,
+          workers: int = 2) -> None:
     import uvicorn
 
     from .app import create_app
 
     _check_port(host, port)
-    service = prepare(ckpt, gallery, index_dir, device, kind)
+    service = prepare(ckpt, gallery, index_dir, device, kind, batch_size, workers)
     where = ("only this machine can open it; --host 0.0.0.0 shares it with your network"
              if host in ("127.0.0.1", "localhost", "::1") else
              f"bound to {host}: other machines can open it")
