@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
 
@@ -21,7 +20,7 @@ from ..components.text_augment import CaptionAugment
 from ..data.tokenizer import CaptionTokenizer
 from ..distributed import world_size
 from ..errors import ConfigError, DivergedError
-from ..heads.base import HeadContext, phrase_means
+from ..heads.base import HeadContext
 from ..heads.mlm import replacement_ids
 from ..metrics import TextToImageRetrieval
 from ..metrics.retrieval import fuse
@@ -302,57 +301,13 @@ class TBPSModule(L.LightningModule):
         local = self._rescorer.rescore(query_kept, gallery_kept, candidates).float()
         return fuse(self.inference_fusion_weight, cosines, local)
 
-    @torch.no_grad()
     def explain(self, image: torch.Tensor, caption: str, phrases: list[str] | None = None
                 ) -> Explanation:
-        """Which part of ``image`` [3, H, W] each phrase of ``caption`` matches: the first
-        head (in config order) that relates words to regions answers (``AlignmentHead.
-        explain``); with none, the cosine of the phrase's mean token feature with each patch
-        feature, clipped at 0. Phrases are those ``tbps.data.phrases`` finds (a caption
-        with none is one phrase), or the words or phrases of ``phrases``, each found in the
-        caption (ValueError if one is not)."""
-        batch = self.query_batch([caption], annotations=() if phrases else ("phrases",))
-        if phrases:
-            batch["phrases"] = self._phrase_annotation(caption, phrases)
-        batch = {k: v.to(image.device) for k, v in batch.items()}
-        enc = self.encoder
-        image_tokens = enc.encode_image_tokens(image[None])
-        text_tokens = enc.encode_text_tokens(batch["caption_ids"])
-        ids, ann = batch["caption_ids"][0], batch["phrases"][0]
-        gh, gw = enc.grid_size
-        found = next((e for h in self.heads.values()
-                      if (e := h.explain(image_tokens, text_tokens, batch, enc)) is not None), None)
-        if found is None:
-            patches = F.normalize(image_tokens[0, -gh * gw:].float(), dim=-1)
-            phrases = F.normalize(phrase_means(text_tokens[0].float(), ann), dim=-1)
-            found = ((phrases @ patches.t()).clamp(min=0), "token similarity (no head "
-                     "relates words to regions)")
-        weights, source = found
-        low = weights.amin(1, keepdim=True)
-        maps = (weights - low) / (weights.amax(1, keepdim=True) - low).clamp(min=1e-8)
-        labels = [self.tokenizer.decode(ids[ann == p + 1].tolist()).strip()
-                  for p in range(len(maps))]
-        return Explanation(labels, maps.reshape(-1, gh, gw).float().cpu(), source)
+        """Which part of ``image`` [3, H, W] each phrase of ``caption`` (or each of
+        ``phrases``) matches, as the heads relate words to regions (``tbps.model.explain``)."""
+        from .explain import explain
 
-    def _phrase_annotation(self, caption: str, phrases: list[str]) -> torch.Tensor:
-        """The ``phrases`` annotation [1, L] marking the first occurrence of each of
-        ``phrases`` (whole words, any case) in ``caption``, numbered in the given order."""
-        import re
-
-        text = self.tokenizer.prepare(caption)
-        spans = []
-        for phrase in phrases:
-            found = re.search(rf"(?<!\w){re.escape(phrase.strip())}(?!\w)", text, re.I)
-            if not phrase.strip() or found is None:
-                raise ValueError(f"{phrase!r} is not in the caption {caption!r}")
-            spans.append(found.span())
-        out = torch.zeros(1, self.tokenizer.context_length, dtype=torch.long)
-        for p, tokens in enumerate(self.tokenizer.token_spans(text, spans)):
-            if tokens is None:
-                raise ValueError(f"{phrases[p]!r} lies past the text encoder's "
-                                 f"{self.tokenizer.context_length} tokens")
-            out[0, tokens[0]:tokens[1]] = p + 1
-        return out
+        return explain(self, image, caption, phrases)
 
     # --- evaluation: dataloader 0 = gallery images, 1 = query captions -------------------
     def _eval_step(self, metric: TextToImageRetrieval, batch: dict, dataloader_idx: int) -> None:
