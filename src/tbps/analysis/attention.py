@@ -105,7 +105,7 @@ def phrase_scale_attention(module: TBPSModule, image: torch.Tensor, caption: str
     ``part_mode=channel_split`` the part tokens are channel groups, drawn at their nominal
     body regions (head, upper, lower, feet)."""
     from ..data.annotations import phrase_index
-    from ..heads.acsa import scale_regions
+    from ..heads.acsa import region_maps
 
     head = next((h for h in module.heads.values() if hasattr(h, "phrase_token_attention")), None)
     if head is None:
@@ -118,7 +118,5 @@ def phrase_scale_attention(module: TBPSModule, image: torch.Tensor, caption: str
                                           text_tokens, batch, module.encoder)   # [P, 7]
     ids, ann = batch["caption_ids"][0], batch["phrases"][0]
     phrases = [tok.decode(ids[ann == p + 1].tolist()).strip() for p in range(len(weights))]
-    gh, gw = grid_size(module)
-    rows = weights @ scale_regions((gh, gw)).to(weights.device)           # [P, gh]
-    maps = rows[:, :, None].expand(-1, gh, gw)
+    maps = region_maps(weights, grid_size(module))
     return phrases, weights, maps / maps.amax((1, 2), keepdim=True).clamp(min=1e-8)

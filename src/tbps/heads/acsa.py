@@ -176,6 +176,13 @@ def scale_regions(grid: tuple[int, int]) -> torch.Tensor:
     return regions / regions.sum(1, keepdim=True)
 
 
+def region_maps(weights: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Weights over the 7 image tokens [P, 7] -> maps [P, gh, gw]: each token's weight
+    spread evenly over the rows it pools (``scale_regions``)."""
+    rows = weights @ scale_regions(grid).to(weights.device)                # [P, gh]
+    return rows[:, :, None].expand(-1, *grid)
+
+
 class ChannelParts(nn.Module):
     """The official code's part tokens: a residual block over the global feature, split into
     6 channel chunks; head = chunks 0-1, upper = 1-2, lower = 3-4, feet = 5, each through
@@ -351,9 +358,7 @@ class ACSAHead(AlignmentHead):
                 encoder: nn.Module) -> tuple[torch.Tensor, str]:
         """A phrase's weights over the 7 tokens spread over the regions they pool."""
         weights = self.phrase_token_attention(image_tokens, text_tokens, batch, encoder)
-        rows = weights @ scale_regions(self.grid).to(weights.device)          # [P, gh]
-        maps = rows[:, :, None].expand(-1, *self.grid).flatten(1)
-        return maps, "ACSA's phrase-to-scale attention"
+        return region_maps(weights, self.grid).flatten(1), "ACSA's phrase-to-scale attention"
 
     # --- inference-time re-scoring (the head contract) -----------------------------------
     def rescoring_inputs(self, modality: Modality, tokens: torch.Tensor, batch: dict,
