@@ -80,7 +80,7 @@ def tiny_module(tiny_synth, run_dir, experiment: str = "synthetic", *extra):
     dm.set_tokenizer(tok)
     torch.manual_seed(0)
     module = TBPSModule(OmegaConf.to_container(cfg, resolve=True), tok.to_json(),
-                        dm.num_train_ids).eval()
+                        dm.num_train_ids, dm.num_train_pairs).eval()
     return module, dm
 
 

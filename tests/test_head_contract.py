@@ -139,7 +139,7 @@ def test_two_heads_claiming_one_embedding_are_refused(tiny_synth, tmp_path):
     module, _ = _module_and_data(tiny_synth, tmp_path, "heads.ugm.learned_mean=true")
     module.heads["ugm2"] = module.heads["ugm"]
     with pytest.raises(ConfigError, match="at most one head"):
-        module._claimed_projection("text")
+        module._claimed_retrieval("text")
 
 
 def test_every_packaged_head_follows_the_contract():
@@ -153,3 +153,4 @@ def test_every_packaged_head_follows_the_contract():
         cls = get_class(OmegaConf.load(folder / f"{name}.yaml")["_target_"])
         assert issubclass(cls, AlignmentHead), name
         assert isinstance(cls.needs_memory, bool), name
+        assert isinstance(cls.needs_attention, bool), name

@@ -224,7 +224,12 @@ def print_table(metrics: dict[str, float], title: str) -> None:
         table.add_column(m, justify="right")
     for split in ("val", "val_on_test", "val_holdout", "test"):
         # a re-scoring head's runs: the fused ranking, then the global ranking alone
-        for key, label in ((split, split), (f"{split}/global", f"{split} (global only)")):
+        parts = sorted({k[len(split) + 1:-3] for k in metrics
+                        if k.startswith(f"{split}/") and k.endswith("/R1") and k.count("/") == 2
+                        and k != f"{split}/global/R1"})
+        rows = [(split, split), (f"{split}/global", f"{split} (global only)")]
+        rows += [(f"{split}/{p}", f"{split} ({p} alone)") for p in parts]
+        for key, label in rows:
             if f"{key}/R1" in metrics:
                 table.add_row(label, *(f"{metrics[f'{key}/{m}']:.2f}" for m in METRIC_ORDER))
         if f"{split}/fusion_weight" in metrics:

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-# The methods of the study: IRRA's heads, CLIP's ITC baseline, CRUE, ACSA, UCFA
-METHODS = ("synthetic", "clip_synthetic", "crue_synthetic", "acsa_synthetic", "ucfa_synthetic")
+# The methods of the study: IRRA's heads, CLIP's ITC baseline, CRUE, ACSA, UCFA, and RDE, the
+# noise-robust anchor (a clean-sample selection to measure the distributions against)
+METHODS = ("synthetic", "clip_synthetic", "crue_synthetic", "acsa_synthetic", "ucfa_synthetic",
+           "rde_synthetic")
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir = make_run_dir(cfg)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))  # with the CLIP architecture
     tok.save(run_dir / "tokenizer.json")
-    module = TBPSModule(OmegaConf.to_container(cfg, resolve=True), tok.to_json(), dm.num_train_ids)
+    module = TBPSModule(OmegaConf.to_container(cfg, resolve=True), tok.to_json(), dm.num_train_ids,
+                        dm.num_train_pairs)
     dm.set_tokenizer(tok, module.caption_annotations)
     if pretrained is not None:
         module.load_encoder_weights(pretrained.state_dict())
@@ -170,11 +171,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
                         plugins=[AtomicCheckpointIO()])
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     fit_seconds = speed.fit_seconds  # this command's and every earlier start's
+    # the last preparation pass's report (RDE: the division's quality), before testing loads
+    # the best checkpoint, which holds its own epoch's
+    prepared = {f"train/{k}": v for k, v in module.last_preparation.items()}
     test = trainer.test(module, datamodule=dm, ckpt_path=ckpt.best_model_path or None,
                         verbose=False)[0]
     metrics = {**module.best_val, **test, "train/samples_per_s": speed.samples_per_s,
                "train/seconds": fit_seconds,
-               "train/nonfinite_skipped": float(module.nonfinite_skipped)}
+               "train/nonfinite_skipped": float(module.nonfinite_skipped),
+               **prepared}
     if trainer.is_global_zero:
         if cfg.trainer.get("fast_dev_run"):  # a smoke run: one batch, no checkpoint
             print("fast_dev_run: a smoke run of a batch or two; its metrics are not written "

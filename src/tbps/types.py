@@ -22,6 +22,22 @@ class EncoderOutput:
     text_mask: torch.Tensor  # [B, L] bool, True at real (non-padding) tokens
     # Extra captions a head asked for (e.g. "mlm_ids" -> token features of masked text).
     extra_text: dict[str, torch.Tensor] = field(default_factory=dict)
+    # The last layer's attention row of the global token, averaged over heads, when a head
+    # asks for it (``AlignmentHead.needs_attention``): [CLS] over the N image tokens [B, N],
+    # [EOT] over the caption [B, L] (zero after the end-of-text token).
+    image_attention: torch.Tensor | None = None
+    text_attention: torch.Tensor | None = None
+
+
+@dataclass
+class RetrievalInput:
+    """One modality of a batch as a head's retrieval embedding reads it
+    (``AlignmentHead.retrieval_embedding``)."""
+
+    tokens: torch.Tensor  # [B, N, D] image tokens or [B, L, D] text tokens
+    global_feature: torch.Tensor  # [B, D], what ranking uses when no head claims it
+    attention: torch.Tensor | None  # the global token's attention row, if a head needs it
+    ids: torch.Tensor | None = None  # [B, L] the captions' token ids (text only)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from ..settings_types import NonNegativeInt, PositiveInt
 from .cleaning import POLICIES as CLEANING
 from .cleaning import clean_captions
 from .datasets import CaptionDataset, ImageDataset, PairDataset
-from .noise import inject_noisy_correspondence
+from .noise import apply_noise_permutation, inject_noisy_correspondence, read_noise_permutation
 from .records import SplitRecords, read_benchmark
 from .samplers import IdentitySampler
 from .synthpedes.generate import SynthConfig, generate, is_complete
@@ -69,7 +69,8 @@ class TBPSDataModule(L.LightningDataModule):
     attached, never per epoch. Training person ids are mapped to contiguous classifier
     labels in sorted order (for CUHK-PEDES that is IRRA's ``id - 1``); evaluation keeps the
     raw ids, since only equality matters. ``noise_rate`` swaps that share of training
-    captions to other identities (RDE protocol) with ``noise_seed``.
+    captions to other identities (RDE protocol) with ``noise_seed``; ``noise_file`` applies
+    one of RDE's own permutation files instead.
     """
 
     def __init__(self, root: str | None, dataset: Literal[tuple(BENCHMARKS)] = "cuhk-pedes",
@@ -81,6 +82,7 @@ class TBPSDataModule(L.LightningDataModule):
                  holdout_ids: NonNegativeInt = 0, holdout_seed: int = 0,
                  caption_cleaning: Literal[tuple(CLEANING)] = "none",
                  noise_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0, noise_seed: int = 0,
+                 noise_file: str | None = None,
                  sampler: Literal["random", "identity"] = "random",
                  num_instances: PositiveInt = 4, skip_bad_images: bool = False,
                  pin_memory: bool = True, cache_images: bool = False, seed: int = 0) -> None:
@@ -111,6 +113,11 @@ class TBPSDataModule(L.LightningDataModule):
         self.caption_cleaning = caption_cleaning
         clean_captions([], caption_cleaning)  # an unknown policy fails now, not after reading
         self.noise_rate, self.noise_seed = noise_rate, noise_seed
+        if noise_file and noise_rate > 0:
+            raise ConfigError(f"data.noise_file={noise_file} and data.noise_rate={noise_rate} "
+                              "both ask for noise: the file is RDE's permutation (its rate is in "
+                              "its name); set data.noise_rate=0 to use it, or drop the file")
+        self.noise_file = noise_file
         self.sampler, self.num_instances = sampler, num_instances
         self.skip_bad_images, self.seed = skip_bad_images, seed
         self.cache_images = cache_images
@@ -150,6 +157,10 @@ class TBPSDataModule(L.LightningDataModule):
         if self.noise_rate > 0:
             splits["train"] = inject_noisy_correspondence(splits["train"], self.noise_rate,
                                                           self.noise_seed)
+        if self.noise_file:
+            train = splits["train"]
+            perm = read_noise_permutation(self.noise_file, len(train.captions))
+            splits["train"] = apply_noise_permutation(train, perm)
         return splits
 
     @property
@@ -185,7 +196,8 @@ class TBPSDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
+    def _train_pairs(self) -> PairDataset:
+        """Every training (image, caption) pair, with the training transform."""
         rec = self.records["train"]
         labels = self.train_labels
         pairs = [(img, k, labels[rec.image_pids[img]]) for k, img in enumerate(rec.caption_image)]
@@ -193,19 +205,41 @@ class TBPSDataModule(L.LightningDataModule):
             transform, once = augment_transform(self.image_size, **self.augment), resize(self.image_size)
         else:
             transform, once = train_transform(self.image_size, **self.augment), None
-        ds = PairDataset(rec.image_paths, pairs, self._caption_ids["train"], transform,
-                         rec.caption_noisy, self.skip_bad_images, self._annotations.get("train"),
-                         once)
+        return PairDataset(rec.image_paths, pairs, self._caption_ids["train"], transform,
+                           rec.caption_noisy, self.skip_bad_images,
+                           self._annotations.get("train"), once)
+
+    @property
+    def num_train_pairs(self) -> int:
+        return len(self.records["train"].captions)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self._train_pairs()
         world, rank = self._world()
         if self.sampler == "identity":
-            sampler = IdentitySampler([p[2] for p in pairs], self.batch_size, self.num_instances,
-                                      num_replicas=world, rank=rank, seed=self.seed)
+            sampler = IdentitySampler([p[2] for p in ds.pairs], self.batch_size,
+                                      self.num_instances, num_replicas=world, rank=rank,
+                                      seed=self.seed)
         else:
             # Shuffled by (seed, epoch), also in one process: a resumed run sees the same
             # order as an uninterrupted one, and every rank its own share under DDP.
             sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
                                          seed=self.seed, drop_last=True)
         return self._loader(ds, self.batch_size, shuffle=True, sampler=sampler)
+
+    def preparation_dataloader(self, epoch: int) -> DataLoader:
+        """Every training pair once (a few twice under DDP, to even the shards), shuffled
+        per epoch, in training batches with the training transform: the pass heads prepare
+        from before an epoch (``tbps.model.preparation``; RDE makes it over its training
+        loader). Workers live for this pass only."""
+        ds = self._train_pairs()
+        world, rank = self._world()
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
+                                     seed=self.seed + 1, drop_last=False)
+        sampler.set_epoch(epoch)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=False,
+                          collate_fn=collate_trimmed, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory)
 
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

@@ -19,11 +19,17 @@ module reads it without ``getattr`` guesses and never needs to know a head by na
 - ``extra_inputs(batch)``: extra tensors made from the batch (masked captions …); entries
   whose key ends in ``_ids`` are encoded by the text tower and reach ``forward`` in
   ``encoded.extra_text``.
-- ``retrieval_projection(modality)``: a module that maps the encoder's global feature of
-  ``"image"`` or ``"text"`` to the embedding used for ranking (a learned Gaussian mean,
-  say), or ``None`` (the default: rank on the feature itself). At most one head may claim
-  a modality; evaluation, search, the notebooks and the benchmark all rank through
-  ``TBPSModule.embed_images`` / ``embed_texts``, which apply it.
+- ``needs_attention``: the head reads the global tokens' last-layer attention rows
+  (``encoded.image_attention`` / ``text_attention``, RDE's token selection); the encoder
+  computes them only when a head asks.
+- ``claims_retrieval(modality)`` / ``retrieval_embedding(modality, inputs)``: the head
+  makes the embedding ranking uses for ``"image"`` or ``"text"`` from that side's tokens,
+  global feature and attention row (``types.RetrievalInput``): a learned Gaussian mean, say,
+  or RDE's BGE and TSE side by side. By default nothing is claimed and ranking uses the
+  global feature. At most one head may claim a modality; evaluation, search, the notebooks
+  and the benchmark all rank through ``TBPSModule.embed_images`` / ``embed_texts``, which
+  ask it. ``retrieval_parts()`` names slices of that embedding that rank on their own too
+  (RDE's BGE and TSE): evaluation reports each under ``<split>/<part>/``.
 - ``rescores``: the head re-scores the best candidates of the global ranking at inference
   (ACSA's local scores). It keeps what it needs of every gallery image and query caption
   (``rescoring_inputs``), scores each query's ``top_k`` candidates (``rescore``), and the
@@ -34,6 +40,19 @@ module reads it without ``getattr`` guesses and never needs to know a head by na
   answers to under ``optim.param_rule: irra`` (``tbps.model.optim``): ``"cross"`` (the
   default: a randomly initialised module, as IRRA's cross-modal ones), ``"classifier"`` or
   ``"plain"``.
+- ``own_lr(name)``: a learning rate of its own for the head's parameter ``name`` under
+  every ``optim.param_rule`` (RDE's solver trains its token selection at 1e-3 whatever the
+  base rate), or ``None`` (the default: the rule decides).
+- ``prepares_for(epoch)`` / ``preparation_scores`` / ``prepare``: a head that prepares itself
+  from a forward-only pass over the training pairs before an epoch (RDE's consensus
+  division). When any head ``prepares_for`` the epoch, the module puts the model in eval
+  mode, runs every training pair once through the encoder (each process its shard, batches
+  gathered across processes as in training), collects each head's
+  ``preparation_scores(encoded, batch)`` per pair, and hands every process the same full
+  arrays, indexed by pair, in ``prepare(scores, noisy, epoch, seed)``; what it returns is
+  logged as ``train/<key>`` and printed. What a head prepared must be in its buffers (saved
+  with the checkpoint, so a run resumed mid-epoch keeps it; the module broadcasts them from
+  rank 0 so every process holds the same).
 - ``explain(...)``: where each phrase of a caption looks in an image, as the head itself
   relates words to image regions (a cross-attention, ACSA's phrase-to-scale attention), or
   ``None`` (the default). ``TBPSModule.explain`` asks the heads in config order and takes
@@ -51,7 +70,7 @@ import torch
 from torch import nn
 
 from ..settings_types import PositiveFloat
-from ..types import EncoderOutput
+from ..types import EncoderOutput, RetrievalInput
 
 Modality = Literal["image", "text"]
 
@@ -70,6 +89,8 @@ class HeadContext:
     eos_id: int = -1
     image_grid: tuple[int, int] = (0, 0)  # the vision tower's patch grid (rows, columns)
     text_pool: str = "eos"  # how the text tower's tokens become one feature (pool_text)
+    context_length: int = 77  # the tokenizer's caption length (before batches are trimmed)
+    num_train_pairs: int = 0  # training (image, caption) pairs, for per-pair state
 
 
 def phrase_means(token_rows: torch.Tensor, phrases: torch.Tensor) -> torch.Tensor:
@@ -86,6 +107,7 @@ class AlignmentHead(nn.Module, metaclass=ABCMeta):
 
     needs_memory: ClassVar[bool] = False
     needs_distributions: ClassVar[bool] = False
+    needs_attention: ClassVar[bool] = False
     rescores: ClassVar[bool] = False
     rescoring_keys: ClassVar[dict[str, tuple[str, ...]]] = {}  # {"query": (...), "gallery": (...)}
     top_k: int = 0
@@ -100,10 +122,18 @@ class AlignmentHead(nn.Module, metaclass=ABCMeta):
         """Extra tensors this head needs, made on the batch's device; none by default."""
         return {}
 
-    def retrieval_projection(self, modality: Modality) -> nn.Module | None:
-        """The module that turns a global feature of ``modality`` into its retrieval
-        embedding, if this head defines one; ``None`` leaves the feature as it is."""
-        return None
+    def claims_retrieval(self, modality: Modality) -> bool:
+        """Whether this head makes the retrieval embedding of ``modality``."""
+        return False
+
+    def retrieval_embedding(self, modality: Modality, inputs: RetrievalInput) -> torch.Tensor:
+        """The embedding [B, E] ranking uses for a batch of ``modality`` (not normalised;
+        ranking is by cosine); only asked of a head that ``claims_retrieval(modality)``."""
+        raise NotImplementedError(f"{type(self).__name__} claims no retrieval embedding")
+
+    def retrieval_parts(self) -> dict[str, slice]:
+        """Named slices of the retrieval embedding that evaluation also ranks by alone."""
+        return {}
 
     def rescoring_inputs(self, modality: Modality, tokens: torch.Tensor, batch: dict,
                          encoder: nn.Module) -> dict[str, torch.Tensor]:
@@ -122,6 +152,28 @@ class AlignmentHead(nn.Module, metaclass=ABCMeta):
         """IRRA's optimiser role of the parameter ``name`` (relative to the head): by default
         "cross", the factor IRRA gives its randomly initialised cross-modal modules."""
         return "cross"
+
+    def own_lr(self, name: str) -> float | None:
+        """A learning rate of its own for the parameter ``name`` (relative to the head)."""
+        return None
+
+    # --- preparation from a pass over the training pairs before an epoch ------------------
+    def prepares_for(self, epoch: int) -> bool:
+        """Whether this head needs the pass over the training pairs before ``epoch``."""
+        return False
+
+    def preparation_scores(self, encoded: EncoderOutput, batch: dict[str, torch.Tensor]
+                           ) -> dict[str, torch.Tensor]:
+        """Per-pair numbers [B'] for one batch of the pass (no gradient), for the batch
+        gathered from every process in rank order (``gather_with_grad``), B' = B × processes."""
+        raise NotImplementedError(f"{type(self).__name__} does not prepare")
+
+    def prepare(self, scores: dict[str, torch.Tensor], noisy: torch.Tensor, epoch: int,
+                seed: int) -> dict[str, float]:
+        """Prepares from the whole pass: ``scores`` as ``preparation_scores`` named them, each
+        [num_train_pairs] indexed by pair; ``noisy`` [num_train_pairs] the data set's record
+        of mismatched pairs (all False on clean data). Returns numbers to log."""
+        raise NotImplementedError(f"{type(self).__name__} does not prepare")
 
     def explain(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, batch: dict,
                 encoder: nn.Module) -> tuple[torch.Tensor, str] | None:

@@ -47,12 +47,14 @@ class UGMHead(AlignmentHead):
         self.temperature, self.num_samples, self.kl_weight = temperature, num_samples, kl_weight
         self.learned_mean = learned_mean
 
-    def retrieval_projection(self, modality):
+    def claims_retrieval(self, modality):
         """With ``learned_mean``, ranking uses the learned means (inference on μ); otherwise
         μ is the feature itself and nothing is claimed."""
-        if not self.learned_mean:
-            return None
-        return (self.image_gauss if modality == "image" else self.text_gauss).mean_projection
+        return self.learned_mean
+
+    def retrieval_embedding(self, modality, inputs):
+        gauss = self.image_gauss if modality == "image" else self.text_gauss
+        return gauss.mean_projection(inputs.global_feature)
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         mem = batch["memory"]

@@ -250,6 +250,15 @@ class TextToImageRetrieval(Metric):
                                  dim_zero_cat(self.gallery_feats), dim_zero_cat(self.gallery_pids),
                                  chunk=self.chunk)
 
+    def compute_parts(self, parts: dict[str, slice]) -> dict[str, dict[str, float]]:
+        """The metrics of ranking by each named slice of the features alone (RDE's BGE and
+        TSE halves of its embedding), over everything accumulated on every process."""
+        with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
+            q, g = dim_zero_cat(self.query_feats), dim_zero_cat(self.gallery_feats)
+            qp, gp = dim_zero_cat(self.query_pids), dim_zero_cat(self.gallery_pids)
+            return {name: retrieval_metrics(q[:, part], qp, g[:, part], gp, chunk=self.chunk)
+                    for name, part in parts.items()}
+
     def compute_fused(self, rescore: Rescore, weights: list[float], top_k: int
                       ) -> tuple[dict[str, float], dict[float, dict[str, float]]]:
         """``fused_metrics`` over everything accumulated on every process (synced as

@@ -13,6 +13,7 @@ from transformers import BertModel, CLIPTextConfig, CLIPTextModel
 from ..components.pooling import caption_mask, pool_text
 from ..errors import ConfigError
 from ..types import EncoderOutput
+from .attention_rows import clip_text_tokens_with_eos_attention, vit_tokens_with_cls_attention
 
 
 class DualEncoder(nn.Module):
@@ -50,7 +51,17 @@ class DualEncoder(nn.Module):
     def encode_image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] normalised pixels -> projected tokens [B, 1 + patches, D] (with
         ``global_bottleneck``, token 0, the global feature, through the image bottleneck)."""
-        tokens = self.vision_proj(self.vision.forward_features(images))
+        return self._image_tokens(self.vision.forward_features(images))
+
+    def encode_image_tokens_attention(self, images: torch.Tensor
+                                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encode_image_tokens`` and the last layer's [CLS] attention row [B, N], averaged
+        over heads (``tbps.model.attention_rows``; ViT towers only)."""
+        features, rows = vit_tokens_with_cls_attention(self.vision, images)
+        return self._image_tokens(features), rows
+
+    def _image_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        tokens = self.vision_proj(features)
         if self.bottleneck is None:
             return tokens
         return torch.cat([self.bottleneck["image"](tokens[:, 0])[:, None], tokens[:, 1:]], 1)
@@ -62,6 +73,14 @@ class DualEncoder(nn.Module):
         else:
             out = self.text(input_ids=ids)
         return self.text_proj(out.last_hidden_state)
+
+    def encode_text_tokens_attention(self, ids: torch.Tensor
+                                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encode_text_tokens`` and the last layer's attention row of the end-of-text token
+        over the caption [B, L], averaged over heads (CLIP's causal text tower only)."""
+        eos = (ids == self.eos_id).int().argmax(dim=-1)
+        hidden, rows = clip_text_tokens_with_eos_attention(self.text, ids, eos)
+        return self.text_proj(hidden), rows
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -135,13 +154,21 @@ class DualEncoder(nn.Module):
         return enc
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor,
-                extra_text: dict[str, torch.Tensor] | None = None) -> EncoderOutput:
-        img_tokens = self.encode_image_tokens(images)
-        txt_tokens = self.encode_text_tokens(ids)
+                extra_text: dict[str, torch.Tensor] | None = None,
+                attention: bool = False) -> EncoderOutput:
+        """Both towers on a batch; ``attention``: also the global tokens' last-layer attention
+        rows (``EncoderOutput.image_attention`` / ``text_attention``)."""
+        img_attn = txt_attn = None
+        if attention:
+            img_tokens, img_attn = self.encode_image_tokens_attention(images)
+            txt_tokens, txt_attn = self.encode_text_tokens_attention(ids)
+        else:
+            img_tokens, txt_tokens = self.encode_image_tokens(images), self.encode_text_tokens(ids)
         extra = {k: self.encode_text_tokens(v) for k, v in (extra_text or {}).items()}
         return EncoderOutput(image_tokens=img_tokens, text_tokens=txt_tokens,
                              image_global=img_tokens[:, 0], text_global=self.text_global(txt_tokens, ids),
-                             text_mask=self.text_mask(ids), extra_text=extra)
+                             text_mask=self.text_mask(ids), extra_text=extra,
+                             image_attention=img_attn, text_attention=txt_attn)
 
 
 def _bottleneck(dim: int) -> nn.BatchNorm1d:

@@ -24,7 +24,7 @@ from ..heads.base import HeadContext
 from ..heads.mlm import replacement_ids
 from ..metrics import TextToImageRetrieval
 from ..metrics.retrieval import fuse
-from ..types import Explanation
+from ..types import Explanation, RetrievalInput
 from .compile import compile_step
 from .encoder import build_dual_encoder
 from .loop_state import finish_saved_epoch
@@ -36,7 +36,8 @@ NEW_MODULES = ("heads.", "distributions.")
 
 
 class TBPSModule(L.LightningModule):
-    def __init__(self, cfg: dict, tokenizer_json: str, num_classes: int) -> None:
+    def __init__(self, cfg: dict, tokenizer_json: str, num_classes: int,
+                 num_train_pairs: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.cfg = cfg
@@ -52,7 +53,8 @@ class TBPSModule(L.LightningModule):
                           vocab_size=tok.vocab_size, mask_id=tok.mask_id, pad_id=tok.pad_id,
                           special_ids=tuple(tok.special_ids), sos_id=tok.sos_id,
                           eos_id=tok.eos_id, text_pool=self.encoder.text_pool,
-                          image_grid=self.encoder.grid_size)
+                          image_grid=self.encoder.grid_size,
+                          context_length=tok.context_length, num_train_pairs=num_train_pairs)
         # "object": heads get the HeadContext itself, not an OmegaConf copy of it (which
         # torch.compile cannot trace through)
         self.heads = nn.ModuleDict({name: instantiate(h, ctx=ctx, _convert_="object")
@@ -81,7 +83,9 @@ class TBPSModule(L.LightningModule):
             self.text_augment = CaptionAugment(ctx.special_ids, tok.mask_id, tok.pad_id,
                                                replacement_ids(tok.vocab_size, ctx.special_ids),
                                                **aug)
-        self._retrieval = {m: self._claimed_projection(m) for m in ("image", "text")}
+        self._retrieval = {m: self._claimed_retrieval(m) for m in ("image", "text")}
+        # the encoder computes the global tokens' attention rows only when a head reads them
+        self._attention = any(h.needs_attention for h in self.heads.values())
         self._checked_losses = False
         # compile: true -> the training step (encoder, heads, shared parts) through
         # torch.compile, after a first eager step (tbps.model.compile)
@@ -102,6 +106,9 @@ class TBPSModule(L.LightningModule):
         # 'val', or 'val_on_test' / 'val_holdout' when validation is not the official split
         self.val_prefix = val_metric_prefix(cfg["data"].get("val_split", "val"))
         self.count_skipped = bool(cfg["data"].get("skip_bad_images", False))
+        # the epoch whose preparation pass was last checked, and what the heads reported
+        self._checked_preparation = -1
+        self.last_preparation: dict[str, float] = {}
 
     @property
     def _rescorer(self):
@@ -114,26 +121,57 @@ class TBPSModule(L.LightningModule):
         """The per-caption token annotations the heads read (the data module makes them)."""
         return tuple(sorted({a for h in self.heads.values() for a in h.caption_annotations}))
 
-    def _claimed_projection(self, modality: str) -> nn.Module | None:
-        """The one head's retrieval projection for ``modality``, if any head claims it."""
-        claims = {n: p for n, h in self.heads.items()
-                  if (p := h.retrieval_projection(modality)) is not None}
+    def _claimed_retrieval(self, modality: str) -> str | None:
+        """The name of the one head that makes the retrieval embedding of ``modality``."""
+        claims = [n for n, h in self.heads.items() if h.claims_retrieval(modality)]
         if len(claims) > 1:
             raise ConfigError(f"heads {sorted(claims)} each define the {modality} retrieval "
                               "embedding; at most one head may (turn the others' option off)")
-        return next(iter(claims.values()), None)
+        return claims[0] if claims else None
+
+    def _embedding_head(self, modality: str):
+        name = self._retrieval[modality]
+        return None if name is None else self.heads[name]
+
+    @property
+    def retrieval_parts(self) -> dict[str, slice]:
+        """Named slices of the retrieval embedding that evaluation also ranks by alone."""
+        head = self._embedding_head("image")
+        return {} if head is None else dict(head.retrieval_parts())
 
     # --- the one path from inputs to retrieval embeddings ----------------------------------
+    def image_side(self, images: torch.Tensor) -> RetrievalInput:
+        """Pixels [B, 3, H, W] -> tokens, global feature (and the [CLS] attention row when
+        the head that makes the image embedding reads it)."""
+        head = self._embedding_head("image")
+        if head is not None and head.needs_attention:
+            tokens, attention = self.encoder.encode_image_tokens_attention(images)
+        else:
+            tokens, attention = self.encoder.encode_image_tokens(images), None
+        return RetrievalInput(tokens, tokens[:, 0], attention)
+
+    def text_side(self, ids: torch.Tensor) -> RetrievalInput:
+        """Token ids [B, L] -> tokens, global feature (and the [EOT] attention row when the
+        head that makes the text embedding reads it)."""
+        head = self._embedding_head("text")
+        if head is not None and head.needs_attention:
+            tokens, attention = self.encoder.encode_text_tokens_attention(ids)
+        else:
+            tokens, attention = self.encoder.encode_text_tokens(ids), None
+        return RetrievalInput(tokens, self.encoder.text_global(tokens, ids), attention, ids)
+
+    def _embed(self, modality: str, side: RetrievalInput) -> torch.Tensor:
+        head = self._embedding_head(modality)
+        return side.global_feature if head is None else head.retrieval_embedding(modality, side)
+
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Pixels [B, 3, H, W] -> the embeddings ranking uses [B, D] (not normalised):
-        the global image feature, through a head's retrieval projection if one claims it."""
-        feature = self.encoder.encode_image(images)
-        return self._project("image", feature)
+        """Pixels [B, 3, H, W] -> the embeddings ranking uses [B, E] (not normalised): the
+        global image feature, or the embedding a head makes (``claims_retrieval``)."""
+        return self._embed("image", self.image_side(images))
 
     def embed_texts(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token ids [B, L] -> the embeddings ranking uses [B, D] (not normalised)."""
-        feature = self.encoder.encode_text(ids)
-        return self._project("text", feature)
+        """Token ids [B, L] -> the embeddings ranking uses [B, E] (not normalised)."""
+        return self._embed("text", self.text_side(ids))
 
     def load_encoder_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Loads pretrained weights into the encoder and restarts every copy of it (the
@@ -145,6 +183,26 @@ class TBPSModule(L.LightningModule):
                 part.copy_from(self.encoder)
 
     # --- training ------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        """Once an epoch, before its first step: the heads that prepare from a pass over the
+        training pairs do so (``tbps.model.preparation``). Here rather than in
+        ``on_train_epoch_start``, which Lightning skips for an epoch resumed from a
+        checkpoint; a head that already prepared for the epoch (restored mid-epoch) says so."""
+        if self._checked_preparation == self.current_epoch:
+            return
+        from .preparation import prepare_heads
+
+        self._checked_preparation = self.current_epoch
+        report = prepare_heads(self, self.current_epoch)
+        if not report:
+            return
+        self.last_preparation = report
+        self.log_dict({f"train/{k}": float(v) for k, v in report.items()},
+                      on_step=False, on_epoch=True, batch_size=1)
+        if self.trainer.is_global_zero:
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in report.items())
+            print(f"epoch {self.current_epoch} preparation: {shown}", flush=True)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         skipped = batch.pop("skipped_images", 0)
         if self.count_skipped:
@@ -208,7 +266,7 @@ class TBPSModule(L.LightningModule):
         for head in self.heads.values():
             batch.update(head.extra_inputs(batch))
         extra = {k: v for k, v in batch.items() if k.endswith("_ids") and k != "caption_ids"}
-        encoded = self.encoder(batch["image"], batch["caption_ids"], extra)
+        encoded = self.encoder(batch["image"], batch["caption_ids"], extra, self._attention)
         terms: dict[str, torch.Tensor] = {}
         if self.distributions is not None:
             batch["distributions"] = self.distributions(encoded)
@@ -239,26 +297,23 @@ class TBPSModule(L.LightningModule):
 
     # --- inference: the one path evaluation, search and serving rank through -------------
     def gallery_entries(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Pixels [B, 3, H, W] -> (retrieval embedding [B, D], not normalised; what the
+        """Pixels [B, 3, H, W] -> (retrieval embedding [B, E], not normalised; what the
         re-scoring head keeps of each image, {} without one)."""
+        side = self.image_side(images)
         rescorer = self._rescorer
-        if rescorer is None:
-            return self.embed_images(images), {}
-        tokens = self.encoder.encode_image_tokens(images)
-        return (self._project("image", tokens[:, 0]),
-                rescorer.rescoring_inputs("image", tokens, {"image": images}, self.encoder))
+        kept = {} if rescorer is None else rescorer.rescoring_inputs(
+            "image", side.tokens, {"image": images}, self.encoder)
+        return self._embed("image", side), kept
 
     def query_entries(self, batch: dict[str, torch.Tensor]
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Captions (``caption_ids`` [B, L] and the annotations ``query_batch`` makes) ->
-        (retrieval embedding [B, D], not normalised; what the re-scoring head keeps)."""
+        (retrieval embedding [B, E], not normalised; what the re-scoring head keeps)."""
+        side = self.text_side(batch["caption_ids"])
         rescorer = self._rescorer
-        if rescorer is None:
-            return self.embed_texts(batch["caption_ids"]), {}
-        enc = self.encoder
-        tokens = enc.encode_text_tokens(batch["caption_ids"])
-        feature = self._project("text", enc.text_global(tokens, batch["caption_ids"]))
-        return feature, rescorer.rescoring_inputs("text", tokens, batch, enc)
+        kept = {} if rescorer is None else rescorer.rescoring_inputs(
+            "text", side.tokens, batch, self.encoder)
+        return self._embed("text", side), kept
 
     def query_batch(self, captions: list[str], annotations: tuple[str, ...] = ()
                     ) -> dict[str, torch.Tensor]:
@@ -272,10 +327,6 @@ class TBPSModule(L.LightningModule):
             made = annotate(name, self.tokenizer, captions, [None] * len(captions))
             batch[name] = made.tensor.long()  # as the data sets hand them out
         return batch
-
-    def _project(self, modality: str, feature: torch.Tensor) -> torch.Tensor:
-        project = self._retrieval[modality]
-        return feature if project is None else project(feature)
 
     @property
     def candidates_to_rescore(self) -> int:
@@ -323,12 +374,16 @@ class TBPSModule(L.LightningModule):
 
     def _eval_results(self, metric: TextToImageRetrieval, prefix: str, choose: bool
                       ) -> dict[str, float]:
-        """The metrics under ``prefix``. With a re-scoring head: the fused ranking's under
+        """The metrics under ``prefix`` (and each retrieval part's under ``prefix/<part>/``).
+        With a re-scoring head: the fused ranking's under
         the usual keys, the global ranking's under ``prefix/global/``, and the fusion weight
         (``choose``: the best of the head's grid by R@1 here, on validation; otherwise the
         weight chosen there)."""
+        parts = {f"{prefix}/{name}/{k}": v
+                 for name, values in metric.compute_parts(self.retrieval_parts).items()
+                 for k, v in values.items()}
         if self._rescorer is None:
-            return {f"{prefix}/{k}": v for k, v in metric.compute().items()}
+            return {**{f"{prefix}/{k}": v for k, v in metric.compute().items()}, **parts}
         grid = list(self._rescorer.fusion_grid)
         if choose:
             plain, fused = self._fused(metric, grid)
@@ -340,7 +395,7 @@ class TBPSModule(L.LightningModule):
         out = {f"{prefix}/{k}": v for k, v in fused[w].items()}
         out.update({f"{prefix}/global/{k}": v for k, v in plain.items()})
         out[f"{prefix}/fusion_weight"] = w
-        return out
+        return {**out, **parts}
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(self.val_metric, batch, dataloader_idx)
@@ -369,12 +424,14 @@ class TBPSModule(L.LightningModule):
         checkpoint["tbps_best_val"] = dict(self.best_val)
         checkpoint["tbps_nonfinite_skipped"] = self.nonfinite_skipped
         checkpoint["tbps_fusion_weight"] = self.fusion_weight
+        checkpoint["tbps_last_preparation"] = dict(self.last_preparation)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         finish_saved_epoch(checkpoint)  # before Lightning restores its loops from it
         self.best_val = dict(checkpoint.get("tbps_best_val", {}))
         self.nonfinite_skipped = int(checkpoint.get("tbps_nonfinite_skipped", 0))
         self.fusion_weight = checkpoint.get("tbps_fusion_weight")
+        self.last_preparation = dict(checkpoint.get("tbps_last_preparation", {}))
 
     # --- optimisation --------------------------------------------------------------------
     def irra_role(self, name: str) -> str:
@@ -386,18 +443,25 @@ class TBPSModule(L.LightningModule):
             return self.heads[head].irra_role(rest)
         return "cross" if name.startswith(NEW_MODULES) else "plain"
 
+    def own_lr(self, name: str) -> float | None:
+        """A parameter's own learning rate, as its head says (``AlignmentHead.own_lr``)."""
+        if not name.startswith("heads."):
+            return None
+        head, rest = name[len("heads."):].split(".", 1)
+        return self.heads[head].own_lr(rest)
+
     def configure_optimizers(self):
         o = self.cfg["optim"]
         rule = o.get("param_rule", "by_module")
         if rule == "irra":
             groups = irra_param_groups(self, o["lr"], o["weight_decay"],
                                        o["new_module_lr_factor"], o["bias_lr_factor"],
-                                       self.irra_role)
+                                       self.irra_role, self.own_lr)
         elif rule == "uniform":
-            groups = uniform_param_groups(self, o["lr"], o["weight_decay"])
+            groups = uniform_param_groups(self, o["lr"], o["weight_decay"], self.own_lr)
         else:
             groups = param_groups(self, o["lr"], o["weight_decay"], NEW_MODULES,
-                                  o["new_module_lr_factor"], o["bias_lr_factor"])
+                                  o["new_module_lr_factor"], o["bias_lr_factor"], self.own_lr)
         optimizer = instantiate(o["optimizer"], groups)
         interval = o.get("interval", "step")
         if interval == "epoch":  # IRRA steps its scheduler once per epoch

@@ -13,6 +13,9 @@ Two rules give each parameter its learning rate and weight decay (``optim.param_
   names its parameters answer to (``AlignmentHead.irra_role``).
 - ``uniform``: every parameter at lr with the same decay, biases included: ACSA's code (one
   AdamW over all parameters) and its faithful recipe.
+
+Under every rule a head may give a parameter a learning rate of its own
+(``AlignmentHead.own_lr``: RDE's token selection at 1e-3); its weight decay stays the rule's.
 """
 
 from __future__ import annotations
@@ -24,39 +27,56 @@ from typing import Literal
 from torch import nn
 
 IrraRole = Literal["plain", "cross", "classifier"]
+OwnLr = Callable[[str], "float | None"] | None  # a parameter's own learning rate, if any
 
 
 def param_groups(module: nn.Module, lr: float, weight_decay: float, new_prefixes: tuple[str, ...],
-                 new_lr_factor: float, bias_lr_factor: float) -> list[dict]:
-    """One group per (new module?, bias?) combination, as IRRA's solver builds them.
+                 new_lr_factor: float, bias_lr_factor: float,
+                 own_lr: OwnLr = None) -> list[dict]:
+    """One group per learning rate and decay, as IRRA's solver builds them.
 
     Parameters whose name starts with one of ``new_prefixes`` (the heads, randomly
-    initialised) get ``new_lr_factor`` x lr; biases get ``bias_lr_factor`` x lr and no decay.
+    initialised) get ``new_lr_factor`` x lr; biases get ``bias_lr_factor`` x lr and no decay;
+    a parameter with a rate of its own (``own_lr(name)``) keeps it.
     """
-    groups: dict[tuple[bool, bool], list] = {}
+    rates = {}
     for name, p in module.named_parameters():
         if p.requires_grad:
-            key = (name.startswith(new_prefixes), name.endswith("bias"))
-            groups.setdefault(key, []).append(p)
-    out = []
-    for (new, bias), params in sorted(groups.items()):
-        factor = (new_lr_factor if new else 1.0) * (bias_lr_factor if bias else 1.0)
-        out.append({"params": params, "lr": lr * factor, "weight_decay": 0.0 if bias else weight_decay})
-    return out
+            new, bias = name.startswith(new_prefixes), name.endswith("bias")
+            factor = (new_lr_factor if new else 1.0) * (bias_lr_factor if bias else 1.0)
+            rates[name] = (lr * factor, 0.0 if bias else weight_decay)
+    return _grouped(module, rates, own_lr)
 
 
-def uniform_param_groups(module: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """One group: every trainable parameter at ``lr`` with ``weight_decay``."""
-    return [{"params": [p for p in module.parameters() if p.requires_grad], "lr": lr,
-             "weight_decay": weight_decay}]
+def _grouped(module: nn.Module, rates: dict[str, tuple[float, float]], own_lr: OwnLr
+             ) -> list[dict]:
+    """Groups parameters by (lr, weight decay), after each one's own rate if it has one."""
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in module.named_parameters():
+        if name not in rates:
+            continue
+        p_lr, decay = rates[name]
+        mine = own_lr(name) if own_lr is not None else None
+        groups.setdefault((p_lr if mine is None else mine, decay), []).append(p)
+    return [{"params": params, "lr": g_lr, "weight_decay": decay}
+            for (g_lr, decay), params in groups.items()]
+
+
+def uniform_param_groups(module: nn.Module, lr: float, weight_decay: float,
+                         own_lr: OwnLr = None) -> list[dict]:
+    """Every trainable parameter at ``lr`` with ``weight_decay`` (or at its own rate)."""
+    rates = {n: (lr, weight_decay) for n, p in module.named_parameters() if p.requires_grad}
+    return _grouped(module, rates, own_lr)
 
 
 def irra_param_groups(module: nn.Module, lr: float, weight_decay: float, lr_factor: float,
-                      bias_lr_factor: float, role_of: Callable[[str], IrraRole]) -> list[dict]:
+                      bias_lr_factor: float, role_of: Callable[[str], IrraRole],
+                      own_lr: OwnLr = None) -> list[dict]:
     """IRRA's rule (see the module docstring); ``role_of(name)`` says which of IRRA's name
     tests the parameter ``name`` answers to: "cross", "classifier", or "plain" (neither).
-    "bias" is IRRA's test too: the substring anywhere in our name (``in_proj_bias``)."""
-    groups: dict[tuple[float, float], list] = {}
+    "bias" is IRRA's test too: the substring anywhere in our name (``in_proj_bias``). Last,
+    as RDE's solver sets its token selection's rate, a parameter's own rate wins."""
+    rates = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
@@ -68,9 +88,8 @@ def irra_param_groups(module: nn.Module, lr: float, weight_decay: float, lr_fact
             p_lr, p_decay = lr * bias_lr_factor, 0.0
         if role == "classifier":
             p_lr = lr * lr_factor
-        groups.setdefault((p_lr, p_decay), []).append(p)
-    return [{"params": params, "lr": g_lr, "weight_decay": decay}
-            for (g_lr, decay), params in groups.items()]
+        rates[name] = (p_lr, p_decay)
+    return _grouped(module, rates, own_lr)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, warmup_factor: float = 0.1,

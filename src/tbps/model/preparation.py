@@ -1,0 +1,65 @@
+"""The pass over the training pairs that heads prepare from before an epoch
+(``AlignmentHead.prepares_for`` / ``preparation_scores`` / ``prepare``; RDE's division).
+
+Every process runs its shard of the pairs (``TBPSDataModule.preparation_dataloader``: the
+training transform, shuffled per epoch as RDE's pass over its training loader, every pair
+at least once), in eval mode and without gradients; the heads score each batch gathered
+from every process, so each process assembles the same full arrays. What the heads prepare
+is then broadcast from rank 0, so that no process can hold a different division.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+
+from ..distributed import gather_with_grad, world_size
+
+
+def prepare_heads(module, epoch: int) -> dict[str, float]:
+    """Runs the pass if a head of ``module`` (a ``TBPSModule`` attached to a trainer with a
+    ``TBPSDataModule``) prepares for ``epoch``; returns what the heads report."""
+    heads = {n: h for n, h in module.heads.items() if h.prepares_for(epoch)}
+    if not heads:
+        return {}
+    began = time.perf_counter()
+    loader = module.trainer.datamodule.preparation_dataloader(epoch)
+    total = len(loader.dataset)
+    scores: dict[str, dict[str, torch.Tensor]] = {n: {} for n in heads}
+    noisy = torch.zeros(total, dtype=torch.bool)
+    seen = torch.zeros(total, dtype=torch.bool)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), module.trainer.precision_plugin.forward_context():
+            for batch in loader:
+                batch = {k: v.to(module.device) if isinstance(v, torch.Tensor) else v
+                         for k, v in batch.items()}
+                if module.text_augment is not None:  # the pass sees what training sees
+                    batch["caption_ids"] = module.text_augment(batch["caption_ids"])
+                encoded = module.encoder(batch["image"], batch["caption_ids"], None,
+                                         module._attention)
+                index = gather_with_grad(batch["index"]).cpu()
+                noisy[index] = gather_with_grad(batch["noisy"].long()).cpu().bool()
+                seen[index] = True
+                for name, head in heads.items():
+                    for key, value in head.preparation_scores(encoded, batch).items():
+                        kept = scores[name].setdefault(key, torch.full((total,), float("nan")))
+                        kept[index] = value.float().cpu()
+    finally:
+        module.train(was_training)
+    if not bool(seen.all()):
+        raise RuntimeError(f"the preparation pass before epoch {epoch} scored "
+                           f"{int(seen.sum())} of {total} training pairs (unreadable images "
+                           "skipped?): run `tbps check-data` and fix or remove them")
+    report: dict[str, float] = {}
+    for name, head in heads.items():
+        said = head.prepare(scores[name], noisy, epoch, int(module.cfg.get("seed", 0)))
+        if world_size() > 1:
+            for buffer in head.buffers():
+                dist.broadcast(buffer, src=0)
+        report.update(said)
+    report["preparation_seconds"] = time.perf_counter() - began
+    return report
