@@ -97,3 +97,20 @@ def tiny_run(tiny_synth, tmp_path_factory):
     os.environ.pop("TBPS_RUN_DIR", None)
     assert main(["train", "experiment=synthetic", *tiny_overrides(tiny_synth, run)]) == 0
     return run
+
+
+@pytest.fixture(scope="session")
+def rde_run(tiny_synth, tmp_path_factory):
+    """One tiny trained run of rde_synthetic at 30% swapped captions (2 epochs, divided
+    before the second), shared by the RDE and search tests."""
+    from pathlib import Path
+
+    from tbps.cli import main
+
+    run = tmp_path_factory.mktemp("rde_run")
+    os.environ["TBPS_EXPERIMENTS"] = str(Path(__file__).resolve().parent.parent / "experiments")
+    os.environ.pop("TBPS_RUN_DIR", None)
+    args = [a for a in tiny_overrides(tiny_synth, run) if "mlm" not in a]
+    assert main(["train", "experiment=rde_synthetic", *args, "data.noise_rate=0.3",
+                 "heads.rde.tse_dim=24"]) == 0
+    return run

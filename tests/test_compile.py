@@ -32,6 +32,8 @@ FAMILIES = {
                                          "heads.acsa.phrase_length=40",
                                          "heads.acsa.test_phrase_length=24",
                                          "encoder.global_bottleneck=true"]),
+    # BGE + TSE (attention rows, top-k selection, BatchNorm MLP), TAL over the division
+    "rde": ("rde_synthetic", ["heads.rde.tse_dim=32"]),
     "ucfa_weight": ("ucfa_synthetic", ["heads.uamlr.num_heads=2", "heads.uamlr.uncertainty=weight",
                                        "heads.dcl.distance=csd", "distributions.variance_from=global"]),
 }

@@ -346,30 +346,31 @@ def test_two_processes_hold_the_division_of_one_process(tiny_synth, tmp_path):
         assert ranks[1]["report"][key] == pytest.approx(single[key])
 
 
-def test_rde_synthetic_trains_divides_every_epoch_and_resumes_with_its_division(tiny_synth, tmp_path):
+def test_rde_synthetic_trains_divides_every_epoch_and_resumes_with_its_division(
+        rde_run, tiny_synth, tmp_path):
     """`tbps train experiment=rde_synthetic` end to end at 30% noise: a division before
     every epoch from division_start_epoch, its quality in metrics.json, BGE, TSE and fused
     test metrics; a resumed run keeps its division and divides again for the new epoch."""
+    import shutil
+
     from conftest import tiny_overrides
 
     from tbps.cli import main
 
-    os.environ["TBPS_EXPERIMENTS"] = str(EXPERIMENTS)
-    os.environ.pop("TBPS_RUN_DIR", None)
-    args = [a for a in tiny_overrides(tiny_synth, tmp_path) if "mlm" not in a]
-    assert main(["train", "experiment=rde_synthetic", *args, "trainer.max_epochs=2",
-                 "data.noise_rate=0.3", "heads.rde.tse_dim=24"]) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((rde_run / "metrics.json").read_text())
     for key in ("test/R1", "test/bge/R1", "test/tse/R1", "train/division_clean_precision",
                 "train/division_clean_recall", "train/division_clean_share"):
         assert key in metrics, key
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(rde_run / "checkpoints" / "last.ckpt", weights_only=False)
     assert int(ckpt["state_dict"]["heads.rde.divided_epoch"]) == 1  # start 1: epoch 1 only
     first = ckpt["state_dict"]["heads.rde.clean"]
     assert 0 < float(first.mean()) < 1
+    run = tmp_path / "run"
+    shutil.copytree(rde_run, run)
+    args = [a for a in tiny_overrides(tiny_synth, run) if "mlm" not in a]
     assert main(["train", "experiment=rde_synthetic", *args, "trainer.max_epochs=3",
-                 "data.noise_rate=0.3", "heads.rde.tse_dim=24", f"resume={tmp_path}"]) == 0
-    again = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+                 "data.noise_rate=0.3", "heads.rde.tse_dim=24", f"resume={run}"]) == 0
+    again = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert int(again["state_dict"]["heads.rde.divided_epoch"]) == 2
 
 

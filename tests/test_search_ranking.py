@@ -1,6 +1,7 @@
 """Search ranks as the evaluation ranks: the same top 10 for every test caption of a
-SynthPedes split laid out as a folder, for IRRA's heads (global cosine) and for ACSA
-(re-scored candidates fused at the weight chosen on validation)."""
+SynthPedes split laid out as a folder, for IRRA's heads (global cosine), for ACSA
+(re-scored candidates fused at the weight chosen on validation) and for RDE (the mean of
+its BGE and TSE cosines, one embedding made from tokens and attention rows)."""
 
 import shutil
 
@@ -76,9 +77,9 @@ def lay_out(records, folder):
     return {f"{i:04d}_{p.name}": i for i, p in enumerate(records.image_paths)}
 
 
-@pytest.mark.parametrize("which", ["irra", "acsa"])
+@pytest.mark.parametrize("which", ["irra", "acsa", "rde"])
 def test_search_gives_the_evaluations_top10(which, tiny_run, tiny_synth, tmp_path, request):
-    run = tiny_run if which == "irra" else request.getfixturevalue("acsa_run")
+    run = tiny_run if which == "irra" else request.getfixturevalue(f"{which}_run")
     ckpt = run / "checkpoints" / "best.ckpt"
     module = load_checkpoint(ckpt).eval()
     assert (module.candidates_to_rescore > 0) == (which == "acsa")

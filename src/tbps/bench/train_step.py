@@ -22,6 +22,9 @@ IRRA_HEADS = ["heads.sdm.temperature=0.02", "heads.mlm.depth=4", "heads.mlm.num_
 TINY_CPU = ["data.image_size=[96,32]"]
 
 
+TRAIN_PAIRS = 4096  # the stand-in training set's size, for heads with per-pair state
+
+
 def synthetic_batch(batch_size: int, image_size, tok: CaptionTokenizer, num_classes: int,
                     device: torch.device, generator: torch.Generator,
                     annotations: tuple[str, ...] = ()) -> dict:
@@ -38,6 +41,8 @@ def synthetic_batch(batch_size: int, image_size, tok: CaptionTokenizer, num_clas
     return {"image": torch.randn(batch_size, 3, *image_size, generator=generator).to(device),
             "caption_ids": ids.to(device),
             "pid": torch.randint(0, num_classes, (batch_size,), generator=generator).to(device),
+            # which training pairs these are (RDE reads its division at them)
+            "index": torch.randint(0, TRAIN_PAIRS, (batch_size,), generator=generator).to(device),
             **{name: random_annotation(name, ids, real, generator).to(device)
                for name in annotations}}
 
@@ -46,7 +51,8 @@ def build_module(overrides: list[str], num_classes: int, device: torch.device,
                  experiment: str = "synthetic") -> TBPSModule:
     cfg = compose_experiment(experiment, ["tokenizer.context_length=77", *overrides])
     tok = CaptionTokenizer.clip(context_length=77)
-    module = TBPSModule(OmegaConf.to_container(cfg, resolve=True), tok.to_json(), num_classes)
+    module = TBPSModule(OmegaConf.to_container(cfg, resolve=True), tok.to_json(), num_classes,
+                        TRAIN_PAIRS)
     return module.to(device).train()
 
 

@@ -164,8 +164,10 @@ class AlignmentHead(nn.Module, metaclass=ABCMeta):
 
     def preparation_scores(self, encoded: EncoderOutput, batch: dict[str, torch.Tensor]
                            ) -> dict[str, torch.Tensor]:
-        """Per-pair numbers [B'] for one batch of the pass (no gradient), for the batch
-        gathered from every process in rank order (``gather_with_grad``), B' = B × processes."""
+        """Per-pair losses [B'] (higher: worse) for one batch of the pass (no gradient), for
+        the batch gathered from every process in rank order (``gather_with_grad``),
+        B' = B × processes. A pair whose image was skipped (``data.skip_bad_images``) gets
+        the worst value of the pass."""
         raise NotImplementedError(f"{type(self).__name__} does not prepare")
 
     def prepare(self, scores: dict[str, torch.Tensor], noisy: torch.Tensor, epoch: int,

@@ -50,11 +50,15 @@ def prepare_heads(module, epoch: int) -> dict[str, float]:
                         kept[index] = value.float().cpu()
     finally:
         module.train(was_training)
-    if not bool(seen.all()):
+    unscored = int((~seen).sum())
+    if unscored and not module.count_skipped:
         raise RuntimeError(f"the preparation pass before epoch {epoch} scored "
-                           f"{int(seen.sum())} of {total} training pairs (unreadable images "
-                           "skipped?): run `tbps check-data` and fix or remove them")
-    report: dict[str, float] = {}
+                           f"{total - unscored} of {total} training pairs: run `tbps "
+                           "check-data` on the data set")
+    for kept in scores.values():  # pairs whose image was skipped (data.skip_bad_images) score
+        for values in kept.values():  # as the worst scored pair, and are counted
+            values[~seen] = values[seen].max() if bool(seen.any()) else 0.0
+    report: dict[str, float] = {"preparation_unscored_pairs": float(unscored)} if unscored else {}
     for name, head in heads.items():
         said = head.prepare(scores[name], noisy, epoch, int(module.cfg.get("seed", 0)))
         if world_size() > 1:
