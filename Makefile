@@ -48,8 +48,8 @@ eval: $(STAMP)  ## evaluate CKPT (default: newest best.ckpt of EXP); ARGS='key=v
 	$(BIN)/tbps eval experiment=$(EXP) $(if $(CKPT),eval.ckpt=$(CKPT)) $(ARGS)
 
 TEST_WORKERS ?= 2
-test: $(STAMP)  ## run the test suite (CPU, no network; TEST_WORKERS=2 processes, 0 for one)
-	WANDB_MODE=$${WANDB_MODE:-disabled} $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+test: $(STAMP)  ## run the test suite (CPU, no network; TEST_WORKERS=2 processes, 0 for one); lists the 15 slowest tests
+	WANDB_MODE=$${WANDB_MODE:-disabled} $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 synth: $(STAMP)  ## generate the default SynthPedes data set under data/synthpedes
 	$(BIN)/tbps synth --out data/synthpedes --workers 2
