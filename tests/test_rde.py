@@ -433,3 +433,23 @@ def test_rde_experiments_carry_the_codes_hyper_parameters():
         assert math.isclose(cfg.text_augment.mask + cfg.text_augment.delete
                             + cfg.text_augment.replace, 0.2)  # txt_aug
         assert rde.gmm_max_iter == (100 if name == "rde_rstp" else 10)
+
+
+def test_the_division_analysis_measures_the_losses_and_both_fits(rde_run, capsys):
+    """`python -m tbps.analysis.division CKPT`: AUC and the lowest-70% share against a
+    count by hand on separable losses, and on a trained run the numbers of its pairs."""
+    from tbps.analysis.division import main, measure
+
+    noisy = np.array([False] * 70 + [True] * 30)
+    losses = torch.tensor(np.r_[np.linspace(0, 1, 70), np.linspace(2, 3, 30)])
+    out = measure({"bge": losses, "tse": -losses}, noisy)
+    assert out["views"]["bge"]["auc"] == 1.0 and out["views"]["tse"]["auc"] == 0.0
+    assert out["views"]["bge"]["clean_share_of_lowest_70pct"] == 1.0
+    assert out["views"]["tse"]["clean_share_of_lowest_70pct"] == pytest.approx(40 / 70)
+    assert main([str(rde_run / "checkpoints" / "last.ckpt")]) == 0
+    text = capsys.readouterr().out
+    got = json.loads(text[text.index("{\n"):])
+    assert got["pairs"] == 150 and got["noisy_share"] == pytest.approx(0.3, abs=0.02)
+    for fit in ("default_fit", "long_fit"):
+        assert set(got[fit]) == {"precision", "recall", "clean_share"}
+        assert 0 < got[fit]["clean_share"] < 1
