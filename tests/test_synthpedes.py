@@ -53,13 +53,70 @@ def test_captions_describe_only_the_visible_view():
     idents = [i for f in fams for i in f]
     for ident in idents:
         for view in ("front", "back", "side"):
-            text, words = make_caption(ident, view, rng, omit_rate=0.0)
+            text, words, _ = make_caption(ident, view, rng, omit_rate=0.0)
             if view != "front":
                 assert "logo" not in text and "printed on the front" not in text
             if view == "back":
                 assert not {"glasses", "eyeglasses", "spectacles"} & set(words)
             if view == "front" and ident.bag == "backpack":
                 assert "straps" in text
+
+
+def _said(value: object, key: str) -> list[str]:
+    """The words a caption may use for ``key = value`` (the grammar's synonym tables)."""
+    from tbps.data.synthpedes import captions as c
+
+    table = {"upper_type": c._UPPER, "lower_type": c._LOWER, "shoe_type": c._SHOES,
+             "upper_pattern": c._PATTERN, "gender": c._GENDER, "build": c._BUILD}.get(key)
+    if key.endswith("colour"):
+        table = c._COLOUR_SYN
+    words = (table or {}).get(value, [str(value)])
+    return [w for w in words if w]
+
+
+def test_captions_state_only_what_is_true_and_say_it_in_words():
+    """The ground truth of "how many people does this caption fit" rests on each caption's
+    record of what it states: every stated value is the person's own, and every stated
+    colour, garment, pattern, gender and build is named in the text."""
+    rng = np.random.default_rng(3)
+    idents = [i for f in identity_families(rng, 300) for i in f]
+    stated = 0
+    for ident in idents:
+        for view in ("front", "back", "side"):
+            text, _, said = make_caption(ident, view, rng, omit_rate=0.3)
+            low = text.lower()
+            for key, value in said.items():
+                assert getattr(ident, key) == value, (key, value, text)
+                if key in ("upper_type", "lower_type", "shoe_type", "gender", "build") \
+                        or key.endswith("colour"):
+                    assert any(w in low for w in _said(value, key)), (key, value, text)
+            stated += len(said)
+            # "person" names no gender; the upper garment is always described
+            assert "upper_type" in said and "upper_colour" in said
+    assert stated > 8 * len(idents) * 3  # most captions state many things
+
+
+def test_identities_fitted_counts_the_people_of_the_split_a_caption_fits(tiny_synth):
+    recs = json.loads((tiny_synth / "CUHK-PEDES" / "reid_raw.json").read_text())
+    people = {}
+    for r in recs:
+        people.setdefault(r["split"], {})[r["id"]] = r["attributes"]
+    counts = []
+    for r in recs:
+        assert len(r["attribute_mentions"]) == len(r["identities_fitted"]) == 2
+        for said, fitted in zip(r["attribute_mentions"], r["identities_fitted"]):
+            mine = [pid for pid, a in people[r["split"]].items()
+                    if all(a[k] == v for k, v in said.items())]
+            assert r["id"] in mine  # clean data: a caption fits its own person
+            assert fitted == len(mine) <= len(people[r["split"]])
+            # stating one more thing of the person can only narrow it down
+            missing = [k for k in r["attributes"] if k not in said and k != "skin"]
+            if missing:
+                narrower = dict(said, **{missing[0]: r["attributes"][missing[0]]})
+                assert sum(all(a[k] == v for k, v in narrower.items())
+                           for a in people[r["split"]].values()) <= fitted
+            counts.append(fitted)
+    assert min(counts) == 1 and max(counts) > 1  # some single a person out, some do not
 
 
 def test_identities_have_near_twins():
@@ -84,6 +141,12 @@ def test_caption_noise_flags(tmp_path):
     train = [f for r in recs if r["split"] == "train" for f in r["caption_is_noisy"]]
     assert 0.2 < sum(train) / len(train) <= 0.3
     assert not any(f for r in recs if r["split"] != "train" for f in r["caption_is_noisy"])
+    # a swapped caption keeps its own record of what it states: it fits its source person,
+    # and (almost always) not the one it was swapped to
+    for r in recs:
+        for said, noisy in zip(r["attribute_mentions"], r["caption_is_noisy"]):
+            fits_own = all(r["attributes"][k] == v for k, v in said.items())
+            assert fits_own or noisy
 
 
 def test_generation_benchmark_counts_what_it_made():

@@ -3,7 +3,9 @@
 A caption describes only what the image's view shows (no logo or glasses from the back, no
 backpack body from the front), draws every phrase from several synonyms and templates in
 varying order, and leaves details out at random, as real annotators do. Each caption comes
-with the attribute words it contains, the ground truth for attribute masking.
+with the attribute words it contains (the ground truth for attribute masking) and the
+attribute values it states, ``{field: value}`` of ``Identity`` (the ground truth of how
+many people a caption fits: a vague one fits many).
 """
 
 from __future__ import annotations
@@ -36,102 +38,118 @@ _INTRO = ["A {b}{g}", "The {b}{g}", "This {b}{g}", "A {b}{g} walking down the st
 
 
 class _Phrases:
-    """Collects the attribute words of every phrase it builds."""
+    """Collects the attribute words of every phrase it builds, and what they state."""
 
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
         self.words: list[str] = []
+        self.mentions: dict[str, object] = {}
 
     def pick(self, options: list[str]) -> str:
         return options[int(self.rng.integers(len(options)))]
 
-    def attr(self, word: str, synonyms: dict[str, list[str]] | None = None) -> str:
-        """A word naming an attribute value; recorded as an attribute word of the caption."""
+    def attr(self, word: str, synonyms: dict[str, list[str]] | None = None,
+             key: str | None = None, value: object = None) -> str:
+        """A word naming an attribute value; recorded as an attribute word of the caption,
+        and, with ``key``, as stating ``key = value`` (``word`` unless given). Synonyms that
+        say nothing ("person", an empty build) state nothing."""
         choice = self.pick(synonyms[word]) if synonyms and word in synonyms else word
         self.words.extend(choice.split())
+        if key is not None and choice and choice != "person":
+            self.state(key, word if value is None else value)
         return choice
 
-    def colour(self, name: str) -> str:
-        return self.attr(name, _COLOUR_SYN)
+    def state(self, key: str, value: object) -> None:
+        """Records that the caption states the identity's ``key`` (its words said so)."""
+        self.mentions[key] = value
+
+    def colour(self, name: str, key: str) -> str:
+        return self.attr(name, _COLOUR_SYN, key)
 
 
 def _upper(ph: _Phrases, i: Identity) -> str:
-    colour = ph.colour(i.upper_colour)
-    noun = ph.attr(i.upper_type, _UPPER)
+    colour = ph.colour(i.upper_colour, "upper_colour")
+    noun = ph.attr(i.upper_type, _UPPER, "upper_type")
     pattern = ""
     if i.upper_pattern != "plain":
         if ph.rng.random() < 0.5:
-            pattern = ph.attr(i.upper_pattern, _PATTERN) + " "
+            pattern = ph.attr(i.upper_pattern, _PATTERN, "upper_pattern") + " "
         else:
+            ph.state("upper_pattern", i.upper_pattern)
             noun += {"striped": " with {} stripes", "checked": " with a {} check",
-                     "dotted": " with {} dots"}[i.upper_pattern].format(ph.colour(i.pattern_colour))
+                     "dotted": " with {} dots"}[i.upper_pattern].format(
+                ph.colour(i.pattern_colour, "pattern_colour"))
     sleeve = ""
     if i.upper_type in ("t-shirt", "shirt", "sweater") and ph.rng.random() < 0.6:
         if ph.rng.random() < 0.5:
-            sleeve = ph.attr(i.sleeves) + "-sleeved "
+            sleeve = ph.attr(i.sleeves, key="sleeves") + "-sleeved "
         else:
-            noun += f" with {ph.attr(i.sleeves)} sleeves"
+            noun += f" with {ph.attr(i.sleeves, key='sleeves')} sleeves"
     return f"a {sleeve}{pattern}{colour} {noun}"
 
 
 def _lower(ph: _Phrases, i: Identity) -> str:
     art = "a " if i.lower_type == "skirt" else ""
-    return f"{art}{ph.colour(i.lower_colour)} {ph.attr(i.lower_type, _LOWER)}"
+    return f"{art}{ph.colour(i.lower_colour, 'lower_colour')} {ph.attr(i.lower_type, _LOWER, 'lower_type')}"
 
 
 def _shoes(ph: _Phrases, i: Identity) -> str:
-    return f"{ph.colour(i.shoe_colour)} {ph.attr(i.shoe_type, _SHOES)}"
+    return f"{ph.colour(i.shoe_colour, 'shoe_colour')} {ph.attr(i.shoe_type, _SHOES, 'shoe_type')}"
 
 
 def _hair(ph: _Phrases, i: Identity) -> str:
     if i.hair_style == "bald":
-        return f"a {ph.attr('bald')} {ph.pick(['head', 'scalp'])}"
-    c = ph.attr(i.hair_colour, _COLOUR_SYN)
+        return f"a {ph.attr('bald', key='hair_style')} {ph.pick(['head', 'scalp'])}"
+    c = ph.attr(i.hair_colour, _COLOUR_SYN, "hair_colour")
     return {"short": f"short {c} hair", "long": f"long {c} hair",
             "ponytail": f"{c} hair tied in a ponytail", "curly": f"curly {c} hair"}[
-        i.hair_style].replace(i.hair_style, ph.attr(i.hair_style), 1)
+        i.hair_style].replace(i.hair_style, ph.attr(i.hair_style, key="hair_style"), 1)
 
 
 def _bag(ph: _Phrases, i: Identity, view: str) -> str | None:
     if i.bag == "none":
         return None
-    c = ph.colour(i.bag_colour)
+    c = ph.colour(i.bag_colour, "bag_colour")
     if i.bag == "backpack":
-        noun = ph.attr("backpack", {"backpack": ["backpack", "rucksack", "school bag"]})
+        noun = ph.attr("backpack", {"backpack": ["backpack", "rucksack", "school bag"]}, "bag")
         if view == "front":
             return f"the straps of a {c} {noun} on {ph.pick(['the', 'both'])} shoulders"
         return ph.pick([f"a {c} {noun} on the back", f"a {c} {noun}"])
     if i.bag == "handbag":
-        return f"a {c} {ph.attr('handbag', {'handbag': ['handbag', 'purse', 'hand bag']})}"
+        return f"a {c} {ph.attr('handbag', {'handbag': ['handbag', 'purse', 'hand bag']}, 'bag')}"
     form = int(ph.rng.integers(3))
     if form == 0:
-        return f"a {c} {ph.attr('shoulder')} bag"
+        return f"a {c} {ph.attr('shoulder', key='bag', value=i.bag)} bag"
     if form == 1:
-        return f"a {c} {ph.attr('bag')} over one shoulder"
-    return f"a {c} {ph.attr('messenger')} bag"
+        return f"a {c} {ph.attr('bag', key='bag', value=i.bag)} over one shoulder"
+    return f"a {c} {ph.attr('messenger', key='bag', value=i.bag)} bag"
 
 
 def _detail(ph: _Phrases, i: Identity, view: str) -> str | None:
     if i.detail == "logo" and view == "front":
-        return (f"a {ph.colour(i.logo_colour)} {ph.attr(i.logo_shape)} "
+        ph.state("detail", "logo")
+        return (f"a {ph.colour(i.logo_colour, 'logo_colour')} {ph.attr(i.logo_shape, key='logo_shape')} "
                 f"{ph.pick(['logo on the chest', 'printed on the front', 'logo'])}")
     if i.detail == "stripes":
-        n = ph.attr(["one", "two", "three"][i.stripe_count - 1])
+        ph.state("detail", "stripes")
+        n = ph.attr(["one", "two", "three"][i.stripe_count - 1], key="stripe_count",
+                    value=i.stripe_count)
         noun = ph.attr("stripe" if n == "one" else "stripes")
         return ph.pick([f"{n} white {noun} on each sleeve", f"{n} white {noun} on the sleeves"])
     if i.detail == "belt" and i.lower_type != "skirt" and i.upper_type != "coat":
-        return f"a {ph.colour(i.belt_colour)} {ph.attr('belt')}"
+        return f"a {ph.colour(i.belt_colour, 'belt_colour')} {ph.attr('belt', key='detail')}"
     return None
 
 
 def make_caption(i: Identity, view: str, rng: np.random.Generator,
-                 omit_rate: float = 0.25) -> tuple[str, list[str]]:
-    """Writes one caption of ``i`` seen from ``view``; returns it and its attribute words."""
+                 omit_rate: float = 0.25) -> tuple[str, list[str], dict[str, object]]:
+    """Writes one caption of ``i`` seen from ``view``; returns it, its attribute words and
+    the attribute values it states."""
     ph = _Phrases(rng)
     he, his = ("he", "his") if i.gender == "man" else ("she", "her")
     keep = lambda: rng.random() >= omit_rate  # noqa: E731 - a tiny local coin
-    build = ph.attr(i.build, _BUILD) if rng.random() < 0.5 else ""
-    gender = ph.attr(i.gender, _GENDER)
+    build = ph.attr(i.build, _BUILD, "build") if rng.random() < 0.5 else ""
+    gender = ph.attr(i.gender, _GENDER, "gender")
     intro = ph.pick(_INTRO).format(b=f"{build} " if build else "", g=gender)
 
     worn = [_upper(ph, i)]
@@ -141,10 +159,12 @@ def make_caption(i: Identity, view: str, rng: np.random.Generator,
         worn.append(_shoes(ph, i))
     extras: list[str] = []  # "with …" phrases
     if i.hat != "none" and keep():
-        hat = ph.attr(i.hat, {"cap": ["cap", "baseball cap"], "beanie": ["beanie", "knit hat"]})
-        worn.append(f"a {ph.colour(i.hat_colour)} {hat}")
+        hat = ph.attr(i.hat, {"cap": ["cap", "baseball cap"], "beanie": ["beanie", "knit hat"]},
+                      "hat")
+        worn.append(f"a {ph.colour(i.hat_colour, 'hat_colour')} {hat}")
     if i.glasses and view != "back" and keep():
-        extras.append(ph.attr("glasses", {"glasses": ["glasses", "eyeglasses", "spectacles"]}))
+        extras.append(ph.attr("glasses", {"glasses": ["glasses", "eyeglasses", "spectacles"]},
+                              "glasses", True))
     hair = _hair(ph, i) if keep() else None
     bag = _bag(ph, i, view) if keep() else None
     detail = _detail(ph, i, view) if rng.random() < 0.8 else None
@@ -173,7 +193,7 @@ def make_caption(i: Identity, view: str, rng: np.random.Generator,
         else:
             sentences.append(tail[k])
     text = ". ".join(s[0].upper() + s[1:] for s in sentences) + "."
-    return _articles(text), ph.words
+    return _articles(text), ph.words, ph.mentions
 
 
 def _articles(text: str) -> str:

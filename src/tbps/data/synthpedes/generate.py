@@ -3,6 +3,9 @@
 Output: ``<out>/CUHK-PEDES/imgs/synth/<id>_<n>.jpg`` and ``<out>/CUHK-PEDES/reid_raw.json``
 (a list of per-image records with ``split``, ``captions``, ``file_path``, ``id`` (1-based),
 ``processed_tokens``) plus SynthPedes' own fields: ``attribute_words`` (per caption),
+``attribute_mentions`` (per caption, the identity's attribute values it states),
+``identities_fitted`` (per caption, how many identities of its split agree with every
+value it states: 1 for a caption that singles its person out, many for a vague one),
 ``caption_is_noisy`` (per caption), ``view`` and ``attributes`` (the identity). Every
 image draws from its own seeded generator, so the output is byte-identical for a seed
 whatever the number of worker processes.
@@ -31,7 +34,7 @@ from .render import random_shot, render
 LAYOUT_DIR = "CUHK-PEDES"
 META_FILE = "synthpedes.json"
 # Bumped whenever the output for a given config changes, so stale data sets are regenerated.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,12 @@ def _render_one(job: tuple) -> tuple[dict, bytes]:
     img.save(buf, format="JPEG", quality=92)  # CUHK-PEDES ships JPEG and PNG; JPEG is 5x faster to write
     rec = {
         "split": split,
-        "captions": [c for c, _ in caps],
+        "captions": [c for c, _, _ in caps],
         "file_path": f"synth/{pid:05d}_{n:02d}.jpg",
         "id": pid,
-        "processed_tokens": [_tokens(c) for c, _ in caps],
-        "attribute_words": [w for _, w in caps],
+        "processed_tokens": [_tokens(c) for c, _, _ in caps],
+        "attribute_words": [w for _, w, _ in caps],
+        "attribute_mentions": [m for _, _, m in caps],
         "caption_is_noisy": [False] * len(caps),
         "view": shot.view,
     }
@@ -110,16 +114,29 @@ def _add_caption_noise(records: list[dict], rate: float, rng: np.random.Generato
     if n_noisy < 2:
         return 0
     chosen = [slots[k] for k in rng.choice(len(slots), size=n_noisy, replace=False)]
-    texts = [(r["captions"][k], r["processed_tokens"][k], r["attribute_words"][k], r["id"])
-             for r, k in chosen]
+    moved = ("captions", "processed_tokens", "attribute_words", "attribute_mentions",
+             "identities_fitted")  # what belongs to the caption's text travels with it
+    texts = [([r[f][k] for f in moved], r["id"]) for r, k in chosen]
     perm = rng.permutation(n_noisy)
     changed = 0
     for (r, k), j in zip(chosen, perm):
-        cap, tok, words, src = texts[j]
-        r["captions"][k], r["processed_tokens"][k], r["attribute_words"][k] = cap, tok, words
+        values, src = texts[j]
+        for f, v in zip(moved, values):
+            r[f][k] = v
         r["caption_is_noisy"][k] = src != r["id"]
         changed += src != r["id"]
     return changed
+
+
+def _count_identities_fitted(records: list[dict]) -> None:
+    """Per caption, the identities of its split that agree with every value it states."""
+    people: dict[str, dict[int, dict]] = {}
+    for r in records:
+        people.setdefault(r["split"], {})[r["id"]] = r["attributes"]
+    for r in records:
+        split = people[r["split"]].values()
+        r["identities_fitted"] = [sum(all(a[k] == v for k, v in said.items()) for a in split)
+                                  for said in r["attribute_mentions"]]
 
 
 def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 1) -> dict:
@@ -150,6 +167,7 @@ def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 1
         (root / "imgs" / rec["file_path"]).write_bytes(png)
         rec["attributes"] = attrs[rec["id"]].to_dict()
         records.append(rec)
+    _count_identities_fitted(records)
     noisy = _add_caption_noise(records, cfg.noise_rate, np.random.default_rng([cfg.seed, 7]))
     (root / "reid_raw.json").write_text(json.dumps(records, indent=0, sort_keys=True))
     seconds = time.perf_counter() - start
