@@ -114,3 +114,21 @@ def rde_run(tiny_synth, tmp_path_factory):
     assert main(["train", "experiment=rde_synthetic", *args, "data.noise_rate=0.3",
                  "heads.rde.tse_dim=24"]) == 0
     return run
+
+
+@pytest.fixture(scope="session")
+def ucfa_run(tiny_synth, tmp_path_factory):
+    """One tiny trained run of ucfa_synthetic at 30% swapped captions (1 epoch), shared by
+    the UCFA and uncertainty tests."""
+    from pathlib import Path
+
+    from tbps.cli import main
+
+    run = tmp_path_factory.mktemp("ucfa_run")
+    os.environ["TBPS_EXPERIMENTS"] = str(Path(__file__).resolve().parent.parent / "experiments")
+    os.environ.pop("TBPS_RUN_DIR", None)
+    args = [a for a in tiny_overrides(tiny_synth, run) if not a.startswith("heads.mlm")]
+    assert main(["train", "experiment=ucfa_synthetic", *args, "data.noise_rate=0.3",
+                 "heads.uamlr.num_heads=2", "heads.uamlr.depth=1", "trainer.max_epochs=1",
+                 "trainer.log_every_n_steps=1"]) == 0
+    return run

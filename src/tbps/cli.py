@@ -209,6 +209,12 @@ def _report(args: argparse.Namespace) -> None:
     print(report(args.runs, args.by or [], args.out, args.format))
 
 
+def _uncertainty(args: argparse.Namespace) -> None:
+    from .analysis.uncertainty import main
+
+    main(args.ckpt, args.out, args.batch_size)
+
+
 def _index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", help="the index folder (default: checkpoints/search_index/"
                    "<gallery>-<hash> beside the checkpoint)")
@@ -333,6 +339,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--format", choices=["md", "csv", "json"], default="md",
                    help="what to print (all three are written)")
     r.set_defaults(func=_report)
+    u = sub.add_parser("uncertainty", help="for a model that predicts uncertainty: how well "
+                       "it flags noisy training pairs and vague captions, and how calibrated "
+                       "its match probability is (JSON)")
+    u.add_argument("ckpt", help="a checkpoint, e.g. runs/ucfa_synthetic/<time>/checkpoints/best.ckpt")
+    u.add_argument("--out", help="also write the JSON to this file")
+    u.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="pairs per batch of the "
+                   "pass over the training pairs (the loss-based detector scores within it)")
+    u.set_defaults(func=_uncertainty)
     st = sub.add_parser("study", help="every method on SynthPedes, clean and noisy, several "
                         "seeds, the same budget each, then the report")
     st.add_argument("--out", default="runs/study", help="where the runs and the report go")

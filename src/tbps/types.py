@@ -38,6 +38,31 @@ class RetrievalInput:
     global_feature: torch.Tensor  # [B, D], what ranking uses when no head claims it
     attention: torch.Tensor | None  # the global token's attention row, if a head needs it
     ids: torch.Tensor | None = None  # [B, L] the captions' token ids (text only)
+    mask: torch.Tensor | None = None  # [B, L] True at real tokens (text only)
+
+
+@dataclass
+class Gaussian:
+    """A batch of diagonal Gaussians, float32: means [B, D] and log-variances [B, D]."""
+
+    mean: torch.Tensor
+    logvar: torch.Tensor
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """Each item's mean standard deviation over the dimensions [B]: its uncertainty."""
+        return self.logvar.mul(0.5).exp().mean(-1)
+
+
+@dataclass
+class Uncertainty:
+    """What a model that predicts uncertainty says about a batch (``TBPSModule.uncertainty``):
+    each image's and caption's σ [B] (mean over dimensions), and, for a model with a match
+    probability, P(match) of every caption with every image [B_text, B_image]."""
+
+    image_sigma: torch.Tensor | None = None
+    text_sigma: torch.Tensor | None = None
+    match_probability: torch.Tensor | None = None
 
 
 @dataclass

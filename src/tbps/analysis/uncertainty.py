@@ -1,102 +1,175 @@
-"""Is a model's predicted uncertainty meaningful? Two measurements on a checkpoint whose
-model predicts a caption's variance (CRUE's UGM head, or UCFA's shared distributions):
+"""Does a model's predicted uncertainty measure anything? ``tbps uncertainty CKPT``.
 
-- ``noise``: for a run trained with caption noise, the predicted σ of every training
-  caption split by the clean/noisy flag the loader keeps, and how well σ alone separates
-  them (ROC AUC; 0.5 = not at all);
-- ``words``: on SynthPedes' test captions, which leave details out at random, the Spearman
-  rank correlation between a caption's σ and the number of attribute words it mentions
-  (negative: fewer words, more uncertainty).
+For a checkpoint whose model predicts uncertainty (``TBPSModule.uncertainty``: CRUE's UGM,
+UCFA's distributions), three measurements, as JSON:
 
-`python -m tbps.analysis.uncertainty [noise|words] runs/<experiment>/<time>/checkpoints/best.ckpt`
+- ``noise`` (a run trained with swapped captions): one pass over the training pairs
+  (evaluation transform, no caption augmentation, batches of the run's size in a fixed
+  shuffled order), and the ROC AUC with which each per-pair score flags the data set's
+  record of swapped pairs: the caption's σ, the image's + the caption's σ, 1 − P(match)
+  when the model has a match probability, and beside them the loss-based detector RDE's
+  division uses (the pair's triplet alignment loss over the retrieval embeddings in its
+  batch, τ 0.015, margin 0.1). 0.5 is chance.
+- ``ambiguity`` (clean test captions of SynthPedes, which records how many identities of
+  the split each caption fits, ``identities_fitted``): Spearman's ρ of the caption's σ with
+  log(identities fitted), and the partial rank correlation with the caption's length in
+  tokens held fixed (a vague caption is often a short one: the partial says whether σ
+  measures more than length).
+- ``calibration`` (a model with a match probability): the expected calibration error of
+  P(match) over every (test caption, test image) pair against "same person" (15 bins), and
+  the mean P(match) of true and false pairs.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
 from torchmetrics.functional import spearman_corrcoef
-from torchmetrics.functional.classification import binary_auroc
+from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
-from ..model.checkpoint import load_checkpoint
-from ..model.module import TBPSModule
-from ..train import build_data
-from .features import _attribute_words
+from ..data.datamodule import collate_trimmed
+from ..heads.rde import tal_per_pair
+from ..data.transforms import eval_transform
+from ..errors import TBPSError
+from ..model.uncertainty import NoUncertainty, gaussian, match_probability
+from ..types import Gaussian
+
+RDE_TAU, RDE_MARGIN = 0.015, 0.1
+
+
+def _data(module):
+    from ..train import build_data
+    from .features import project_path
+
+    data = dict(module.cfg["data"], num_workers=0, pin_memory=False)
+    data["root"] = str(project_path(data["root"]))
+    dm = build_data(OmegaConf.create({"data": data}))
+    dm.set_tokenizer(module.tokenizer)
+    return dm
+
+
+def _auc(score: torch.Tensor, flags: torch.Tensor) -> float:
+    return round(float(binary_auroc(score.float(), flags.long())), 4)
 
 
 @torch.inference_mode()
-def caption_sigma(module: TBPSModule, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Each caption's mean predicted σ [N], from UCFA's distributions or CRUE's UGM head."""
-    ugm = next((h for h in module.heads.values() if hasattr(h, "text_gauss")), None)
-    if module.distributions is None and ugm is None:
-        raise SystemExit("this checkpoint predicts no caption variance (no UGM head, no "
-                         "distributions): nothing to measure")
-    enc = module.encoder
-    sigmas = []
-    for s in range(0, len(ids), batch_size):
-        chunk = ids[s:s + batch_size]
-        tokens = enc.encode_text_tokens(chunk)
-        glob = enc.text_global(tokens, chunk)
-        if module.distributions is not None:
-            sigmas.append(module.distributions.text_sigma(tokens, glob, enc.text_mask(chunk)))
-        else:
-            sigmas.append(ugm.text_gauss(glob)[1].mul(0.5).exp().mean(1))
-    return torch.cat(sigmas)
+def noise_detection(module, dm, batch_size: int = 64) -> dict:
+    """Per-pair scores over the training pairs and the AUC of each against the noise flags."""
+    pairs = dm._train_pairs()
+    # the images as evaluation sees them: the flags, not the augmentation's draws, decide
+    pairs.transform, pairs.resize = eval_transform(dm.image_size), None
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0)).tolist()
+    loader = DataLoader(torch.utils.data.Subset(pairs, order), batch_size=batch_size,
+                        collate_fn=collate_trimmed)
+    got: dict[str, list[torch.Tensor]] = {}
+    for batch in loader:
+        u = module.uncertainty(batch["image"], batch["caption_ids"])
+        img, txt = module.embed_images(batch["image"]), module.embed_texts(batch["caption_ids"])
+        scores = {"text_sigma": u.text_sigma, "pair_sigma": u.image_sigma + u.text_sigma,
+                  "loss_tal": tal_per_pair(img, txt, batch["pid"], RDE_TAU, RDE_MARGIN)}
+        if u.match_probability is not None:
+            scores["one_minus_match_probability"] = 1 - u.match_probability.diagonal()
+        scores["noisy"] = batch["noisy"]
+        for k, v in scores.items():
+            got.setdefault(k, []).append(v.float().cpu())
+    flat = {k: torch.cat(v) for k, v in got.items()}
+    noisy = flat.pop("noisy").bool()
+    if not bool(noisy.any()):
+        return {"skipped": "the run trained on clean captions (data.noise_rate 0): nothing "
+                           "to flag"}
+    out = {"pairs": len(noisy), "noisy": int(noisy.sum())}
+    out["auc"] = {k: _auc(v, noisy) for k, v in flat.items()}
+    out["text_sigma_clean"] = round(float(flat["text_sigma"][~noisy].mean()), 5)
+    out["text_sigma_noisy"] = round(float(flat["text_sigma"][noisy].mean()), 5)
+    return out
 
 
-def _data(module: TBPSModule):
-    data = dict(module.cfg["data"], num_workers=0, pin_memory=False)
-    dm = build_data(OmegaConf.create({"data": data}))
-    dm.set_tokenizer(module.tokenizer)
-    return dm, data
+def identities_fitted(annotation: Path, split: str) -> list[int]:
+    """Per caption of ``split``, SynthPedes' count of the identities it fits ([] if the data
+    set does not record it)."""
+    try:
+        recs = [r for r in json.loads(annotation.read_text()) if r.get("split") == split]
+    except (OSError, ValueError):
+        return []
+    if not recs or any("identities_fitted" not in r for r in recs):
+        return []
+    return [n for r in recs for n in r["identities_fitted"]]
 
 
-def sigma_by_noise(ckpt: str) -> dict:
-    module = load_checkpoint(ckpt).eval()
-    dm, data = _data(module)
-    noisy = torch.tensor(dm.records["train"].caption_noisy)
-    sigma = caption_sigma(module, dm._caption_ids["train"])
-    return {"checkpoint": ckpt, "noise_rate": data.get("noise_rate"), "captions": len(sigma),
-            "noisy": int(noisy.sum()),
-            "text_sigma_clean": round(float(sigma[~noisy].mean()), 5),
-            "text_sigma_noisy": round(float(sigma[noisy].mean()), 5),
-            "auc_sigma_flags_noisy": round(float(binary_auroc(sigma, noisy.long())), 4)}
+def partial_spearman(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> dict[str, float]:
+    """Spearman's ρ of x with y, and the partial rank correlation with z held fixed."""
+    xy, xz, yz = (float(spearman_corrcoef(a.float(), b.float())) for a, b in
+                  ((x, y), (x, z), (y, z)))
+    partial = (xy - xz * yz) / max(1e-12, ((1 - xz ** 2) * (1 - yz ** 2)) ** 0.5)
+    return {"spearman": round(xy, 4), "partial_given_length": round(partial, 4),
+            "spearman_with_length": round(xz, 4), "spearman_fitted_with_length": round(yz, 4)}
 
 
-def sigma_by_words(ckpt: str, split: str = "test") -> dict:
-    module = load_checkpoint(ckpt).eval()
-    dm, _ = _data(module)
-    words = _attribute_words(dm.root / dm.benchmark.folder / dm.benchmark.annotation, split)
-    if not words:
-        raise SystemExit(f"{dm.root} records no attribute words (SynthPedes does): nothing "
-                         "to correlate")
+@torch.inference_mode()
+def ambiguity(module, dm, split: str = "test", batch_size: int = 256) -> dict:
+    fitted = identities_fitted(dm.root / dm.benchmark.folder / dm.benchmark.annotation, split)
+    if not fitted:
+        return {"skipped": f"{dm.root} records no identities_fitted per caption (SynthPedes "
+                           "does, since generator version 4)"}
     ids = dm._caption_ids[split]
-    sigma = caption_sigma(module, ids)
-    count = torch.tensor([len(w) for w in words], dtype=torch.float32)
-    # the number of words goes with the caption's length: the length's own correlation
-    # says how much of the effect is just "shorter caption"
+    sigma = torch.cat([module.uncertainty(ids=ids[s:s + batch_size]).text_sigma.float().cpu()
+                       for s in range(0, len(ids), batch_size)])
     length = module.encoder.text_mask(ids).sum(1).float()
-    few = count <= count.median()
-    sw, st, wt = (float(spearman_corrcoef(a, b)) for a, b in
-                  ((sigma, count), (sigma, length), (count, length)))
-    partial = (sw - st * wt) / max(1e-12, ((1 - st ** 2) * (1 - wt ** 2)) ** 0.5)
-    return {"checkpoint": ckpt, "split": split, "captions": len(sigma),
-            "spearman_sigma_vs_words": round(sw, 4),
-            "spearman_sigma_vs_tokens": round(st, 4),
-            "spearman_words_vs_tokens": round(wt, 4),
-            # σ against the words with the caption length held fixed (partial rank corr.)
-            "partial_sigma_vs_words_given_tokens": round(partial, 4),
-            "sigma_fewer_words": round(float(sigma[few].mean()), 5),
-            "sigma_more_words": round(float(sigma[~few].mean()), 5),
-            "median_words": float(count.median())}
+    count = torch.tensor(fitted, dtype=torch.float32)
+    out = {"split": split, "captions": len(sigma),
+           "identities_fitted_median": float(count.median()),
+           "sigma_vs_log_identities_fitted": partial_spearman(sigma, count.log(), length)}
+    vague = count > count.median()
+    out["sigma_vague"] = round(float(sigma[vague].mean()), 5)
+    out["sigma_specific"] = round(float(sigma[~vague].mean()), 5)
+    return out
 
 
-if __name__ == "__main__":
-    what, path = (sys.argv[1], sys.argv[2]) if len(sys.argv) > 2 else ("noise", sys.argv[1])
-    measure = {"noise": sigma_by_noise, "words": sigma_by_words}.get(what)
-    if measure is None:
-        raise SystemExit(f"unknown measurement {what!r}; choose noise or words")
-    print(json.dumps(measure(path), indent=1))
+@torch.inference_mode()
+def calibration(module, dm, split: str = "test", batch_size: int = 256) -> dict:
+    gallery_loader, _ = dm._eval_loaders(split)
+    rec = dm.records[split]
+    images = [gaussian(module, "image", b["image"]) for b in gallery_loader]
+    image = Gaussian(torch.cat([g.mean for g in images]), torch.cat([g.logvar for g in images]))
+    ids = dm._caption_ids[split]
+    probs = []
+    for s in range(0, len(ids), batch_size):
+        prob = match_probability(module, gaussian(module, "text", ids[s:s + batch_size]), image)
+        if prob is None:
+            return {"skipped": "the model has no match probability (DCL's `pcme` objective "
+                               "gives one)"}
+        probs.append(prob.float().cpu())
+    prob = torch.cat(probs)
+    same = torch.tensor(rec.caption_pids)[:, None] == torch.tensor(rec.image_pids)[None, :]
+    return {"split": split, "pairs": prob.numel(),
+            "ece": round(float(binary_calibration_error(prob.flatten(), same.flatten().long(),
+                                                         n_bins=15)), 4),
+            "match_probability_true_pairs": round(float(prob[same].mean()), 4),
+            "match_probability_false_pairs": round(float(prob[~same].mean()), 4)}
+
+
+def measure(ckpt: str, batch_size: int = 64) -> dict:
+    """The three measurements of a checkpoint (``NoUncertainty`` if it predicts none)."""
+    from ..model.checkpoint import load_checkpoint
+
+    if not Path(ckpt).is_file():
+        raise TBPSError(f"{ckpt}: no such checkpoint (runs/<exp>/<time>/checkpoints/best.ckpt)")
+    module = load_checkpoint(ckpt).eval()
+    dm = _data(module)
+    try:
+        noise = noise_detection(module, dm, batch_size)
+    except NoUncertainty as exc:
+        raise NoUncertainty(f"{ckpt}: {exc}") from None
+    return {"checkpoint": str(ckpt), "noise_rate": module.cfg["data"].get("noise_rate", 0.0),
+            "noise": noise, "ambiguity": ambiguity(module, dm), "calibration": calibration(module, dm)}
+
+
+def main(ckpt: str, out: str | None = None, batch_size: int = 64) -> None:
+    text = json.dumps(measure(ckpt, batch_size), indent=1)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")

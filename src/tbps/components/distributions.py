@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..types import EncoderOutput
+from ..types import EncoderOutput, Gaussian, RetrievalInput
 from .gaussian import GaussianEmbedding, kl_to_standard_normal
 
 
@@ -60,10 +60,12 @@ class ModalityDistributions(nn.Module):
                 "sigma_image": d.image_logvar.detach().mul(0.5).exp().mean(),
                 "sigma_text": d.text_logvar.detach().mul(0.5).exp().mean()}
 
-    @torch.no_grad()
-    def text_sigma(self, encoded_text: torch.Tensor, text_global: torch.Tensor,
-                   mask: torch.Tensor) -> torch.Tensor:
-        """Each caption's mean predicted σ [B] (for the uncertainty analysis)."""
-        tokens = encoded_text if self.variance_from == "tokens" else None
-        _, logvar = self.text(text_global, tokens, mask if tokens is not None else None)
-        return logvar.mul(0.5).exp().mean(-1)
+    def distribution(self, modality: str, inputs: RetrievalInput) -> Gaussian:
+        """The Gaussian of each item of a batch as training reads it (``forward``), from the
+        inputs ranking reads (``TBPSModule.image_side`` / ``text_side``)."""
+        if modality == "image":
+            patches = inputs.tokens[:, 1:] if self.variance_from == "tokens" else None
+            return Gaussian(*self.image(inputs.global_feature, patches))
+        if self.variance_from == "tokens":
+            return Gaussian(*self.text(inputs.global_feature, inputs.tokens, inputs.mask))
+        return Gaussian(*self.text(inputs.global_feature))

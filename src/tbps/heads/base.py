@@ -53,6 +53,13 @@ module reads it without ``getattr`` guesses and never needs to know a head by na
   logged as ``train/<key>`` and printed. What a head prepared must be in its buffers (saved
   with the checkpoint, so a run resumed mid-epoch keeps it; the module broadcasts them from
   rank 0 so every process holds the same).
+- ``distribution(modality, inputs)`` / ``match_probability(text, image)``: a head that models
+  every image or caption as a Gaussian (CRUE's UGM) gives it for a batch, from the same
+  ``RetrievalInput`` ranking reads, and a head with a probabilistic match (PCME++'s
+  σ(−a·d + b), UCFA's DCL) gives P(match) of every caption with every image from their
+  Gaussians. ``TBPSModule.uncertainty`` asks the shared ``distributions`` component first,
+  then the heads in config order, and takes the first answer of each: `tbps uncertainty`,
+  the notebooks and search read uncertainty through it, never from a head's insides.
 - ``explain(...)``: where each phrase of a caption looks in an image, as the head itself
   relates words to image regions (a cross-attention, ACSA's phrase-to-scale attention), or
   ``None`` (the default). ``TBPSModule.explain`` asks the heads in config order and takes
@@ -70,7 +77,7 @@ import torch
 from torch import nn
 
 from ..settings_types import PositiveFloat
-from ..types import EncoderOutput, RetrievalInput
+from ..types import EncoderOutput, Gaussian, RetrievalInput
 
 Modality = Literal["image", "text"]
 
@@ -176,6 +183,17 @@ class AlignmentHead(nn.Module, metaclass=ABCMeta):
         [num_train_pairs] indexed by pair; ``noisy`` [num_train_pairs] the data set's record
         of mismatched pairs (all False on clean data). Returns numbers to log."""
         raise NotImplementedError(f"{type(self).__name__} does not prepare")
+
+    def distribution(self, modality: Modality, inputs: RetrievalInput) -> Gaussian | None:
+        """The Gaussian this head models each item of a batch of ``modality`` as, or ``None``
+        (the default: the head models no distribution)."""
+        return None
+
+    def match_probability(self, text: Gaussian, image: Gaussian) -> torch.Tensor | None:
+        """P(match) [T, I] of every caption with every image, from their Gaussians (as
+        ``TBPSModule.uncertainty`` found them), or ``None`` (the default: no probabilistic
+        match)."""
+        return None
 
     def explain(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, batch: dict,
                 encoder: nn.Module) -> tuple[torch.Tensor, str] | None:

@@ -6,10 +6,19 @@ reconstruction (``docs/methods.md`` §4, each a config key): the distance betwee
 and a caption's Gaussian is the squared 2-Wasserstein distance (``distance: w2``) or PCME++'s
 closed-form sampled distance (``csd``); the means are l2-normalised first, so the distance
 has the scale of cosine similarity (‖μ_i − μ_j‖² = 2 − 2 cos) whatever the feature norm;
-the logits are −a·d + b with learnable a, b (PCME++'s initial 5 and 5); the targets are the
-identity labels and the loss is SDM's KL in both directions, over the batch gathered from
-all processes. Under a softmax over one row, b cancels: it only sets the sigmoid match
-probability σ(−a·d + b) that we log (``dcl_match_prob``), as in PCME++.
+the logits are −a·d + b with learnable a, b (PCME++'s initial 5 and 5), over the batch
+gathered from all processes, with the identity labels as targets. Two objectives
+(``objective``):
+
+- ``pcme`` (the default, PCME++'s probabilistic matching): every (image, caption) pair of
+  the batch is a binary "same person?" question answered by P(match) = sigmoid(−a·d + b),
+  trained with binary cross-entropy (mean over pairs, ×2 for the two directions, as PCME++'s
+  code). b learns here (it sets how far apart a match may be), P(match) is a probability a
+  user can read, and σ trades off like PCME++'s: raising it lowers P(match) with every
+  image, which pays for a caption that several people fit and costs one that fits one.
+- ``sdm``: SDM's KL in both directions over the row-wise softmax of the logits (the earlier
+  reconstruction). Under a softmax over one row b cancels, so it never learns, and
+  P(match) is not calibrated: kept for comparison.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from torch import nn
 from ..components.gaussian import csd_distance, w2_distance
 from ..distributed import gather_with_grad
 from ..settings_types import PositiveFloat
-from ..types import EncoderOutput
+from ..types import EncoderOutput, Gaussian
 from .base import AlignmentHead, HeadContext
 from .sdm import sdm_from_logits
 
@@ -37,14 +46,22 @@ def distribution_distance(mean_v: torch.Tensor, logvar_v: torch.Tensor, mean_t: 
                                F.normalize(mean_t, dim=-1), logvar_t)
 
 
+def pcme_matching_loss(logits: torch.Tensor, pid_rows: torch.Tensor,
+                       pid_cols: torch.Tensor) -> torch.Tensor:
+    """PCME++'s matching loss: binary cross-entropy of sigmoid(logits) [R, C] against "same
+    identity", mean over all pairs, ×2 (its code's i2t + t2i, which are the same sum)."""
+    matched = (pid_rows[:, None] == pid_cols[None, :]).to(logits.dtype)
+    return 2 * F.binary_cross_entropy_with_logits(logits, matched)
+
+
 class DCLHead(AlignmentHead):
     needs_distributions = True
 
     def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0,
-                 distance: Literal["w2", "csd"] = "w2", init_scale: PositiveFloat = 5.0,
-                 init_shift: float = 5.0) -> None:
+                 distance: Literal["w2", "csd"] = "csd", init_scale: PositiveFloat = 5.0,
+                 init_shift: float = 5.0, objective: Literal["pcme", "sdm"] = "pcme") -> None:
         super().__init__(ctx, weight)
-        self.distance = distance
+        self.distance, self.objective = distance, objective
         self.scale = nn.Parameter(torch.tensor(float(init_scale)))   # a
         self.shift = nn.Parameter(torch.tensor(float(init_shift)))   # b
 
@@ -55,8 +72,18 @@ class DCLHead(AlignmentHead):
         pid = gather_with_grad(batch["pid"])
         logits = -self.scale * distribution_distance(mu_v, lv_v, mu_t, lv_t, self.distance) \
             + self.shift
-        loss = sdm_from_logits(logits, pid)
+        if self.objective == "pcme":
+            loss = pcme_matching_loss(logits, pid, pid)
+        else:
+            loss = sdm_from_logits(logits, pid)
         positive = (pid[:, None] == pid[None, :])
-        match_prob = torch.sigmoid(logits.detach())[positive].mean()
+        prob = torch.sigmoid(logits.detach())
         return {"loss_dcl": self.weight * loss, "dcl_scale": self.scale.detach(),
-                "dcl_match_prob": match_prob}
+                "dcl_shift": self.shift.detach(), "dcl_match_prob": prob[positive].mean(),
+                "dcl_nonmatch_prob": prob[~positive].mean() if bool((~positive).any())
+                else prob.new_zeros(())}
+
+    def match_probability(self, text: Gaussian, image: Gaussian) -> torch.Tensor:
+        d = distribution_distance(image.mean, image.logvar, text.mean, text.logvar,
+                                  self.distance)
+        return torch.sigmoid(-self.scale * d.t() + self.shift)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..components.gaussian import GaussianEmbedding, kl_to_standard_normal, sample
-from ..types import EncoderOutput
+from ..types import EncoderOutput, Gaussian
 from ..settings_types import NonNegativeFloat, PositiveFloat, PositiveInt
 from .base import AlignmentHead, HeadContext
 from .ire import identity_targets, soft_target_loss
@@ -55,6 +55,10 @@ class UGMHead(AlignmentHead):
     def retrieval_embedding(self, modality, inputs):
         gauss = self.image_gauss if modality == "image" else self.text_gauss
         return gauss.mean_projection(inputs.global_feature)
+
+    def distribution(self, modality, inputs):
+        gauss = self.image_gauss if modality == "image" else self.text_gauss
+        return Gaussian(*gauss(inputs.global_feature))
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         mem = batch["memory"]

@@ -24,7 +24,7 @@ from ..heads.base import HeadContext
 from ..heads.mlm import replacement_ids
 from ..metrics import TextToImageRetrieval
 from ..metrics.retrieval import fuse
-from ..types import Explanation, RetrievalInput
+from ..types import Explanation, RetrievalInput, Uncertainty
 from .compile import compile_step
 from .encoder import build_dual_encoder
 from .loop_state import finish_saved_epoch
@@ -158,7 +158,8 @@ class TBPSModule(L.LightningModule):
             tokens, attention = self.encoder.encode_text_tokens_attention(ids)
         else:
             tokens, attention = self.encoder.encode_text_tokens(ids), None
-        return RetrievalInput(tokens, self.encoder.text_global(tokens, ids), attention, ids)
+        return RetrievalInput(tokens, self.encoder.text_global(tokens, ids), attention, ids,
+                              self.encoder.text_mask(ids))
 
     def _embed(self, modality: str, side: RetrievalInput) -> torch.Tensor:
         head = self._embedding_head(modality)
@@ -351,6 +352,16 @@ class TBPSModule(L.LightningModule):
             return cosines
         local = self._rescorer.rescore(query_kept, gallery_kept, candidates).float()
         return fuse(self.inference_fusion_weight, cosines, local)
+
+    def uncertainty(self, images: torch.Tensor | None = None, ids: torch.Tensor | None = None
+                    ) -> Uncertainty:
+        """What the model predicts of its own uncertainty: σ of each image (pixels
+        [B_i, 3, H, W]) and caption (token ids [B_t, L]), and P(match) [B_t, B_i] of every
+        caption with every image when the model has a probabilistic match; raises
+        ``NoUncertainty`` when it predicts none (``tbps.model.uncertainty``)."""
+        from .uncertainty import uncertainty
+
+        return uncertainty(self, images, ids)
 
     def explain(self, image: torch.Tensor, caption: str, phrases: list[str] | None = None
                 ) -> Explanation:

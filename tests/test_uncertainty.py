@@ -1,0 +1,160 @@
+"""Uncertainty that can be measured: PCME++'s matching in DCL against loops and Monte Carlo,
+gradients that reach the shift and σ, the module's one uncertainty path, and
+`tbps uncertainty` against independent computations (scikit-learn, SciPy, hand binning)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tbps.components.distributions import Distributions
+from tbps.heads.base import HeadContext
+from tbps.heads.dcl import DCLHead, pcme_matching_loss
+from tbps.types import Gaussian
+
+CTX = HeadContext(embed_dim=6, num_classes=4, vocab_size=10, mask_id=1, pad_id=0,
+                  special_ids=(0, 1))
+
+
+def _dists(b=5, d=6, seed=0, logvar=-2.0):
+    g = torch.Generator().manual_seed(seed)
+    return Distributions(torch.randn(b, d, generator=g), torch.randn(b, d, generator=g) + logvar,
+                         torch.randn(b, d, generator=g), torch.randn(b, d, generator=g) + logvar)
+
+
+def test_pcme_matching_loss_matches_a_loop_reference():
+    dist, pid = _dists(), torch.tensor([0, 1, 1, 2, 3])
+    head = DCLHead(CTX, distance="csd", init_scale=3.0, init_shift=1.0, objective="pcme")
+    got = head(None, {"distributions": dist, "pid": pid})["loss_dcl"]
+    mv, mt = F.normalize(dist.image_mean, dim=-1), F.normalize(dist.text_mean, dim=-1)
+    total = 0.0
+    for i in range(5):
+        for j in range(5):
+            d = sum(float(mv[i, c] - mt[j, c]) ** 2 + math.exp(float(dist.image_logvar[i, c]))
+                    + math.exp(float(dist.text_logvar[j, c])) for c in range(6))
+            p = 1 / (1 + math.exp(-(-3.0 * d + 1.0)))
+            y = float(pid[i] == pid[j])
+            total -= y * math.log(p) + (1 - y) * math.log(1 - p)
+    assert abs(float(got) - 2 * total / 25) < 1e-4
+
+
+def test_match_probability_is_the_sigmoid_of_the_monte_carlo_sampled_distance():
+    """P(match) = sigmoid(−a·E‖z_t − z_i‖² + b), z ~ each Gaussian around its normalised
+    mean: the closed form against 200,000 samples."""
+    head = DCLHead(CTX, distance="csd", init_scale=2.0, init_shift=3.0)
+    g = torch.Generator().manual_seed(3)
+    text = Gaussian(torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g) - 3)
+    image = Gaussian(torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g) - 3)
+    prob = head.match_probability(text, image)
+    assert prob.shape == (2, 3)
+    n = 200_000
+    for t in range(2):
+        for i in range(3):
+            zt = F.normalize(text.mean[t], dim=0) + text.logvar[t].mul(0.5).exp() * torch.randn(n, 6, generator=g)
+            zi = F.normalize(image.mean[i], dim=0) + image.logvar[i].mul(0.5).exp() * torch.randn(n, 6, generator=g)
+            d = ((zt - zi) ** 2).sum(1).mean()
+            want = torch.sigmoid(-2.0 * d + 3.0)
+            assert abs(float(prob[t, i]) - float(want)) < 0.01 * float(want) + 1e-4
+
+
+def _grads(objective):
+    dist, pid = _dists(b=8, d=32, logvar=-4.0), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    lv_t = dist.text_logvar.clone().requires_grad_()
+    dist = Distributions(dist.image_mean, dist.image_logvar, dist.text_mean, lv_t)
+    head = DCLHead(HeadContext(embed_dim=32, num_classes=4, vocab_size=10, mask_id=1, pad_id=0,
+                               special_ids=(0, 1)), objective=objective)
+    head(None, {"distributions": dist, "pid": pid})["loss_dcl"].backward()
+    return float(head.shift.grad.abs()), float(lv_t.grad.abs().max())
+
+
+def test_under_pcme_the_shift_and_sigma_learn_and_under_a_softmax_the_shift_cannot():
+    """The issue's finding on the earlier objective, kept as a fact: a row-wise softmax
+    ignores a constant shift (gradient 0 up to rounding); PCME++'s binary matching gives the
+    shift and the caption's log σ² real gradients from the first step."""
+    shift, sigma = _grads("pcme")
+    assert shift > 1e-2 and sigma > 1e-4, (shift, sigma)
+    shift_sdm, _ = _grads("sdm")
+    assert shift_sdm < 1e-6, shift_sdm
+
+
+def test_a_model_without_uncertainty_says_so_in_one_line(tiny_run, capsys):
+    from tbps.cli import main
+
+    assert main(["uncertainty", str(tiny_run / "checkpoints" / "best.ckpt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "predicts no uncertainty" in err, err
+    assert main(["uncertainty", "no/such.ckpt"]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+
+
+def _hand_ece(prob, label, bins=15):
+    total, n = 0.0, len(prob)
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        inside = [k for k in range(n) if (lo < prob[k] <= hi) or (b == 0 and prob[k] == 0)]
+        if inside:
+            conf = sum(prob[k] for k in inside) / len(inside)
+            acc = sum(label[k] for k in inside) / len(inside)
+            total += abs(acc - conf) * len(inside) / n
+    return total
+
+
+def test_tbps_uncertainty_measures_what_it_says(ucfa_run, tmp_path, capsys):
+    """Every figure of the command recomputed another way: σ per caption through the
+    module's public path (one caption at a time, not the command's batches), AUC by
+    scikit-learn, Spearman by SciPy, the partial by regressing ranks, the ECE by hand."""
+    import numpy as np
+    from scipy.stats import rankdata, spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    from tbps.analysis.uncertainty import _data, identities_fitted
+    from tbps.cli import main
+    from tbps.model.checkpoint import load_checkpoint
+
+    ckpt = str(ucfa_run / "checkpoints" / "best.ckpt")
+    out = tmp_path / "u.json"
+    assert main(["uncertainty", ckpt, "--out", str(out)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got == json.loads(out.read_text())
+
+    module = load_checkpoint(ckpt).eval()
+    dm = _data(module)
+    train_ids = dm._caption_ids["train"]
+    pairs = dm._train_pairs()
+    sigma = torch.cat([module.uncertainty(ids=train_ids[k:k + 1]).text_sigma
+                       for k in range(len(train_ids))])
+    noisy = np.array(dm.records["train"].caption_noisy)
+    caption_of_pair = [c for _, c, _ in pairs.pairs]
+    assert got["noise"]["noisy"] == int(noisy[caption_of_pair].sum()) > 0
+    want = roc_auc_score(noisy[caption_of_pair], sigma[caption_of_pair].numpy())
+    assert abs(got["noise"]["auc"]["text_sigma"] - want) < 2e-3
+    assert set(got["noise"]["auc"]) == {"text_sigma", "pair_sigma", "loss_tal",
+                                        "one_minus_match_probability"}
+
+    # ambiguity: σ of the test captions against log(identities fitted), length held fixed
+    test_ids = dm._caption_ids["test"]
+    s = torch.cat([module.uncertainty(ids=test_ids[k:k + 1]).text_sigma
+                   for k in range(len(test_ids))]).numpy()
+    fitted = np.log(identities_fitted(dm.root / dm.benchmark.folder / dm.benchmark.annotation,
+                                      "test"))
+    length = module.encoder.text_mask(test_ids).sum(1).numpy()
+    amb = got["ambiguity"]["sigma_vs_log_identities_fitted"]
+    assert abs(amb["spearman"] - spearmanr(s, fitted).statistic) < 2e-3
+    rs, rf, rl = rankdata(s), rankdata(fitted), rankdata(length)
+    resid = lambda y: y - np.polyval(np.polyfit(rl, y, 1), rl)  # noqa: E731
+    partial = np.corrcoef(resid(rs), resid(rf))[0, 1]
+    assert abs(amb["partial_given_length"] - partial) < 2e-3
+
+    # calibration: P(match) of every test caption with every test image, binned by hand
+    rec = dm.records["test"]
+    gallery, _ = dm._eval_loaders("test")
+    images = torch.cat([b["image"] for b in gallery])
+    prob = module.uncertainty(images, test_ids).match_probability
+    same = torch.tensor(rec.caption_pids)[:, None] == torch.tensor(rec.image_pids)[None, :]
+    ece = _hand_ece(prob.flatten().tolist(), same.flatten().float().tolist())
+    assert abs(got["calibration"]["ece"] - ece) < 2e-3
+    assert abs(got["calibration"]["match_probability_true_pairs"] - float(prob[same].mean())) < 1e-3
