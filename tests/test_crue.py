@@ -80,6 +80,62 @@ def test_ugm_loss_matches_reference():
     assert got.item() == pytest.approx(total, rel=1e-5)
 
 
+def test_ugm_samples_around_the_normalised_mean_so_the_feature_norm_cannot_cancel_sigma():
+    image, _, pid, view, _ = _toy(1)
+    logvar = torch.full_like(image, -3.0)
+    y = _targets(pid, view)
+
+    def loss(x, centred):
+        return ugm_loss(x, logvar, view.keys_text, y, view.keys_valid, 0.1, 3,
+                        torch.Generator().manual_seed(7), normalise_mean=centred).item()
+
+    # the reference: samples around the unit-length mean
+    eps = torch.randn((3, *image.shape), generator=torch.Generator().manual_seed(7))
+    keys = [j for j in range(len(view.keys_pid)) if view.keys_pid[j] != EMPTY]
+    total = 0.0
+    for s in range(3):
+        for k in range(len(pid)):
+            z = F.normalize(F.normalize(image[k], dim=0) + math.exp(-1.5) * eps[s, k], dim=-1)
+            p = _softmax([float(z @ view.keys_text[j]) / 0.1 for j in keys])
+            pos = [i for i, j in enumerate(keys) if view.keys_pid[j] == pid[k]]
+            total += -sum(math.log(p[i]) / len(pos) for i in pos) / (3 * len(pid))
+    assert loss(image, True) == pytest.approx(total, rel=1e-5)
+    # a feature grown 100× leaves the centred loss as it was; around the raw feature the
+    # same σ no longer moves the samples, so the loss changes
+    assert loss(100 * image, True) == pytest.approx(loss(image, True), rel=1e-5)
+    assert abs(loss(100 * image, False) - loss(image, False)) > 1e-3
+
+
+def test_ugm_match_probability_is_pcme_matching_and_its_shift_and_sigma_learn():
+    from tbps.heads.dcl import pcme_matching_loss
+    from tbps.types import Gaussian
+
+    _, _, pid, view, _ = _toy(2)
+    head = UGMHead(CTX, num_samples=2, init_scale=3.0, init_shift=2.0)
+    g = torch.Generator().manual_seed(4)
+    fv, ft = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    enc = EncoderOutput(image_tokens=None, text_tokens=None, image_global=fv, text_global=ft,
+                        text_mask=None, extra_text={})
+    out = head(enc, {"pid": pid, "memory": view})
+    mu_v, lv_v = head.image_gauss(fv)
+    mu_t, lv_t = head.text_gauss(ft)
+    logits = torch.zeros(4, 4)
+    for t in range(4):
+        for i in range(4):
+            d = (F.normalize(mu_t[t], dim=0) - F.normalize(mu_v[i], dim=0)).pow(2).sum() \
+                + lv_t[t].exp().sum() + lv_v[i].exp().sum()
+            logits[t, i] = -3.0 * d + 2.0
+    assert float(out["loss_ugm_match"]) == pytest.approx(
+        float(pcme_matching_loss(logits, pid, pid)), rel=1e-5)
+    prob = head.match_probability(Gaussian(mu_t, lv_t), Gaussian(mu_v, lv_v))
+    assert torch.allclose(prob, torch.sigmoid(logits), atol=1e-6)
+    out["loss_ugm_match"].backward()
+    assert float(head.shift.grad.abs()) > 1e-3
+    assert float(head.text_gauss.logvar.bias.grad.abs().max()) > 1e-5
+    assert UGMHead(CTX, match_weight=0.0).match_probability(Gaussian(mu_t, lv_t),
+                                                            Gaussian(mu_v, lv_v)) is None
+
+
 def _targets(pid, view):
     from tbps.heads.ire import identity_targets
 

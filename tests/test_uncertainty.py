@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from tbps.components.distributions import Distributions
 from tbps.heads.base import HeadContext
-from tbps.heads.dcl import DCLHead, pcme_matching_loss
+from tbps.heads.dcl import DCLHead
 from tbps.types import Gaussian
 
 CTX = HeadContext(embed_dim=6, num_classes=4, vocab_size=10, mask_id=1, pad_id=0,

@@ -11,25 +11,44 @@ log σ² a linear layer (so inference is unchanged); ``num_samples`` = 7 (PCME);
 L2-normalised; τ = 0.07; hard identity targets over the keys (current batch's momentum
 features, then the queue); a KL(N(μ, σ²) ‖ N(0, I)) term with ``kl_weight`` = 1e-4
 (PCME++'s vib_beta) keeps σ from collapsing or exploding.
+
+σ on the mean's scale (``sample_around: normalised``, the default): samples are drawn
+around the l2-normalised mean, so σ is measured against a unit-length feature. Drawn around
+the raw feature (``raw``, the earlier behaviour), the encoder can cancel any σ by growing
+the feature's norm, and σ stops meaning anything.
+
+A probabilistic match (PCME++, ``match_weight`` > 0, the default 1): the batch's image and
+caption Gaussians, compared with PCME++'s closed-form sampled distance d, give every pair
+P(match) = sigmoid(−a·d + b) (learnable a, b), trained with binary cross-entropy against
+"same person". This is what makes CRUE's uncertainty readable per pair (``tbps
+uncertainty``, search) and gives σ a pairwise reason to grow on captions that fit many.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..components.gaussian import GaussianEmbedding, kl_to_standard_normal, sample
 from ..types import EncoderOutput, Gaussian
 from ..settings_types import NonNegativeFloat, PositiveFloat, PositiveInt
+from ..distributed import gather_with_grad
 from .base import AlignmentHead, HeadContext
+from .dcl import distribution_distance, pcme_matching_loss
 from .ire import identity_targets, soft_target_loss
 
 
 def ugm_loss(mean: torch.Tensor, logvar: torch.Tensor, keys: torch.Tensor, target: torch.Tensor,
              valid: torch.Tensor, temperature: float, num_samples: int,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mean over samples and rows of CE(target, softmax(ẑ · keys / τ)), ẑ normalised samples."""
-    z = F.normalize(sample(mean, logvar, num_samples, generator), dim=-1)   # [S, B, D]
+             generator: torch.Generator | None = None, normalise_mean: bool = False
+             ) -> torch.Tensor:
+    """Mean over samples and rows of CE(target, softmax(ẑ · keys / τ)), ẑ normalised samples
+    (drawn around the normalised mean with ``normalise_mean``)."""
+    centre = F.normalize(mean, dim=-1) if normalise_mean else mean
+    z = F.normalize(sample(centre, logvar, num_samples, generator), dim=-1)   # [S, B, D]
     logits = (z @ keys.t() / temperature).flatten(0, 1)                     # [S*B, K]
     return soft_target_loss(logits, target.repeat(num_samples, 1), valid[None, :])
 
@@ -40,8 +59,14 @@ class UGMHead(AlignmentHead):
     def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0,
                  temperature: PositiveFloat = 0.07, num_samples: PositiveInt = 7,
                  kl_weight: NonNegativeFloat = 1e-4, learned_mean: bool = False,
-                 init_logvar: float = -4.0) -> None:
+                 init_logvar: float = -4.0,
+                 sample_around: Literal["normalised", "raw"] = "normalised",
+                 match_weight: NonNegativeFloat = 1.0, init_scale: PositiveFloat = 5.0,
+                 init_shift: float = 5.0) -> None:
         super().__init__(ctx, weight)
+        self.sample_around, self.match_weight = sample_around, match_weight
+        self.scale = nn.Parameter(torch.tensor(float(init_scale)))   # a of sigmoid(−a·d + b)
+        self.shift = nn.Parameter(torch.tensor(float(init_shift)))   # b
         self.image_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.text_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.temperature, self.num_samples, self.kl_weight = temperature, num_samples, kl_weight
@@ -65,11 +90,26 @@ class UGMHead(AlignmentHead):
         mu_v, lv_v = self.image_gauss(encoded.image_global)
         mu_t, lv_t = self.text_gauss(encoded.text_global)
         y = identity_targets(batch["pid"], mem.keys_pid, mem.keys_valid)
+        centred = self.sample_around == "normalised"
         loss = 0.5 * (ugm_loss(mu_v, lv_v, mem.keys_text, y, mem.keys_valid, self.temperature,
-                               self.num_samples)
+                               self.num_samples, normalise_mean=centred)
                       + ugm_loss(mu_t, lv_t, mem.keys_image, y, mem.keys_valid,
-                                 self.temperature, self.num_samples))
+                                 self.temperature, self.num_samples, normalise_mean=centred))
         kl = kl_to_standard_normal(mu_v, lv_v) + kl_to_standard_normal(mu_t, lv_t)
-        return {"loss_ugm": self.weight * loss, "loss_ugm_kl": self.kl_weight * kl,
-                "ugm_sigma_image": lv_v.detach().mul(0.5).exp().mean(),
-                "ugm_sigma_text": lv_t.detach().mul(0.5).exp().mean()}
+        out = {"loss_ugm": self.weight * loss, "loss_ugm_kl": self.kl_weight * kl,
+               "ugm_sigma_image": lv_v.detach().mul(0.5).exp().mean(),
+               "ugm_sigma_text": lv_t.detach().mul(0.5).exp().mean()}
+        if self.match_weight > 0:
+            pid = gather_with_grad(batch["pid"])
+            logits = self._match_logits(Gaussian(gather_with_grad(mu_t), gather_with_grad(lv_t)),
+                                        Gaussian(gather_with_grad(mu_v), gather_with_grad(lv_v)))
+            out["loss_ugm_match"] = self.match_weight * pcme_matching_loss(logits, pid, pid)
+            out["ugm_shift"] = self.shift.detach()
+        return out
+
+    def _match_logits(self, text: Gaussian, image: Gaussian) -> torch.Tensor:
+        d = distribution_distance(image.mean, image.logvar, text.mean, text.logvar, "csd")
+        return -self.scale * d.t() + self.shift
+
+    def match_probability(self, text, image):
+        return torch.sigmoid(self._match_logits(text, image)) if self.match_weight > 0 else None
