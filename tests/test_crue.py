@@ -107,11 +107,11 @@ def test_ugm_samples_around_the_normalised_mean_so_the_feature_norm_cannot_cance
 
 
 def test_ugm_match_probability_is_pcme_matching_and_its_shift_and_sigma_learn():
-    from tbps.heads.dcl import pcme_matching_loss
+    from tbps.components.matching import pcme_matching_loss
     from tbps.types import Gaussian
 
     _, _, pid, view, _ = _toy(2)
-    head = UGMHead(CTX, num_samples=2, init_scale=3.0, init_shift=2.0)
+    head = UGMHead(CTX, num_samples=2, init_scale=3.0, init_shift=2.0).train()
     g = torch.Generator().manual_seed(4)
     fv, ft = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
     enc = EncoderOutput(image_tokens=None, text_tokens=None, image_global=fv, text_global=ft,
@@ -130,7 +130,7 @@ def test_ugm_match_probability_is_pcme_matching_and_its_shift_and_sigma_learn():
     prob = head.match_probability(Gaussian(mu_t, lv_t), Gaussian(mu_v, lv_v))
     assert torch.allclose(prob, torch.sigmoid(logits), atol=1e-6)
     out["loss_ugm_match"].backward()
-    assert float(head.shift.grad.abs()) > 1e-3
+    assert float(head.match.shift.grad.abs()) > 1e-3
     assert float(head.text_gauss.logvar.bias.grad.abs().max()) > 1e-5
     assert UGMHead(CTX, match_weight=0.0).match_probability(Gaussian(mu_t, lv_t),
                                                             Gaussian(mu_v, lv_v)) is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -67,7 +68,7 @@ def _grads(objective):
     head = DCLHead(HeadContext(embed_dim=32, num_classes=4, vocab_size=10, mask_id=1, pad_id=0,
                                special_ids=(0, 1)), objective=objective)
     head(None, {"distributions": dist, "pid": pid})["loss_dcl"].backward()
-    return float(head.shift.grad.abs()), float(lv_t.grad.abs().max())
+    return float(head.match.shift.grad.abs()), float(lv_t.grad.abs().max())
 
 
 def test_under_pcme_the_shift_and_sigma_learn_and_under_a_softmax_the_shift_cannot():
@@ -78,6 +79,33 @@ def test_under_pcme_the_shift_and_sigma_learn_and_under_a_softmax_the_shift_cann
     assert shift > 1e-2 and sigma > 1e-4, (shift, sigma)
     shift_sdm, _ = _grads("sdm")
     assert shift_sdm < 1e-6, shift_sdm
+
+
+def test_the_automatic_shift_starts_at_the_batch_share_of_true_pairs_once():
+    """init_shift: auto sets b on the first training batch so that the mean logit of its
+    pairs is logit(share of same-person pairs), once: a later batch, or a copy restored from
+    the state dict (a resumed run), keeps the b it has."""
+    from tbps.components.matching import ProbabilisticMatch
+
+    dist, pid = _dists(b=8, logvar=-3.0), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    text = Gaussian(dist.text_mean, dist.text_logvar)
+    image = Gaussian(dist.image_mean, dist.image_logvar)
+    match = ProbabilisticMatch(init_scale=4.0).train()
+    _, logits = match.loss(text, image, pid)
+    share = 16 / 64
+    assert float(logits.mean()) == pytest.approx(math.log(share / (1 - share)), abs=1e-4)
+    assert not bool(match.shift_pending)
+    b = float(match.shift)
+    other = Gaussian(dist.text_mean * 3, dist.text_logvar - 1)
+    match.loss(other, image, pid)
+    assert float(match.shift) == b
+    restored = ProbabilisticMatch(init_scale=4.0).train()
+    restored.load_state_dict(match.state_dict())
+    restored.loss(other, image, pid)
+    assert float(restored.shift) == b
+    fixed = ProbabilisticMatch(init_shift=5.0).train()
+    fixed.loss(text, image, pid)
+    assert float(fixed.shift) == 5.0
 
 
 def test_a_model_without_uncertainty_says_so_in_one_line(tiny_run, capsys):

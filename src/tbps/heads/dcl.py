@@ -26,32 +26,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ..components.gaussian import csd_distance, w2_distance
+from ..components.matching import ProbabilisticMatch
 from ..distributed import gather_with_grad
 from ..settings_types import PositiveFloat
 from ..types import EncoderOutput, Gaussian
 from .base import AlignmentHead, HeadContext
 from .sdm import sdm_from_logits
-
-DISTANCES = {"w2": w2_distance, "csd": csd_distance}
-
-
-def distribution_distance(mean_v: torch.Tensor, logvar_v: torch.Tensor, mean_t: torch.Tensor,
-                          logvar_t: torch.Tensor, distance: str = "w2") -> torch.Tensor:
-    """[B_v, B_t] distances between image and caption Gaussians, means l2-normalised."""
-    return DISTANCES[distance](F.normalize(mean_v, dim=-1), logvar_v,
-                               F.normalize(mean_t, dim=-1), logvar_t)
-
-
-def pcme_matching_loss(logits: torch.Tensor, pid_rows: torch.Tensor,
-                       pid_cols: torch.Tensor) -> torch.Tensor:
-    """PCME++'s matching loss: binary cross-entropy of sigmoid(logits) [R, C] against "same
-    identity", mean over all pairs, ×2 (its code's i2t + t2i, which are the same sum)."""
-    matched = (pid_rows[:, None] == pid_cols[None, :]).to(logits.dtype)
-    return 2 * F.binary_cross_entropy_with_logits(logits, matched)
 
 
 class DCLHead(AlignmentHead):
@@ -59,31 +40,31 @@ class DCLHead(AlignmentHead):
 
     def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0,
                  distance: Literal["w2", "csd"] = "csd", init_scale: PositiveFloat = 5.0,
-                 init_shift: float = 5.0, objective: Literal["pcme", "sdm"] = "pcme") -> None:
+                 init_shift: float | Literal["auto"] = "auto",
+                 objective: Literal["pcme", "sdm"] = "pcme") -> None:
         super().__init__(ctx, weight)
         self.distance, self.objective = distance, objective
-        self.scale = nn.Parameter(torch.tensor(float(init_scale)))   # a
-        self.shift = nn.Parameter(torch.tensor(float(init_shift)))   # b
+        if objective == "sdm" and init_shift == "auto":
+            init_shift = 5.0  # a softmax never moves b: PCME++'s start, as before
+        self.match = ProbabilisticMatch(init_scale, init_shift, distance)
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         d = batch["distributions"]
         mu_v, lv_v = gather_with_grad(d.image_mean), gather_with_grad(d.image_logvar)
         mu_t, lv_t = gather_with_grad(d.text_mean), gather_with_grad(d.text_logvar)
         pid = gather_with_grad(batch["pid"])
-        logits = -self.scale * distribution_distance(mu_v, lv_v, mu_t, lv_t, self.distance) \
-            + self.shift
+        text, image = Gaussian(mu_t, lv_t), Gaussian(mu_v, lv_v)
         if self.objective == "pcme":
-            loss = pcme_matching_loss(logits, pid, pid)
+            loss, logits = self.match.loss(text, image, pid)
         else:
-            loss = sdm_from_logits(logits, pid)
+            logits = self.match.logits(text, image)
+            loss = sdm_from_logits(logits.t(), pid)
         positive = (pid[:, None] == pid[None, :])
-        prob = torch.sigmoid(logits.detach())
-        return {"loss_dcl": self.weight * loss, "dcl_scale": self.scale.detach(),
-                "dcl_shift": self.shift.detach(), "dcl_match_prob": prob[positive].mean(),
+        prob = torch.sigmoid(logits.detach().float())
+        return {"loss_dcl": self.weight * loss, "dcl_scale": self.match.scale.detach(),
+                "dcl_shift": self.match.shift.detach(), "dcl_match_prob": prob[positive].mean(),
                 "dcl_nonmatch_prob": prob[~positive].mean() if bool((~positive).any())
                 else prob.new_zeros(())}
 
     def match_probability(self, text: Gaussian, image: Gaussian) -> torch.Tensor:
-        d = distribution_distance(image.mean, image.logvar, text.mean, text.logvar,
-                                  self.distance)
-        return torch.sigmoid(-self.scale * d.t() + self.shift)
+        return self.match.probability(text, image)

@@ -30,14 +30,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..components.gaussian import GaussianEmbedding, kl_to_standard_normal, sample
+from ..components.matching import ProbabilisticMatch
 from ..types import EncoderOutput, Gaussian
 from ..settings_types import NonNegativeFloat, PositiveFloat, PositiveInt
 from ..distributed import gather_with_grad
 from .base import AlignmentHead, HeadContext
-from .dcl import distribution_distance, pcme_matching_loss
 from .ire import identity_targets, soft_target_loss
 
 
@@ -62,11 +61,10 @@ class UGMHead(AlignmentHead):
                  init_logvar: float = -4.0,
                  sample_around: Literal["normalised", "raw"] = "normalised",
                  match_weight: NonNegativeFloat = 1.0, init_scale: PositiveFloat = 5.0,
-                 init_shift: float = 5.0) -> None:
+                 init_shift: float | Literal["auto"] = "auto") -> None:
         super().__init__(ctx, weight)
         self.sample_around, self.match_weight = sample_around, match_weight
-        self.scale = nn.Parameter(torch.tensor(float(init_scale)))   # a of sigmoid(−a·d + b)
-        self.shift = nn.Parameter(torch.tensor(float(init_shift)))   # b
+        self.match = ProbabilisticMatch(init_scale, init_shift)
         self.image_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.text_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.temperature, self.num_samples, self.kl_weight = temperature, num_samples, kl_weight
@@ -101,15 +99,12 @@ class UGMHead(AlignmentHead):
                "ugm_sigma_text": lv_t.detach().mul(0.5).exp().mean()}
         if self.match_weight > 0:
             pid = gather_with_grad(batch["pid"])
-            logits = self._match_logits(Gaussian(gather_with_grad(mu_t), gather_with_grad(lv_t)),
-                                        Gaussian(gather_with_grad(mu_v), gather_with_grad(lv_v)))
-            out["loss_ugm_match"] = self.match_weight * pcme_matching_loss(logits, pid, pid)
-            out["ugm_shift"] = self.shift.detach()
+            match, _ = self.match.loss(
+                Gaussian(gather_with_grad(mu_t), gather_with_grad(lv_t)),
+                Gaussian(gather_with_grad(mu_v), gather_with_grad(lv_v)), pid)
+            out["loss_ugm_match"] = self.match_weight * match
+            out["ugm_shift"] = self.match.shift.detach()
         return out
 
-    def _match_logits(self, text: Gaussian, image: Gaussian) -> torch.Tensor:
-        d = distribution_distance(image.mean, image.logvar, text.mean, text.logvar, "csd")
-        return -self.scale * d.t() + self.shift
-
     def match_probability(self, text, image):
-        return torch.sigmoid(self._match_logits(text, image)) if self.match_weight > 0 else None
+        return self.match.probability(text, image) if self.match_weight > 0 else None

@@ -1,0 +1,84 @@
+"""PCME++'s probabilistic match between two sets of Gaussians (Chun, ICLR 2024), shared by
+UCFA's DCL and CRUE's UGM: P(match) = sigmoid(−a·d + b), d PCME++'s closed-form sampled
+distance E‖z_t − z_i‖² (or the squared 2-Wasserstein distance) between Gaussians around
+l2-normalised means, a and b learnable, trained with binary cross-entropy against "same
+person" over every pair of the batch.
+
+Our choice where PCME++ is silent (``init_shift: auto``, the default): b starts where the
+first training batch's mean P(match) equals its share of matching pairs. PCME++'s b = 5 is
+balanced for fine-tuning CLIP, whose features already match; from random features every
+pair sits at d ≈ 2 + Σσ², P(match) starts far below the share of true pairs, and the first
+steps then shrink every σ towards zero, after which σ gets no gradient (∂d/∂log σ² = σ²)
+and stays meaningless. Set once, before the first optimiser step, from the batch gathered
+across processes (the same b everywhere), and saved with the checkpoint (a resumed run
+keeps it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..types import Gaussian
+from .gaussian import csd_distance, w2_distance
+
+DISTANCES = {"w2": w2_distance, "csd": csd_distance}
+
+
+def distribution_distance(mean_v: torch.Tensor, logvar_v: torch.Tensor, mean_t: torch.Tensor,
+                          logvar_t: torch.Tensor, distance: str = "csd") -> torch.Tensor:
+    """[B_v, B_t] distances between image and caption Gaussians, means l2-normalised."""
+    return DISTANCES[distance](F.normalize(mean_v, dim=-1), logvar_v,
+                               F.normalize(mean_t, dim=-1), logvar_t)
+
+
+def pcme_matching_loss(logits: torch.Tensor, pid_rows: torch.Tensor,
+                       pid_cols: torch.Tensor) -> torch.Tensor:
+    """PCME++'s matching loss: binary cross-entropy of sigmoid(logits) [R, C] against "same
+    identity", mean over all pairs, ×2 (its code's i2t + t2i, which are the same sum)."""
+    matched = (pid_rows[:, None] == pid_cols[None, :]).to(logits.dtype)
+    return 2 * F.binary_cross_entropy_with_logits(logits, matched)
+
+
+class ProbabilisticMatch(nn.Module):
+    def __init__(self, init_scale: float = 5.0, init_shift: float | str = "auto",
+                 distance: str = "csd") -> None:
+        super().__init__()
+        auto = init_shift == "auto"
+        self.distance = distance
+        self.scale = nn.Parameter(torch.tensor(float(init_scale)))               # a
+        self.shift = nn.Parameter(torch.tensor(0.0 if auto else float(init_shift)))  # b
+        self.register_buffer("shift_pending", torch.tensor(auto))
+        self._checked = False  # read the buffer once per process, outside compiled steps
+
+    def logits(self, text: Gaussian, image: Gaussian) -> torch.Tensor:
+        """−a·d + b [T, I] of every caption with every image."""
+        d = distribution_distance(image.mean, image.logvar, text.mean, text.logvar,
+                                  self.distance)
+        return -self.scale * d.t() + self.shift
+
+    def probability(self, text: Gaussian, image: Gaussian) -> torch.Tensor:
+        return torch.sigmoid(self.logits(text, image))
+
+    def loss(self, text: Gaussian, image: Gaussian, pid: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(PCME++'s matching loss over every pair of a batch whose i-th caption and image
+        have identity ``pid[i]``, the logits [B, B])."""
+        if self.training and not self._checked:
+            self._checked = True
+            if bool(self.shift_pending):
+                self._start_shift(text, image, pid)
+        logits = self.logits(text, image)
+        return pcme_matching_loss(logits, pid, pid), logits
+
+    @torch.no_grad()
+    def _start_shift(self, text: Gaussian, image: Gaussian, pid: torch.Tensor) -> None:
+        share = (pid[:, None] == pid[None, :]).float().mean().clamp(1e-4, 1 - 1e-4)
+        d = distribution_distance(image.mean, image.logvar, text.mean, text.logvar,
+                                  self.distance)
+        # b with mean over pairs of (−a·d + b) = logit(share): a first-order start, then b learns
+        self.shift.fill_(float(math.log(share / (1 - share)) + self.scale * d.float().mean()))
+        self.shift_pending.fill_(False)
