@@ -185,3 +185,66 @@ def test_tbps_uncertainty_measures_what_it_says(ucfa_run, tmp_path, capsys):
     ece = _hand_ece(prob.flatten().tolist(), same.flatten().float().tolist())
     assert abs(got["calibration"]["ece"] - ece) < 2e-3
     assert abs(got["calibration"]["match_probability_true_pairs"] - float(prob[same].mean())) < 1e-3
+
+
+def test_the_expected_distance_embedding_ranks_every_gallery_by_the_expected_distance():
+    """Its cosine is a fixed positive multiple of (cos − v_i/2) for every caption, so the
+    order is −E‖z_t − z_i‖²'s: checked against the distance itself, with variances from
+    tiny to large, and the first D entries alone rank by the means."""
+    from tbps.components.gaussian import csd_distance
+    from tbps.components.matching import expected_distance_embedding
+
+    g = torch.Generator().manual_seed(5)
+    d = 16
+    text = Gaussian(torch.randn(4, d, generator=g), torch.randn(4, d, generator=g) - 3)
+    image = Gaussian(torch.randn(50, d, generator=g) * 3,
+                     torch.linspace(-12, 3, 50)[:, None] + 0.3 * torch.randn(50, d, generator=g))
+    q = F.normalize(expected_distance_embedding("text", text), dim=-1)
+    k = F.normalize(expected_distance_embedding("image", image), dim=-1)
+    cos = q @ k.t()
+    csd = csd_distance(F.normalize(text.mean, dim=-1), text.logvar,
+                       F.normalize(image.mean, dim=-1), image.logvar)
+    for row in range(4):
+        assert cos[row].argsort(descending=True).tolist() == csd[row].argsort().tolist()
+    # linear: cos' = c·(−d/2 + const) with one c > 0 for every row
+    for row in range(4):
+        fit = torch.linalg.lstsq(torch.stack([-csd[row] / 2, torch.ones(50)], 1).double(),
+                                 cos[row].double()[:, None]).solution
+        assert float(fit[0]) > 0
+        resid = torch.stack([-csd[row] / 2, torch.ones(50)], 1).double() @ fit - cos[row, :, None]
+        assert float(resid.abs().max()) < 1e-6 * float(cos[row].abs().max())
+    means = F.normalize(q[:, :d], dim=-1) @ F.normalize(k[:, :d], dim=-1).t()
+    want = F.normalize(text.mean, dim=-1) @ F.normalize(image.mean, dim=-1).t()
+    assert torch.allclose(means, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("experiment,override", [
+    ("ucfa_synthetic", "heads.dcl.rank_by=distribution"),
+    ("crue_synthetic", "heads.ugm.rank_by=distribution")])
+def test_ranking_by_the_distributions_is_the_order_of_the_match_probability(
+        tiny_synth, tmp_path, experiment, override):
+    """Through the module's one ranking path (embed_images / embed_texts, what evaluation,
+    search and serve use), every caption's gallery order is that of P(match) from the
+    module's uncertainty path; the "mean" part ranks by the plain features."""
+    from conftest import tiny_module
+
+    module, dm = tiny_module(tiny_synth, tmp_path, experiment, override,
+                             "heads.uamlr.num_heads=2", "heads.uamlr.depth=1") \
+        if experiment.startswith("ucfa") else tiny_module(tiny_synth, tmp_path, experiment, override)
+    gallery, _ = dm._eval_loaders("test")
+    images = next(iter(gallery))["image"][:40]
+    ids = dm._caption_ids["test"][:6]
+    with torch.no_grad():
+        img, txt = module.embed_images(images), module.embed_texts(ids)
+        prob = module.uncertainty(images, ids).match_probability
+        scores = F.normalize(txt, dim=-1) @ F.normalize(img, dim=-1).t()
+        part = module.retrieval_parts["mean"]
+        means = F.normalize(txt[:, part], dim=-1) @ F.normalize(img[:, part], dim=-1).t()
+        side_t, side_i = module.text_side(ids), module.image_side(images)
+        plain = F.normalize(side_t.global_feature, dim=-1) @ F.normalize(side_i.global_feature, dim=-1).t()
+    for row in range(6):
+        order = scores[row].argsort(descending=True)
+        p = prob[row][order].double()
+        assert bool((p[:-1] >= p[1:] * (1 - 1e-4)).all()), (row, p)  # relative: p may be tiny
+        assert float(p[0] / p[-1]) > 1.01  # and the probabilities do differ
+    assert torch.allclose(means, plain.float(), atol=1e-5)

@@ -39,6 +39,8 @@ class RetrievalInput:
     attention: torch.Tensor | None  # the global token's attention row, if a head needs it
     ids: torch.Tensor | None = None  # [B, L] the captions' token ids (text only)
     mask: torch.Tensor | None = None  # [B, L] True at real tokens (text only)
+    # the shared distributions' Gaussian of each item, when the model has them (UCFA)
+    gaussian: "Gaussian | None" = None
 
 
 @dataclass

@@ -173,3 +173,11 @@ def main(ckpt: str, out: str | None = None, batch_size: int = 64) -> None:
     print(text)
     if out:
         Path(out).write_text(text + "\n")
+
+
+if __name__ == "__main__":  # the older spelling of `tbps uncertainty CKPT`
+    import sys
+
+    from ..cli import main as cli
+
+    sys.exit(cli(["uncertainty", *sys.argv[1:]]))

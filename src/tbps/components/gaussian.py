@@ -20,6 +20,9 @@ from torch import nn
 from .rng import generator_kwargs
 
 
+LOGVAR_MAX = 6.0  # log σ² is clamped below this (bf16 cannot overflow exp); ranking bounds on it
+
+
 class AttentionPool(nn.Module):
     """One learned query attends over a token sequence: [B, N, D] (+ mask) -> [B, D]."""
 
@@ -38,7 +41,7 @@ class AttentionPool(nn.Module):
 
 class GaussianEmbedding(nn.Module):
     def __init__(self, dim: int, learned_mean: bool = False, init_logvar: float = -4.0,
-                 logvar_range: tuple[float, float] = (-12.0, 6.0),
+                 logvar_range: tuple[float, float] = (-12.0, LOGVAR_MAX),
                  variance_from: Literal["global", "tokens"] = "global") -> None:
         super().__init__()
         self.mean = nn.Linear(dim, dim) if learned_mean else nn.Identity()

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..types import Gaussian
-from .gaussian import csd_distance, w2_distance
+from .gaussian import LOGVAR_MAX, csd_distance, w2_distance
 
 DISTANCES = {"w2": w2_distance, "csd": csd_distance}
 
@@ -82,3 +82,25 @@ class ProbabilisticMatch(nn.Module):
         # b with mean over pairs of (−a·d + b) = logit(share): a first-order start, then b learns
         self.shift.fill_(float(math.log(share / (1 - share)) + self.scale * d.float().mean()))
         self.shift_pending.fill_(False)
+
+
+def expected_distance_embedding(modality: str, gaussian: Gaussian) -> torch.Tensor:
+    """An embedding [B, D + 2] whose cosine ranks a gallery by PCME++'s expected distance
+    E‖z_t − z_i‖² = 2 − 2·cos(μ_t, μ_i) + v_t + v_i (v = Σσ², means l2-normalised), hence by
+    P(match) = sigmoid(−a·d + b), exactly, through the cosine ranking every tool already uses.
+
+    Caption: [μ̂_t, 1, 0]. Image: [μ̂_i, −v_i/2, √(R² − 1 − v_i²/4)], every image of norm R.
+    Their cosine is (cos − v_i/2) / (√2·R): for one caption, a fixed positive multiple of
+    −d/2 plus a constant, so the order is the expected distance's whatever the gallery. R is
+    set by the largest v the log-variance clamp allows (D·e^LOGVAR_MAX), so it holds for
+    every image; the scores are small (~1e-5) and only their order means anything: read
+    P(match) for a probability. The first D entries alone rank by the means
+    (``retrieval_parts``)."""
+    mean = F.normalize(gaussian.mean.float(), dim=-1)
+    d = mean.shape[-1]
+    if modality == "text":
+        return torch.cat([mean, mean.new_ones(len(mean), 1), mean.new_zeros(len(mean), 1)], 1)
+    v = gaussian.logvar.double().exp().sum(-1, keepdim=True)
+    bound = d * math.exp(LOGVAR_MAX)
+    rest = (bound ** 2 / 4 - v.pow(2) / 4).clamp_min(0).sqrt()  # float64: R² ≫ 1 + v²/4
+    return torch.cat([mean, (-v / 2).float(), rest.float()], 1)

@@ -19,6 +19,12 @@ gathered from all processes, with the identity labels as targets. Two objectives
 - ``sdm``: SDM's KL in both directions over the row-wise softmax of the logits (the earlier
   reconstruction). Under a softmax over one row b cancels, so it never learns, and
   P(match) is not calibrated: kept for comparison.
+
+Ranking (``rank_by``): by the means' cosine (``mean``, the earlier behaviour) or by the
+expected distance between the Gaussians (``distribution``: PCME++'s csd, the order of
+P(match)), exact over the whole gallery through the retrieval-embedding contract
+(``components.matching.expected_distance_embedding``); evaluation then also reports the
+means' ranking under ``<split>/mean/``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from typing import Literal
 
 import torch
 
-from ..components.matching import ProbabilisticMatch
+from ..components.matching import ProbabilisticMatch, expected_distance_embedding
+from ..errors import ConfigError
 from ..distributed import gather_with_grad
 from ..settings_types import PositiveFloat
 from ..types import EncoderOutput, Gaussian
@@ -41,9 +48,13 @@ class DCLHead(AlignmentHead):
     def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0,
                  distance: Literal["w2", "csd"] = "csd", init_scale: PositiveFloat = 5.0,
                  init_shift: float | Literal["auto"] = "auto",
-                 objective: Literal["pcme", "sdm"] = "pcme") -> None:
+                 objective: Literal["pcme", "sdm"] = "pcme",
+                 rank_by: Literal["mean", "distribution"] = "mean") -> None:
         super().__init__(ctx, weight)
-        self.distance, self.objective = distance, objective
+        self.distance, self.objective, self.rank_by = distance, objective, rank_by
+        if rank_by == "distribution" and distance != "csd":
+            raise ConfigError("heads.dcl.rank_by=distribution ranks by PCME++'s expected "
+                              f"distance, which needs heads.dcl.distance=csd (got {distance!r})")
         if objective == "sdm" and init_shift == "auto":
             init_shift = 5.0  # a softmax never moves b: PCME++'s start, as before
         self.match = ProbabilisticMatch(init_scale, init_shift, distance)
@@ -68,3 +79,14 @@ class DCLHead(AlignmentHead):
 
     def match_probability(self, text: Gaussian, image: Gaussian) -> torch.Tensor:
         return self.match.probability(text, image)
+
+    def claims_retrieval(self, modality):
+        """With ``rank_by: distribution``, ranking is by the expected distance between the
+        Gaussians (P(match)'s order); evaluation also reports the means' ranking (``mean``)."""
+        return self.rank_by == "distribution"
+
+    def retrieval_embedding(self, modality, inputs):
+        return expected_distance_embedding(modality, inputs.gaussian)
+
+    def retrieval_parts(self):
+        return {"mean": slice(0, self.ctx.embed_dim)}

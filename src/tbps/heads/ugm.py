@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from ..components.gaussian import GaussianEmbedding, kl_to_standard_normal, sample
-from ..components.matching import ProbabilisticMatch
+from ..components.matching import ProbabilisticMatch, expected_distance_embedding
+from ..errors import ConfigError
 from ..types import EncoderOutput, Gaussian
 from ..settings_types import NonNegativeFloat, PositiveFloat, PositiveInt
 from ..distributed import gather_with_grad
@@ -61,8 +62,13 @@ class UGMHead(AlignmentHead):
                  init_logvar: float = -4.0,
                  sample_around: Literal["normalised", "raw"] = "normalised",
                  match_weight: NonNegativeFloat = 1.0, init_scale: PositiveFloat = 5.0,
-                 init_shift: float | Literal["auto"] = "auto") -> None:
+                 init_shift: float | Literal["auto"] = "auto",
+                 rank_by: Literal["mean", "distribution"] = "mean") -> None:
         super().__init__(ctx, weight)
+        if rank_by == "distribution" and match_weight == 0:
+            raise ConfigError("heads.ugm.rank_by=distribution ranks by the probabilistic "
+                              "match: set heads.ugm.match_weight above 0")
+        self.rank_by = rank_by
         self.sample_around, self.match_weight = sample_around, match_weight
         self.match = ProbabilisticMatch(init_scale, init_shift)
         self.image_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
@@ -71,13 +77,19 @@ class UGMHead(AlignmentHead):
         self.learned_mean = learned_mean
 
     def claims_retrieval(self, modality):
-        """With ``learned_mean``, ranking uses the learned means (inference on μ); otherwise
+        """With ``rank_by: distribution``, ranking is by the expected distance between the
+        Gaussians (P(match)'s order); with ``learned_mean``, by the learned means; otherwise
         μ is the feature itself and nothing is claimed."""
-        return self.learned_mean
+        return self.learned_mean or self.rank_by == "distribution"
 
     def retrieval_embedding(self, modality, inputs):
         gauss = self.image_gauss if modality == "image" else self.text_gauss
+        if self.rank_by == "distribution":
+            return expected_distance_embedding(modality, Gaussian(*gauss(inputs.global_feature)))
         return gauss.mean_projection(inputs.global_feature)
+
+    def retrieval_parts(self):
+        return {"mean": slice(0, self.ctx.embed_dim)} if self.rank_by == "distribution" else {}
 
     def distribution(self, modality, inputs):
         gauss = self.image_gauss if modality == "image" else self.text_gauss

@@ -148,7 +148,7 @@ class TBPSModule(L.LightningModule):
             tokens, attention = self.encoder.encode_image_tokens_attention(images)
         else:
             tokens, attention = self.encoder.encode_image_tokens(images), None
-        return RetrievalInput(tokens, tokens[:, 0], attention)
+        return self._with_gaussian("image", RetrievalInput(tokens, tokens[:, 0], attention))
 
     def text_side(self, ids: torch.Tensor) -> RetrievalInput:
         """Token ids [B, L] -> tokens, global feature (and the [EOT] attention row when the
@@ -158,8 +158,15 @@ class TBPSModule(L.LightningModule):
             tokens, attention = self.encoder.encode_text_tokens_attention(ids)
         else:
             tokens, attention = self.encoder.encode_text_tokens(ids), None
-        return RetrievalInput(tokens, self.encoder.text_global(tokens, ids), attention, ids,
-                              self.encoder.text_mask(ids))
+        return self._with_gaussian("text", RetrievalInput(
+            tokens, self.encoder.text_global(tokens, ids), attention, ids,
+            self.encoder.text_mask(ids)))
+
+    def _with_gaussian(self, modality: str, side: RetrievalInput) -> RetrievalInput:
+        """The shared distributions' Gaussian of each item, for a head that ranks by it."""
+        if self.distributions is not None and self._embedding_head(modality) is not None:
+            side.gaussian = self.distributions.distribution(modality, side)
+        return side
 
     def _embed(self, modality: str, side: RetrievalInput) -> torch.Tensor:
         head = self._embedding_head(modality)
