@@ -1,7 +1,8 @@
 """Search ranks as the evaluation ranks: the same top 10 for every test caption of a
 SynthPedes split laid out as a folder, for IRRA's heads (global cosine), for ACSA
 (re-scored candidates fused at the weight chosen on validation) and for RDE (the mean of
-its BGE and TSE cosines, one embedding made from tokens and attention rows)."""
+its BGE and TSE cosines, one embedding made from tokens and attention rows), and for UCFA,
+whose every hit also carries P(match), equal to the module's own for that pair."""
 
 import shutil
 
@@ -77,7 +78,7 @@ def lay_out(records, folder):
     return {f"{i:04d}_{p.name}": i for i, p in enumerate(records.image_paths)}
 
 
-@pytest.mark.parametrize("which", ["irra", "acsa", "rde"])
+@pytest.mark.parametrize("which", ["irra", "acsa", "rde", "ucfa"])
 def test_search_gives_the_evaluations_top10(which, tiny_run, tiny_synth, tmp_path, request):
     run = tiny_run if which == "irra" else request.getfixturevalue(f"{which}_run")
     ckpt = run / "checkpoints" / "best.ckpt"
@@ -93,3 +94,13 @@ def test_search_gives_the_evaluations_top10(which, tiny_run, tiny_synth, tmp_pat
     same = (found == top10).all(1)
     print(f"\n{which}: {int(same.sum())} of {len(same)} test captions with the same top 10")
     assert same.all(), f"captions {(~same).nonzero().squeeze(1).tolist()[:5]} rank differently"
+    has = ["match_probability" in h for q in res["queries"] for h in q["results"]]
+    assert all(has) if which == "ucfa" else not any(has)
+    if which == "ucfa":  # P(match) of every hit, against the module's on the split's loader
+        data = dict(module.cfg["data"], num_workers=0, pin_memory=False, root=str(tiny_synth))
+        dm = build_data(OmegaConf.create({"data": data}))
+        dm.set_tokenizer(module.tokenizer)
+        images = torch.cat([b["image"] for b in dm._eval_loaders("test")[0]])
+        prob = module.uncertainty(images, dm._caption_ids["test"]).match_probability
+        got = torch.tensor([[h["match_probability"] for h in q["results"]] for q in res["queries"]])
+        assert torch.allclose(got, prob.gather(1, found).float(), atol=2e-4)

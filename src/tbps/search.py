@@ -10,6 +10,12 @@ checkpoint stores. So what is searched is what was evaluated.
 A model without re-scoring answers a query on an indexed folder without importing torch,
 Lightning, timm or transformers: its text path (``embed_texts``) is kept in the index as an
 ONNX program with the tokenizer, run by ONNX Runtime (``TextProgram``).
+
+A model with a match probability (PCME++'s P(match): UCFA's DCL, CRUE's UGM) gives every
+result its probability beside the score (``match_probability``), from the query's and the
+image's Gaussians through ``TBPSModule.uncertainty``, the path `tbps uncertainty` reads:
+a confident match reads near 1, a guess near the base rate. Such a model loads the full
+model for queries (the top k images are re-read from the folder).
 """
 
 from __future__ import annotations
@@ -112,8 +118,9 @@ class TextProgram:
                 return self.module.embed_texts(ids)
 
         k = module.candidates_to_rescore
-        state = "rescores" if k else "failed"
-        if k == 0:
+        probability = has_match_probability(module)
+        state = "rescores" if k else "probability" if probability else "failed"
+        if k == 0 and not probability:
             device = module.device
             ids = module.tokenizer.encode(["a person", "a man in a red coat"])
             tmp = self.program.with_suffix(".tmp.onnx")
@@ -132,7 +139,24 @@ class TextProgram:
                 module.to(device)
         self.meta.write_text(json.dumps({"tokenizer": module.tokenizer.to_json(),
                                          "context_length": module.tokenizer.context_length,
-                                         "rescore_candidates": k, "state": state}))
+                                         "rescore_candidates": k, "state": state,
+                                         "match_probability": probability}))
+
+
+def has_match_probability(module) -> bool:
+    """Whether the model gives a pair P(match) (asked once on a blank image and caption)."""
+    import torch
+
+    from .model.uncertainty import NoUncertainty
+
+    height, width = module.cfg["data"]["image_size"]
+    blank = torch.zeros(1, 3, height, width, device=module.device)
+    try:
+        with torch.inference_mode():
+            got = module.uncertainty(blank, module.tokenizer.encode(["a person"]).to(module.device))
+    except NoUncertainty:
+        return False
+    return got.match_probability is not None
 
 
 def index_root(ckpt: str | Path, gallery: str | Path, index_dir: str | Path | None) -> Path:
@@ -170,6 +194,7 @@ class Ranker:
         if program.state() is None:
             program.save(model.module)  # this query on, a model without re-scoring uses it
         self.exported = program.load()
+        self.with_probability = program.state() == "probability"
 
     def __call__(self, queries: list[str], topk: int
                  ) -> tuple[list[list[tuple[int, float]]], dict]:
@@ -200,19 +225,57 @@ class Ranker:
                      "vector_index": self.vectors.kind, "rescored_candidates": k_rescore}
 
 
+    def match_probabilities(self, queries: list[str], ranked: list[list[tuple[int, float]]]
+                            ) -> list[list[float]] | None:
+        """P(match) of each query with each of its hits, for a model that has one."""
+        if not self.with_probability:
+            return None
+        import torch
+
+        module = self.model.module
+        names = self.index.paths([i for row in ranked for i, _ in row])
+        out = []
+        with torch.inference_mode():
+            for query, row in zip(queries, ranked):
+                if not row:
+                    out.append([])
+                    continue
+                images = torch.stack([self.model.transform(image=_rgb(self.index.gallery / names[i]))["image"]
+                                      for i, _ in row]).to(module.device)
+                ids = module.query_batch([query])["caption_ids"].to(module.device)
+                prob = module.uncertainty(images, ids).match_probability[0]
+                out.append([float(p) for p in prob.float().cpu()])
+        return out
+
+
+def _rgb(path: Path):
+    from .data.datasets import load_rgb
+
+    return load_rgb(path)
+
+
 def rank(index: GalleryIndex, model: Model, queries: list[str], topk: int,
-         kind: str = "auto", nprobe: int | None = None) -> tuple[list[list[tuple[int, float]]], dict]:
-    """Each query's best ``topk`` (entry id, score), as the evaluation ranks, and timings."""
-    return Ranker(index, model, kind, nprobe)(queries, topk)
+         kind: str = "auto", nprobe: int | None = None
+         ) -> tuple[list[list[tuple[int, float]]], dict, list[list[float]] | None]:
+    """Each query's best ``topk`` (entry id, score), as the evaluation ranks, timings, and
+    each hit's P(match) when the model has one."""
+    ranker = Ranker(index, model, kind, nprobe)
+    ranked, timing = ranker(queries, topk)
+    return ranked, timing, ranker.match_probabilities(queries, ranked)
 
 
-def ranked_results(index: GalleryIndex, ranked: list[list[tuple[int, float]]]
-                   ) -> list[list[dict]]:
+def ranked_results(index: GalleryIndex, ranked: list[list[tuple[int, float]]],
+                   probabilities: list[list[float]] | None = None) -> list[list[dict]]:
     """Each query's hits as `tbps search --json` lists them: rank, the image's path inside
-    the gallery (``name``) and beside it (``path``), and score."""
+    the gallery (``name``) and beside it (``path``), score, and P(match) for a model that
+    has one (``match_probability``)."""
     names = index.paths([i for row in ranked for i, _ in row])
-    return [[{"rank": r + 1, "path": str(index.gallery / names[i]), "name": names[i],
-              "score": round(s, 4)} for r, (i, s) in enumerate(row)] for row in ranked]
+    out = [[{"rank": r + 1, "path": str(index.gallery / names[i]), "name": names[i],
+             "score": round(s, 4)} for r, (i, s) in enumerate(row)] for row in ranked]
+    for hits, probs in zip(out, probabilities or []):
+        for hit, p in zip(hits, probs):
+            hit["match_probability"] = round(p, 4)
+    return out
 
 
 def _rescored(index: GalleryIndex, module, query_kept: dict, cosines: np.ndarray,
@@ -244,7 +307,7 @@ def search(ckpt: str | Path, gallery: str | Path, queries: list[str], topk: int 
         raise ConfigError("no query: pass --query \"...\" or --queries FILE")
     index, model = open_index(ckpt, gallery, index_dir, device)
     report = index.update(model, batch_size, workers) if update else None
-    ranked, timing = rank(index, model, queries, topk, kind, nprobe)
+    ranked, timing, probabilities = rank(index, model, queries, topk, kind, nprobe)
     folder = Path(gallery)
     bad = index.unreadable(limit=5)
     return {"checkpoint": str(ckpt), "gallery": str(folder), "index": str(index.root),
@@ -256,7 +319,7 @@ def search(ckpt: str | Path, gallery: str | Path, queries: list[str], topk: int 
             "unreadable": {"count": index.unreadable_count(),
                            "first": [f"{folder / p}: {why}" for p, why in bad]},
             "queries": [{"query": q, "results": hits}
-                        for q, hits in zip(queries, ranked_results(index, ranked))]}
+                        for q, hits in zip(queries, ranked_results(index, ranked, probabilities))]}
 
 
 def draw_results(result: dict, out: str | Path, thumb: tuple[int, int] = (64, 160)) -> Path:
@@ -295,7 +358,9 @@ def format_results(result: dict) -> str:
     lines = []
     for row in result["queries"]:
         lines.append(f"query: {row['query']}")
-        lines += [f"  {h['rank']:>3}. {h['score']:.4f}  {h['path']}" for h in row["results"]]
+        lines += [f"  {h['rank']:>3}. {h['score']:.4f}  "
+                  + (f"P(match) {h['match_probability']:.3f}  " if "match_probability" in h else "")
+                  + h["path"] for h in row["results"]]
     if result["update"] is not None:
         lines.append(format_update(result["update"]))
     lines.append(f"{result['indexed']} of {result['images']} images indexed ("

@@ -58,7 +58,8 @@ class GallerySearch:
         start = time.perf_counter()
         with self.lock:
             ranked, timing = self.ranker([query], k)
-            hits = ranked_results(self.index, ranked)[0]
+            hits = ranked_results(self.index, ranked,
+                                  self.ranker.match_probabilities([query], ranked))[0]
         return {"query": query, "k": k, "results": hits, "images": len(self.index),
                 "query_ms": round(timing["query_ms"], 2),
                 "server_ms": round((time.perf_counter() - start) * 1e3, 2),
