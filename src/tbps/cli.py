@@ -351,7 +351,8 @@ def parser() -> argparse.ArgumentParser:
                         "seeds, the same budget each, then the report")
     st.add_argument("--out", default="runs/study", help="where the runs and the report go")
     st.add_argument("--methods", nargs="+", metavar="EXPERIMENT", help="default: "
-                    "synthetic clip_synthetic crue_synthetic acsa_synthetic ucfa_synthetic")
+                    "synthetic clip_synthetic crue_synthetic acsa_synthetic ucfa_synthetic "
+                    "rde_synthetic")
     st.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.3],
                     help="caption-noise rates (data.noise_rate)")
     st.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
