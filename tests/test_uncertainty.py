@@ -248,3 +248,22 @@ def test_ranking_by_the_distributions_is_the_order_of_the_match_probability(
         assert bool((p[:-1] >= p[1:] * (1 - 1e-4)).all()), (row, p)  # relative: p may be tiny
         assert float(p[0] / p[-1]) > 1.01  # and the probabilities do differ
     assert torch.allclose(means, plain.float(), atol=1e-5)
+
+
+def test_checkpoints_from_before_the_probabilistic_match_still_load():
+    """DCL kept a and b on itself; UGM had none: the first load where they were, the second
+    without a P(match) (not with an untrained one)."""
+    from tbps.heads.ugm import UGMHead
+
+    old = DCLHead(CTX, init_shift=2.0).state_dict()
+    old = {k.replace("match.", ""): v for k, v in old.items() if k != "match.shift_pending"}
+    old["scale"], old["shift"] = torch.tensor(3.5), torch.tensor(-1.25)
+    new = DCLHead(CTX)
+    new.load_state_dict(old)
+    assert float(new.match.scale) == 3.5 and float(new.match.shift) == -1.25
+    assert not bool(new.match.shift_pending)
+    ugm_old = {k: v for k, v in UGMHead(CTX).state_dict().items() if not k.startswith("match.")}
+    ugm = UGMHead(CTX)
+    ugm.load_state_dict(ugm_old)
+    g = Gaussian(torch.zeros(1, 6), torch.zeros(1, 6))
+    assert ugm.match_probability(g, g) is None

@@ -6,8 +6,9 @@ reconstruction (``docs/methods.md`` §4, each a config key): the distance betwee
 and a caption's Gaussian is the squared 2-Wasserstein distance (``distance: w2``) or PCME++'s
 closed-form sampled distance (``csd``); the means are l2-normalised first, so the distance
 has the scale of cosine similarity (‖μ_i − μ_j‖² = 2 − 2 cos) whatever the feature norm;
-the logits are −a·d + b with learnable a, b (PCME++'s initial 5 and 5), over the batch
-gathered from all processes, with the identity labels as targets. Two objectives
+the logits are −a·d + b with learnable a, b (``components.matching``: a from PCME++'s 5, b
+from the first batch's base rate), over the batch gathered from all processes, with the
+identity labels as targets. Two objectives
 (``objective``):
 
 - ``pcme`` (the default, PCME++'s probabilistic matching): every (image, caption) pair of
@@ -79,6 +80,14 @@ class DCLHead(AlignmentHead):
 
     def match_probability(self, text: Gaussian, image: Gaussian) -> torch.Tensor:
         return self.match.probability(text, image)
+
+    def _load_from_state_dict(self, state, prefix, *args, **kwargs):
+        # checkpoints before 2026-12-02 kept a and b on the head itself
+        for name in ("scale", "shift"):
+            if prefix + name in state:
+                state[prefix + "match." + name] = state.pop(prefix + name)
+                state.setdefault(prefix + "match.shift_pending", torch.tensor(False))
+        super()._load_from_state_dict(state, prefix, *args, **kwargs)
 
     def claims_retrieval(self, modality):
         """With ``rank_by: distribution``, ranking is by the expected distance between the

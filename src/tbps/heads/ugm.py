@@ -120,3 +120,12 @@ class UGMHead(AlignmentHead):
 
     def match_probability(self, text, image):
         return self.match.probability(text, image) if self.match_weight > 0 else None
+
+    def _load_from_state_dict(self, state, prefix, *args, **kwargs):
+        # a checkpoint from before 2026-12-02 has no probabilistic match: it loads without
+        # one (no P(match)), rather than with an untrained a and b
+        if prefix + "image_gauss.logvar.weight" in state and prefix + "match.scale" not in state:
+            for name, value in self.match.state_dict().items():
+                state[prefix + "match." + name] = value
+            self.match_weight = 0.0
+        super()._load_from_state_dict(state, prefix, *args, **kwargs)
