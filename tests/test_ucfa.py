@@ -138,14 +138,17 @@ def test_pcl_terms_match_loop_references():
     assert abs(float(intra_modal_loss(zv[:1], pid, 0.1)) - _supcon_reference(zv[:1], pid, 0.1)) < 1e-4
 
 
-def test_pcl_head_samples_the_gaussians_and_combines_its_terms():
+@pytest.mark.parametrize("around", ["normalised", "raw"])
+def test_pcl_head_samples_the_gaussians_and_combines_its_terms(around):
     dist, pid = _dists(b=4), torch.tensor([0, 1, 1, 2])
-    head = PCLHead(CTX, weight=2.0, num_samples=3, temperature=0.1, intra_weight=0.5)
+    head = PCLHead(CTX, weight=2.0, num_samples=3, temperature=0.1, intra_weight=0.5,
+                   sample_around=around)
     torch.manual_seed(7)
     out = head(None, {"distributions": dist, "pid": pid})
     torch.manual_seed(7)  # the same draws, in the head's order: images, then captions
-    zv = F.normalize(dist.image_mean + dist.image_logvar.mul(0.5).exp() * torch.randn(3, 4, 6), dim=-1)
-    zt = F.normalize(dist.text_mean + dist.text_logvar.mul(0.5).exp() * torch.randn(3, 4, 6), dim=-1)
+    centre = (lambda m: F.normalize(m, dim=-1)) if around == "normalised" else (lambda m: m)
+    zv = F.normalize(centre(dist.image_mean) + dist.image_logvar.mul(0.5).exp() * torch.randn(3, 4, 6), dim=-1)
+    zt = F.normalize(centre(dist.text_mean) + dist.text_logvar.mul(0.5).exp() * torch.randn(3, 4, 6), dim=-1)
     torch.testing.assert_close(out["loss_pcl_inter"], 2.0 * inter_modal_loss(zv, zt, pid, 0.1))
     intra = 0.5 * (intra_modal_loss(zv, pid, 0.1) + intra_modal_loss(zt, pid, 0.1))
     torch.testing.assert_close(out["loss_pcl_intra"], 2.0 * 0.5 * intra)

@@ -84,6 +84,11 @@ class Distributions(_Strict):
     kl_weight: NonNegativeFloat = 1e-4
 
 
+class PairWeights(_Strict):
+    from_epoch: NonNegativeFloat = 1.0
+    ratio: PositiveFloat = 0.5
+
+
 class Logger(_Strict):
     wandb: bool
     project: str
@@ -160,7 +165,8 @@ def validation_message(exc: ValidationError, where: str, model: type[BaseModel] 
 _GROUPS: dict[str, type[BaseModel]] = {"optim": Optim, "tokenizer": Tokenizer,
                                         "encoder": Encoder, "logger": Logger, "eval": Eval}
 _OPTIONAL: dict[str, type[BaseModel]] = {"memory": Memory, "text_augment": TextAugment,
-                                          "distributions": Distributions}
+                                          "distributions": Distributions,
+                                          "pair_weights": PairWeights}
 _TOP = {"experiment": str, "seed": Annotated[int, Field(ge=0)], "runs_dir": str,
         "run_dir": str | None, "resume": bool | str,
         "nonfinite_loss": Literal["stop", "skip"], "compile": bool}

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..types import Gaussian
 from .gaussian import LOGVAR_MAX, csd_distance, w2_distance
+from .pair_weights import weighted_mean
 
 DISTANCES = {"w2": w2_distance, "csd": csd_distance}
 
@@ -36,11 +37,14 @@ def distribution_distance(mean_v: torch.Tensor, logvar_v: torch.Tensor, mean_t: 
 
 
 def pcme_matching_loss(logits: torch.Tensor, pid_rows: torch.Tensor,
-                       pid_cols: torch.Tensor) -> torch.Tensor:
+                       pid_cols: torch.Tensor, row_weights: torch.Tensor | None = None
+                       ) -> torch.Tensor:
     """PCME++'s matching loss: binary cross-entropy of sigmoid(logits) [R, C] against "same
-    identity", mean over all pairs, ×2 (its code's i2t + t2i, which are the same sum)."""
+    identity", mean over all pairs (rows weighted by ``row_weights``), ×2 (its code's i2t +
+    t2i, which are the same sum)."""
     matched = (pid_rows[:, None] == pid_cols[None, :]).to(logits.dtype)
-    return 2 * F.binary_cross_entropy_with_logits(logits, matched)
+    bce = F.binary_cross_entropy_with_logits(logits, matched, reduction="none")
+    return 2 * weighted_mean(bce.mean(1), row_weights)
 
 
 class ProbabilisticMatch(nn.Module):
@@ -63,16 +67,16 @@ class ProbabilisticMatch(nn.Module):
     def probability(self, text: Gaussian, image: Gaussian) -> torch.Tensor:
         return torch.sigmoid(self.logits(text, image))
 
-    def loss(self, text: Gaussian, image: Gaussian, pid: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, text: Gaussian, image: Gaussian, pid: torch.Tensor,
+             weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(PCME++'s matching loss over every pair of a batch whose i-th caption and image
-        have identity ``pid[i]``, the logits [B, B])."""
+        have identity ``pid[i]``, caption rows weighted by ``weights``; the logits [B, B])."""
         if self.training and not self._checked:
             self._checked = True
             if bool(self.shift_pending):
                 self._start_shift(text, image, pid)
         logits = self.logits(text, image)
-        return pcme_matching_loss(logits, pid, pid), logits
+        return pcme_matching_loss(logits, pid, pid, weights), logits
 
     @torch.no_grad()
     def _start_shift(self, text: Gaussian, image: Gaussian, pid: torch.Tensor) -> None:

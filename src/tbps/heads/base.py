@@ -60,6 +60,11 @@ module reads it without ``getattr`` guesses and never needs to know a head by na
   Gaussians. ``TBPSModule.uncertainty`` asks the shared ``distributions`` component first,
   then the heads in config order, and takes the first answer of each: `tbps uncertainty`,
   the notebooks and search read uncertainty through it, never from a head's insides.
+- ``pair_confidence(encoded, batch)``: a head with a probabilistic match gives each training
+  pair of the (local) batch its P(match) [B], detached; with ``pair_weights`` set, the module
+  turns the first answer into ``batch["pair_weight"]`` [B] before any head runs
+  (``components.pair_weights``), and every head that has per-pair terms weights them with
+  it (``weighted_mean``; absent, the plain mean).
 - ``explain(...)``: where each phrase of a caption looks in an image, as the head itself
   relates words to image regions (a cross-attention, ACSA's phrase-to-scale attention), or
   ``None`` (the default). ``TBPSModule.explain`` asks the heads in config order and takes
@@ -193,6 +198,11 @@ class AlignmentHead(nn.Module, metaclass=ABCMeta):
         """P(match) [T, I] of every caption with every image, from their Gaussians (as
         ``TBPSModule.uncertainty`` found them), or ``None`` (the default: no probabilistic
         match)."""
+        return None
+
+    def pair_confidence(self, encoded: EncoderOutput, batch: dict[str, torch.Tensor]
+                        ) -> torch.Tensor | None:
+        """P(match) [B] of each training pair of the batch (no gradient), or ``None``."""
         return None
 
     def explain(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, batch: dict,

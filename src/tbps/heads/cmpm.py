@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..components.pair_weights import weighted_mean
 from ..distributed import gather_with_grad
 from ..types import EncoderOutput
 from ..settings_types import PositiveFloat
@@ -17,15 +18,15 @@ from .base import AlignmentHead, HeadContext
 
 
 def cmpm_loss(image: torch.Tensor, text: torch.Tensor, pid: torch.Tensor,
-              eps: float = 1e-8) -> torch.Tensor:
+              eps: float = 1e-8, weights: torch.Tensor | None = None) -> torch.Tensor:
     image, text = image.float(), text.float()
     i2t = image @ F.normalize(text, dim=-1).t()
     t2i = text @ F.normalize(image, dim=-1).t()
-    return cmpm_from_logits(i2t, t2i, pid, eps)
+    return cmpm_from_logits(i2t, t2i, pid, eps, weights)
 
 
 def cmpm_from_logits(i2t: torch.Tensor, t2i: torch.Tensor, pid: torch.Tensor,
-                     eps: float = 1e-8) -> torch.Tensor:
+                     eps: float = 1e-8, weights: torch.Tensor | None = None) -> torch.Tensor:
     """CMPM's KL on any score matrices (rows: image i over captions; caption j over
     images), towards the L2-normalised identity-match row, summed over both."""
     match = (pid[:, None] == pid[None, :]).float()
@@ -33,7 +34,7 @@ def cmpm_from_logits(i2t: torch.Tensor, t2i: torch.Tensor, pid: torch.Tensor,
     loss = 0.0
     for s in (i2t, t2i):
         log_p = F.log_softmax(s, dim=1)
-        loss = loss + (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+        loss = loss + weighted_mean((log_p.exp() * (log_p - log_q)).sum(dim=1), weights)
     return loss
 
 
@@ -48,7 +49,9 @@ class CMPMHead(AlignmentHead):
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         img, txt = gather_with_grad(encoded.image_global), gather_with_grad(encoded.text_global)
-        loss = cmpm_loss(img, txt, gather_with_grad(batch["pid"]))
+        w = batch.get("pair_weight")
+        loss = cmpm_loss(img, txt, gather_with_grad(batch["pid"]),
+                         weights=None if w is None else gather_with_grad(w))
         if self.off_below is not None:  # no data-dependent branch: the step still compiles
             loss = torch.where(loss.detach() < self.off_below, loss * 0.0, loss)
         return {"loss_cmpm": self.weight * loss}

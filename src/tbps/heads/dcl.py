@@ -66,11 +66,14 @@ class DCLHead(AlignmentHead):
         mu_t, lv_t = gather_with_grad(d.text_mean), gather_with_grad(d.text_logvar)
         pid = gather_with_grad(batch["pid"])
         text, image = Gaussian(mu_t, lv_t), Gaussian(mu_v, lv_v)
+        w = batch.get("pair_weight")
         if self.objective == "pcme":
-            loss, logits = self.match.loss(text, image, pid)
+            loss, logits = self.match.loss(text, image, pid,
+                                           None if w is None else gather_with_grad(w))
         else:
             logits = self.match.logits(text, image)
-            loss = sdm_from_logits(logits.t(), pid)
+            loss = sdm_from_logits(logits.t(), pid,
+                                   weights=None if w is None else gather_with_grad(w))
         positive = (pid[:, None] == pid[None, :])
         prob = torch.sigmoid(logits.detach().float())
         return {"loss_dcl": self.weight * loss, "dcl_scale": self.match.scale.detach(),
@@ -88,6 +91,12 @@ class DCLHead(AlignmentHead):
                 state[prefix + "match." + name] = state.pop(prefix + name)
                 state.setdefault(prefix + "match.shift_pending", torch.tensor(False))
         super()._load_from_state_dict(state, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def pair_confidence(self, encoded, batch):
+        d = batch["distributions"]
+        return self.match.probability(Gaussian(d.text_mean, d.text_logvar),
+                                      Gaussian(d.image_mean, d.image_logvar)).diagonal()
 
     def claims_retrieval(self, modality):
         """With ``rank_by: distribution``, ranking is by the expected distance between the

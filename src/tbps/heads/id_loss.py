@@ -12,6 +12,7 @@ from torch import nn
 
 from ..types import EncoderOutput
 from ..settings_types import PositiveFloat
+from ..components.pair_weights import weighted_mean
 from .base import AlignmentHead, HeadContext
 
 
@@ -28,7 +29,8 @@ class IDHead(AlignmentHead):
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         img_logits = self.classifier(encoded.image_global).float()
         txt_logits = self.classifier(encoded.text_global).float()
-        pid = batch["pid"]
-        loss = (F.cross_entropy(img_logits, pid) + F.cross_entropy(txt_logits, pid)) / 2
+        pid, w = batch["pid"], batch.get("pair_weight")
+        loss = (weighted_mean(F.cross_entropy(img_logits, pid, reduction="none"), w)
+                + weighted_mean(F.cross_entropy(txt_logits, pid, reduction="none"), w)) / 2
         acc = ((img_logits.argmax(1) == pid).float().mean() + (txt_logits.argmax(1) == pid).float().mean()) / 2
         return {"loss_id": self.weight * loss, "id_accuracy": acc.detach()}

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..components.momentum import MemoryView
+from ..components.pair_weights import weighted_mean
 from ..types import EncoderOutput
 from ..settings_types import NonNegativeFloat, PositiveFloat, Rate
 from .base import AlignmentHead, HeadContext
@@ -39,19 +40,20 @@ def masked_log_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
 
 
 def soft_target_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
-                     kind: str = "ce") -> torch.Tensor:
-    """Mean over rows of CE(target, softmax(logits)) or KL(softmax(logits) ‖ target)."""
+                     kind: str = "ce", weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over rows (weighted by ``weights``) of CE(target, softmax(logits)) or
+    KL(softmax(logits) ‖ target)."""
     log_p = masked_log_softmax(logits, valid)
     log_p = torch.where(valid, log_p, torch.zeros_like(log_p))  # no -inf * 0
     if kind == "ce":
-        return -(target * log_p).sum(1).mean()
+        return weighted_mean(-(target * log_p).sum(1), weights)
     p = log_p.exp() * valid
-    return (p * (log_p - torch.log(target + 1e-8))).sum(1).mean()
+    return weighted_mean((p * (log_p - torch.log(target + 1e-8))).sum(1), weights)
 
 
 def ire_loss(image: torch.Tensor, text: torch.Tensor, pid: torch.Tensor, mem: MemoryView,
-             temperature: float, alpha: float, prior: str = "paired", kind: str = "ce"
-             ) -> torch.Tensor:
+             temperature: float, alpha: float, prior: str = "paired", kind: str = "ce",
+             weights: torch.Tensor | None = None) -> torch.Tensor:
     v, t = F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
     valid = mem.keys_valid[None, :]
     y = identity_targets(pid, mem.keys_pid, mem.keys_valid)
@@ -66,7 +68,8 @@ def ire_loss(image: torch.Tensor, text: torch.Tensor, pid: torch.Tensor, mem: Me
     q_i2t = (1 - alpha) * y + alpha * rel_txt
     t2i = t @ mem.keys_image.t() / temperature
     i2t = v @ mem.keys_text.t() / temperature
-    return 0.5 * (soft_target_loss(t2i, q_t2i, valid, kind) + soft_target_loss(i2t, q_i2t, valid, kind))
+    return 0.5 * (soft_target_loss(t2i, q_t2i, valid, kind, weights)
+                  + soft_target_loss(i2t, q_i2t, valid, kind, weights))
 
 
 class IREHead(AlignmentHead):
@@ -91,5 +94,5 @@ class IREHead(AlignmentHead):
         else:
             alpha = self.alpha * torch.clamp(progress / self.ramp_epochs, max=1.0)
         loss = ire_loss(encoded.image_global, encoded.text_global, batch["pid"], batch["memory"],
-                        self.temperature, alpha, self.prior, self.kind)
+                        self.temperature, alpha, self.prior, self.kind, batch.get("pair_weight"))
         return {"loss_ire": self.weight * loss, "ire_alpha": alpha.float()}

@@ -16,6 +16,8 @@ drawn from the Gaussians gathered from all processes; with the ranks' generators
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -29,16 +31,20 @@ from .sdm import sdm_from_logits
 
 
 def inter_modal_loss(z_v: torch.Tensor, z_t: torch.Tensor, pid: torch.Tensor,
-                     temperature: float) -> torch.Tensor:
-    """z_v, z_t: [K, B, D] normalised samples; SDM between matched sample sets, mean over K."""
-    return sdm_from_logits(torch.einsum("kid,kjd->kij", z_v, z_t) / temperature, pid)
+                     temperature: float, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """z_v, z_t: [K, B, D] normalised samples; SDM between matched sample sets, mean over K
+    (rows of pair k weighted by ``weights[k]``)."""
+    return sdm_from_logits(torch.einsum("kid,kjd->kij", z_v, z_t) / temperature, pid,
+                           weights=weights)
 
 
-def intra_modal_loss(z: torch.Tensor, pid: torch.Tensor, temperature: float) -> torch.Tensor:
+def intra_modal_loss(z: torch.Tensor, pid: torch.Tensor, temperature: float,
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al.) among the K·B samples [K, B, D] of one
     modality: every sample is an anchor; its positives are the other samples of its
     identity; the denominator runs over every other sample. Anchors without a positive
-    (K = 1 and an identity alone in the batch) are left out."""
+    (K = 1 and an identity alone in the batch) are left out; the anchors of pair k weigh
+    ``weights[k]``."""
     flat = rearrange(z, "k b d -> (k b) d")
     labels = pid.repeat(z.shape[0])
     n = flat.shape[0]
@@ -48,8 +54,10 @@ def intra_modal_loss(z: torch.Tensor, pid: torch.Tensor, temperature: float) -> 
     positive = (labels[:, None] == labels[None, :]) & ~self_mask
     count = positive.sum(1)
     per_anchor = -(log_p * positive).sum(1) / count.clamp(min=1)
-    has = count > 0
-    return (per_anchor * has).sum() / has.sum().clamp(min=1)
+    has = (count > 0).float()
+    if weights is not None:
+        has = has * weights.float().repeat(z.shape[0])
+    return (per_anchor * has).sum() / has.sum().clamp(min=1e-12 if weights is not None else 1)
 
 
 class PCLHead(AlignmentHead):
@@ -57,20 +65,30 @@ class PCLHead(AlignmentHead):
 
     def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0,
                  num_samples: PositiveInt = 7, temperature: PositiveFloat = 0.02,
-                 intra_weight: NonNegativeFloat = 0.5) -> None:
+                 intra_weight: NonNegativeFloat = 0.5,
+                 sample_around: Literal["normalised", "raw"] = "normalised") -> None:
         super().__init__(ctx, weight)
         self.num_samples, self.temperature = num_samples, temperature
+        self.sample_around = sample_around
         self.intra_weight = intra_weight
+
+    def _centre(self, mean: torch.Tensor) -> torch.Tensor:
+        """Samples are drawn around the l2-normalised mean (σ on the scale DCL compares it
+        at), or around the raw feature (``sample_around: raw``, the earlier behaviour, where
+        the encoder can cancel σ by growing the feature's norm)."""
+        return F.normalize(mean, dim=-1) if self.sample_around == "normalised" else mean
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         d = batch["distributions"]
         pid = gather_with_grad(batch["pid"])
-        z_v = F.normalize(sample(gather_with_grad(d.image_mean), gather_with_grad(d.image_logvar),
-                                 self.num_samples), dim=-1)
-        z_t = F.normalize(sample(gather_with_grad(d.text_mean), gather_with_grad(d.text_logvar),
-                                 self.num_samples), dim=-1)
-        inter = inter_modal_loss(z_v, z_t, pid, self.temperature)
-        intra = 0.5 * (intra_modal_loss(z_v, pid, self.temperature)
-                       + intra_modal_loss(z_t, pid, self.temperature))
+        w = batch.get("pair_weight")
+        w = None if w is None else gather_with_grad(w)
+        z_v = F.normalize(sample(self._centre(gather_with_grad(d.image_mean)),
+                                 gather_with_grad(d.image_logvar), self.num_samples), dim=-1)
+        z_t = F.normalize(sample(self._centre(gather_with_grad(d.text_mean)),
+                                 gather_with_grad(d.text_logvar), self.num_samples), dim=-1)
+        inter = inter_modal_loss(z_v, z_t, pid, self.temperature, w)
+        intra = 0.5 * (intra_modal_loss(z_v, pid, self.temperature, w)
+                       + intra_modal_loss(z_t, pid, self.temperature, w))
         return {"loss_pcl_inter": self.weight * inter,
                 "loss_pcl_intra": self.weight * self.intra_weight * intra}

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..components.gaussian import sample
+from ..components.pair_weights import weighted_mean
 from ..components.rng import generator_kwargs
 from ..settings_types import OpenRate, PositiveFloat, PositiveInt
 from ..types import EncoderOutput
@@ -121,6 +122,9 @@ class UAMLRHead(MLMHead):
             conf = b * torch.softmax(-batch["distributions"].image_logvar.mean(1), dim=0)
             has = n > 0
             loss = (conf * per_row / n.clamp(min=1) * has).sum() / has.sum().clamp(min=1)
+        elif batch.get("pair_weight") is not None:
+            # a caption's masked tokens weigh its pair's weight (pair_weights)
+            loss = weighted_mean(token_loss, batch["pair_weight"][at.nonzero()[:, 0]])
         else:
             loss = token_loss.mean()
         acc = (logits.argmax(-1) == target).float().mean()

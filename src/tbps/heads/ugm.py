@@ -43,14 +43,16 @@ from .ire import identity_targets, soft_target_loss
 
 def ugm_loss(mean: torch.Tensor, logvar: torch.Tensor, keys: torch.Tensor, target: torch.Tensor,
              valid: torch.Tensor, temperature: float, num_samples: int,
-             generator: torch.Generator | None = None, normalise_mean: bool = False
-             ) -> torch.Tensor:
-    """Mean over samples and rows of CE(target, softmax(ẑ · keys / τ)), ẑ normalised samples
-    (drawn around the normalised mean with ``normalise_mean``)."""
+             generator: torch.Generator | None = None, normalise_mean: bool = False,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over samples and rows (rows weighted by ``weights``) of CE(target,
+    softmax(ẑ · keys / τ)), ẑ normalised samples (drawn around the normalised mean with
+    ``normalise_mean``)."""
     centre = F.normalize(mean, dim=-1) if normalise_mean else mean
     z = F.normalize(sample(centre, logvar, num_samples, generator), dim=-1)   # [S, B, D]
     logits = (z @ keys.t() / temperature).flatten(0, 1)                     # [S*B, K]
-    return soft_target_loss(logits, target.repeat(num_samples, 1), valid[None, :])
+    return soft_target_loss(logits, target.repeat(num_samples, 1), valid[None, :],
+                            weights=None if weights is None else weights.repeat(num_samples))
 
 
 class UGMHead(AlignmentHead):
@@ -100,11 +102,12 @@ class UGMHead(AlignmentHead):
         mu_v, lv_v = self.image_gauss(encoded.image_global)
         mu_t, lv_t = self.text_gauss(encoded.text_global)
         y = identity_targets(batch["pid"], mem.keys_pid, mem.keys_valid)
-        centred = self.sample_around == "normalised"
+        centred, w = self.sample_around == "normalised", batch.get("pair_weight")
         loss = 0.5 * (ugm_loss(mu_v, lv_v, mem.keys_text, y, mem.keys_valid, self.temperature,
-                               self.num_samples, normalise_mean=centred)
+                               self.num_samples, normalise_mean=centred, weights=w)
                       + ugm_loss(mu_t, lv_t, mem.keys_image, y, mem.keys_valid,
-                                 self.temperature, self.num_samples, normalise_mean=centred))
+                                 self.temperature, self.num_samples, normalise_mean=centred,
+                                 weights=w))
         kl = kl_to_standard_normal(mu_v, lv_v) + kl_to_standard_normal(mu_t, lv_t)
         out = {"loss_ugm": self.weight * loss, "loss_ugm_kl": self.kl_weight * kl,
                "ugm_sigma_image": lv_v.detach().mul(0.5).exp().mean(),
@@ -113,13 +116,22 @@ class UGMHead(AlignmentHead):
             pid = gather_with_grad(batch["pid"])
             match, _ = self.match.loss(
                 Gaussian(gather_with_grad(mu_t), gather_with_grad(lv_t)),
-                Gaussian(gather_with_grad(mu_v), gather_with_grad(lv_v)), pid)
+                Gaussian(gather_with_grad(mu_v), gather_with_grad(lv_v)), pid,
+                None if w is None else gather_with_grad(w))
             out["loss_ugm_match"] = self.match_weight * match
             out["ugm_shift"] = self.match.shift.detach()
         return out
 
     def match_probability(self, text, image):
         return self.match.probability(text, image) if self.match_weight > 0 else None
+
+    @torch.no_grad()
+    def pair_confidence(self, encoded, batch):
+        if self.match_weight == 0:
+            return None
+        text = Gaussian(*self.text_gauss(encoded.text_global))
+        image = Gaussian(*self.image_gauss(encoded.image_global))
+        return self.match.probability(text, image).diagonal()
 
     def _load_from_state_dict(self, state, prefix, *args, **kwargs):
         # a checkpoint from before 2026-12-02 has no probabilistic match: it loads without

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..data.datamodule import val_metric_prefix
 from ..components.distributions import ModalityDistributions
+from ..components.pair_weights import confidence_weights
 from ..components.momentum import EncoderCopy, FeatureMemory, MomentumEncoder
 from ..components.text_augment import CaptionAugment
 from ..data.tokenizer import CaptionTokenizer
@@ -70,6 +71,7 @@ class TBPSModule(L.LightningModule):
         if needing and self.memory is None:
             raise ConfigError(f"heads {needing} need a momentum encoder and feature memory: "
                               "set memory.size and memory.momentum (see experiments/crue_*.yaml)")
+        self.pair_weights = dict(cfg["pair_weights"]) if cfg.get("pair_weights") else None
         # UCFA's shared part: a Gaussian per modality that several heads read
         dist = cfg.get("distributions")
         self.distributions = ModalityDistributions(enc["embed_dim"], **dist) if dist else None
@@ -279,6 +281,9 @@ class TBPSModule(L.LightningModule):
         if self.distributions is not None:
             batch["distributions"] = self.distributions(encoded)
             terms.update(self.distributions.regularisers(batch["distributions"]))
+        if self.pair_weights is not None:
+            batch["pair_weight"] = self._pair_weights(encoded, batch)
+            terms["pair_weight_mean"] = batch["pair_weight"].mean()
         for name, head in self.heads.items():
             out = head(encoded, batch)
             if check and not any(k.startswith("loss_") for k in out):
@@ -290,6 +295,17 @@ class TBPSModule(L.LightningModule):
             self.memory.enqueue(view)
         loss = sum(v for k, v in terms.items() if k.startswith("loss_"))
         return loss, terms
+
+    def _pair_weights(self, encoded, batch: dict) -> torch.Tensor:
+        """Each pair's weight from the first head's P(match) (``components.pair_weights``)."""
+        for head in self.heads.values():
+            confidence = head.pair_confidence(encoded, batch)
+            if confidence is not None:
+                return confidence_weights(confidence, batch.get("progress"),
+                                          **self.pair_weights)
+        raise ConfigError("pair_weights is set, but no head of this experiment has a "
+                          "probabilistic match to weigh pairs by (heads.dcl or heads.ugm with "
+                          "match_weight > 0 do): remove pair_weights")
 
     @torch.no_grad()
     def _momentum_view(self, batch: dict):
