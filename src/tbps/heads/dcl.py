@@ -74,12 +74,14 @@ class DCLHead(AlignmentHead):
             logits = self.match.logits(text, image)
             loss = sdm_from_logits(logits.t(), pid,
                                    weights=None if w is None else gather_with_grad(w))
-        positive = (pid[:, None] == pid[None, :])
+        positive = (pid[:, None] == pid[None, :]).float()
         prob = torch.sigmoid(logits.detach().float())
+        # masked means, not boolean indexing: no data-dependent shape in a compiled step
         return {"loss_dcl": self.weight * loss, "dcl_scale": self.match.scale.detach(),
-                "dcl_shift": self.match.shift.detach(), "dcl_match_prob": prob[positive].mean(),
-                "dcl_nonmatch_prob": prob[~positive].mean() if bool((~positive).any())
-                else prob.new_zeros(())}
+                "dcl_shift": self.match.shift.detach(),
+                "dcl_match_prob": (prob * positive).sum() / positive.sum().clamp(min=1),
+                "dcl_nonmatch_prob": (prob * (1 - positive)).sum()
+                / (1 - positive).sum().clamp(min=1)}
 
     def match_probability(self, text: Gaussian, image: Gaussian) -> torch.Tensor:
         return self.match.probability(text, image)
