@@ -66,16 +66,17 @@ class PCLHead(AlignmentHead):
     def __init__(self, ctx: HeadContext, weight: PositiveFloat = 1.0,
                  num_samples: PositiveInt = 7, temperature: PositiveFloat = 0.02,
                  intra_weight: NonNegativeFloat = 0.5,
-                 sample_around: Literal["normalised", "raw"] = "normalised") -> None:
+                 sample_around: Literal["normalised", "raw"] = "raw") -> None:
         super().__init__(ctx, weight)
         self.num_samples, self.temperature = num_samples, temperature
         self.sample_around = sample_around
         self.intra_weight = intra_weight
 
     def _centre(self, mean: torch.Tensor) -> torch.Tensor:
-        """Samples are drawn around the l2-normalised mean (σ on the scale DCL compares it
-        at), or around the raw feature (``sample_around: raw``, the earlier behaviour, where
-        the encoder can cancel σ by growing the feature's norm)."""
+        """Samples are drawn around the raw feature (``sample_around: raw``, the default),
+        or around the l2-normalised mean (``normalised``: σ on the scale DCL compares it at;
+        on ``ucfa_synthetic`` the samples then drown in noise, ‖σε‖ ≈ 1.5 against a unit
+        mean, and clean test R@1 fell from 23.2 to 22.2, validation 28.7 to 23.8, seed 0)."""
         return F.normalize(mean, dim=-1) if self.sample_around == "normalised" else mean
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
