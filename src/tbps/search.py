@@ -139,8 +139,7 @@ class TextProgram:
                 module.to(device)
         self.meta.write_text(json.dumps({"tokenizer": module.tokenizer.to_json(),
                                          "context_length": module.tokenizer.context_length,
-                                         "rescore_candidates": k, "state": state,
-                                         "match_probability": probability}))
+                                         "rescore_candidates": k, "state": state}))
 
 
 def has_match_probability(module) -> bool:
@@ -224,13 +223,14 @@ class Ranker:
         return out, {"query_ms": (time.perf_counter() - start) * 1e3 / len(queries),
                      "vector_index": self.vectors.kind, "rescored_candidates": k_rescore}
 
-
     def match_probabilities(self, queries: list[str], ranked: list[list[tuple[int, float]]]
                             ) -> list[list[float]] | None:
         """P(match) of each query with each of its hits, for a model that has one."""
         if not self.with_probability:
             return None
         import torch
+
+        from .data.datasets import load_rgb
 
         module = self.model.module
         names = self.index.paths([i for row in ranked for i, _ in row])
@@ -240,18 +240,12 @@ class Ranker:
                 if not row:
                     out.append([])
                     continue
-                images = torch.stack([self.model.transform(image=_rgb(self.index.gallery / names[i]))["image"]
+                images = torch.stack([self.model.transform(image=load_rgb(self.index.gallery / names[i]))["image"]
                                       for i, _ in row]).to(module.device)
                 ids = module.query_batch([query])["caption_ids"].to(module.device)
                 prob = module.uncertainty(images, ids).match_probability[0]
                 out.append([float(p) for p in prob.float().cpu()])
         return out
-
-
-def _rgb(path: Path):
-    from .data.datasets import load_rgb
-
-    return load_rgb(path)
 
 
 def rank(index: GalleryIndex, model: Model, queries: list[str], topk: int,

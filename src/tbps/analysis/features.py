@@ -50,15 +50,21 @@ def newest_checkpoint(runs: str | Path = "runs", experiment: str = "synthetic") 
     return found[-1]
 
 
+def checkpoint_data(module: TBPSModule, data_root: str | None = None):
+    """The data module a checkpoint was trained with (its tokenizer set, no workers), over
+    the run's data where it trained (not a new copy generated beside a notebook)."""
+    data = dict(module.cfg["data"], num_workers=0, pin_memory=False)
+    data["root"] = str(project_path(data_root if data_root is not None else data["root"]))
+    dm = build_data(OmegaConf.create({"data": data}))
+    dm.set_tokenizer(module.tokenizer)
+    return dm
+
+
 @torch.inference_mode()
 def encode_split(module: TBPSModule, split: str = "test", data_root: str | None = None,
                  batch_size: int = 128) -> EncodedSplit:
     """Encodes a split with the data configuration the checkpoint was trained with."""
-    data = dict(module.cfg["data"], num_workers=0, pin_memory=False)
-    # the run's data where it trained (not a new copy generated beside the notebook)
-    data["root"] = str(project_path(data_root if data_root is not None else data["root"]))
-    dm = build_data(OmegaConf.create({"data": data}))
-    dm.set_tokenizer(module.tokenizer)
+    dm = checkpoint_data(module, data_root)
     rec = dm.records[split]
     module.eval()
     gallery_loader, query_loader = dm._eval_loaders(split)

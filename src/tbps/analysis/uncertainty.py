@@ -26,7 +26,6 @@ import json
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from torchmetrics.functional import spearman_corrcoef
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
@@ -35,21 +34,17 @@ from ..data.datamodule import collate_trimmed
 from ..heads.rde import tal_per_pair
 from ..data.transforms import eval_transform
 from ..errors import TBPSError
-from ..model.uncertainty import NoUncertainty, gaussian, match_probability
+from ..model.uncertainty import (NoUncertainty, gaussian, gaussian_and_embedding,
+                                 match_probability)
 from ..types import Gaussian
 
 RDE_TAU, RDE_MARGIN = 0.015, 0.1
 
 
 def _data(module):
-    from ..train import build_data
-    from .features import project_path
+    from .features import checkpoint_data
 
-    data = dict(module.cfg["data"], num_workers=0, pin_memory=False)
-    data["root"] = str(project_path(data["root"]))
-    dm = build_data(OmegaConf.create({"data": data}))
-    dm.set_tokenizer(module.tokenizer)
-    return dm
+    return checkpoint_data(module)
 
 
 def _auc(score: torch.Tensor, flags: torch.Tensor) -> float:
@@ -67,12 +62,14 @@ def noise_detection(module, dm, batch_size: int = 64) -> dict:
                         collate_fn=collate_trimmed)
     got: dict[str, list[torch.Tensor]] = {}
     for batch in loader:
-        u = module.uncertainty(batch["image"], batch["caption_ids"])
-        img, txt = module.embed_images(batch["image"]), module.embed_texts(batch["caption_ids"])
-        scores = {"text_sigma": u.text_sigma, "pair_sigma": u.image_sigma + u.text_sigma,
+        # one encoder pass per side gives both the Gaussian and the ranking embedding
+        image, img = gaussian_and_embedding(module, "image", batch["image"])
+        text, txt = gaussian_and_embedding(module, "text", batch["caption_ids"])
+        scores = {"text_sigma": text.sigma, "pair_sigma": image.sigma + text.sigma,
                   "loss_tal": tal_per_pair(img, txt, batch["pid"], RDE_TAU, RDE_MARGIN)}
-        if u.match_probability is not None:
-            scores["one_minus_match_probability"] = 1 - u.match_probability.diagonal()
+        prob = match_probability(module, text, image)
+        if prob is not None:
+            scores["one_minus_match_probability"] = 1 - prob.diagonal()
         scores["noisy"] = batch["noisy"]
         for k, v in scores.items():
             got.setdefault(k, []).append(v.float().cpu())

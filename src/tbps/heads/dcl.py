@@ -52,7 +52,7 @@ class DCLHead(AlignmentHead):
                  objective: Literal["pcme", "sdm"] = "pcme",
                  rank_by: Literal["mean", "distribution"] = "mean") -> None:
         super().__init__(ctx, weight)
-        self.distance, self.objective, self.rank_by = distance, objective, rank_by
+        self.objective, self.rank_by = objective, rank_by
         if rank_by == "distribution" and distance != "csd":
             raise ConfigError("heads.dcl.rank_by=distribution ranks by PCME++'s expected "
                               f"distance, which needs heads.dcl.distance=csd (got {distance!r})")

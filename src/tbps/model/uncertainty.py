@@ -42,17 +42,30 @@ def match_probability(module, text: Gaussian, image: Gaussian) -> torch.Tensor |
     return None
 
 
-@torch.no_grad()
-def gaussian(module, modality: str, inputs: torch.Tensor) -> Gaussian:
-    """The Gaussians of a batch of images (pixels) or captions (token ids); raises
-    ``NoUncertainty`` for a model that predicts none."""
+def _side(module, modality: str, inputs: torch.Tensor) -> tuple[RetrievalInput, Gaussian]:
     side = module.image_side(inputs) if modality == "image" else module.text_side(inputs)
     found = distribution(module, modality, side)
     if found is None:
         raise NoUncertainty("this model predicts no uncertainty: no part of it models an "
                             f"{modality} as a distribution (UCFA's `distributions` and CRUE's "
                             "`ugm` head do)")
-    return found
+    return side, found
+
+
+@torch.no_grad()
+def gaussian(module, modality: str, inputs: torch.Tensor) -> Gaussian:
+    """The Gaussians of a batch of images (pixels) or captions (token ids); raises
+    ``NoUncertainty`` for a model that predicts none."""
+    return _side(module, modality, inputs)[1]
+
+
+@torch.no_grad()
+def gaussian_and_embedding(module, modality: str, inputs: torch.Tensor
+                           ) -> tuple[Gaussian, torch.Tensor]:
+    """The Gaussians and the retrieval embeddings (as ``embed_images`` / ``embed_texts``
+    make them) of one batch, from one pass through the encoder."""
+    side, found = _side(module, modality, inputs)
+    return found, module._embed(modality, side)
 
 
 @torch.no_grad()
