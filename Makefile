@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install lock train eval test synth bench serve sweep notebooks lab docs-figures report study clean-runs
+.PHONY: help install lock train eval test synth bench serve sweep notebooks lab docs-figures report study study-seeds docs-study clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -84,8 +84,15 @@ docs-figures: $(NB_STAMP)  ## regenerate the README's notebook figures and docs/
 report: $(STAMP)  ## one table (mean ± std over seeds) and a plot across runs/; ARGS='--by data.noise_rate'
 	$(BIN)/tbps report $(ARGS)
 
-study: $(STAMP)  ## every method on SynthPedes, clean and noisy, 3 seeds, 2 at a time, then the report; ARGS='--epochs 6'
-	$(BIN)/tbps study $(ARGS)
+study: $(STAMP)  ## every method on SynthPedes, clean and noisy, seed 0, 12 epochs, 2 at a time (~2 h on 2 cores), then the report
+	$(BIN)/tbps study --seeds 0 $(ARGS)
+
+study-seeds: $(STAMP)  ## the study's seeds 1 and 2 (~4 h on 2 cores; resumable), then the report over every seed in runs/study
+	$(BIN)/tbps study --seeds 1 2 $(ARGS)
+
+docs-study: $(STAMP)  ## add runs/study's finished runs (config, metrics) to docs/study, the README's record, and rebuild its table and plot
+	$(BIN)/python -m tbps.study record runs/study docs/study
+	$(BIN)/tbps report docs/study --by data.noise_rate --out docs/study/report
 
 clean-runs:  ## delete runs/
 	rm -rf runs

@@ -1,13 +1,19 @@
 """`tbps study` trains what is missing two at a time, skips what finished, continues what
 was stopped, and ends with the report; its arguments are checked."""
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import tiny_overrides
 
 from tbps.cli import main
-from tbps.study import plan
+from tbps.errors import ConfigError
+from tbps.study import plan, record
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -35,6 +41,37 @@ def test_study_trains_skips_and_reports(tiny_synth, tmp_path, capsys, monkeypatc
     # a second call trains nothing
     assert main(args) == 0
     assert "4 finished, 0 to train" in capsys.readouterr().out
+
+    # the published record (make docs-study): configs and metrics, no checkpoints; a seed
+    # recorded on another day stays, and the report over the record sees all of them
+    dest = tmp_path / "record"
+    earlier = dest / "clip_synthetic" / "noise0-seed7"
+    earlier.mkdir(parents=True)
+    first = plan(out, ["clip_synthetic"], [0.0], [0])[0].folder
+    (earlier / "config.yaml").write_text((first / "config.yaml").read_text()
+                                         .replace("seed: 0", "seed: 7"))
+    (earlier / "metrics.json").write_text((first / "metrics.json").read_text())
+    copied = record(out, dest)
+    assert len(copied) == 4
+    for folder in copied:
+        assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "metrics.json"]
+        src = out / folder.relative_to(dest)
+        assert json.loads((folder / "metrics.json").read_text()) == \
+            json.loads((src / "metrics.json").read_text())
+    assert main(["report", str(dest), "--by", "data.noise_rate", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out.split("\n\nwritten")[0])["groups"]
+    seeds = {(r["experiment"], r["data.noise_rate"]): r["seeds"] for r in rows}
+    assert seeds == {("clip_synthetic", 0.0): 2, ("clip_synthetic", 0.3): 1,
+                     ("acsa_synthetic", 0.0): 1, ("acsa_synthetic", 0.3): 1}
+
+
+def test_record_refuses_a_study_without_finished_runs(tmp_path):
+    (tmp_path / "study" / "synthetic" / "noise0-seed0").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="no finished run"):
+        record(tmp_path / "study", tmp_path / "record")
+    done = subprocess.run([sys.executable, "-m", "tbps.study", "record", str(tmp_path / "nope"),
+                           str(tmp_path / "record")], capture_output=True, text=True)
+    assert done.returncode == 2 and "run the study first" in done.stderr
 
 
 def test_study_refuses_bad_arguments(capsys):

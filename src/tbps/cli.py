@@ -356,7 +356,8 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.3],
                     help="caption-noise rates (data.noise_rate)")
     st.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    st.add_argument("--epochs", type=int, default=6, help="the budget of every run")
+    st.add_argument("--epochs", type=int, default=12, help="the budget of every run (12: "
+                    "where the methods stop improving on validation, docs/results.md)")
     st.add_argument("--parallel", type=int, default=2, help="trainings at a time, one "
                     "thread each")
     st.add_argument("--dry-run", action="store_true", help="list what would be trained")

@@ -5,11 +5,18 @@ Runs go to ``<out>/<experiment>/noise<rate>-seed<seed>/``. A run that finished
 (metrics.json) is skipped; one that was stopped continues from its last.ckpt; so the study
 can be stopped and restarted. Trainings run ``parallel`` at a time with one thread each
 (the 2-core machine: two at a time), each in its own process.
+
+The whole protocol (six methods, clean and noisy, three seeds, 12 epochs) takes about
+seven hours on the 2-core machine, so `make study` trains seed 0 (about two hours) and
+`make study-seeds` seeds 1 and 2; ``record`` copies what finished into the published record
+(docs/study), where seeds trained on different days add up.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -47,7 +54,7 @@ def plan(out: Path, methods: list[str], noises: list[float], seeds: list[int]) -
 
 def run_study(out: str | Path = "runs/study", methods: list[str] | None = None,
               noises: list[float] = (0.0, 0.3), seeds: list[int] = (0, 1, 2),
-              epochs: int = 6, parallel: int = 2, extra: list[str] = (),
+              epochs: int = 12, parallel: int = 2, extra: list[str] = (),
               dry_run: bool = False) -> list[StudyRun]:
     """Trains what is missing, ``parallel`` at a time; returns the plan."""
     methods = list(methods or METHODS)
@@ -93,3 +100,42 @@ def run_study(out: str | Path = "runs/study", methods: list[str] | None = None,
         raise ConfigError(f"{len(failed)} study runs failed; see study.log in "
                           + ", ".join(str(r.folder) for r in failed))
     return runs
+
+
+RECORD_FILES = ("config.yaml", "metrics.json")
+
+
+def record(out: str | Path, dest: str | Path) -> list[Path]:
+    """Copies each finished run's config.yaml and metrics.json from ``out`` into ``dest``
+    (same layout), keeping what ``dest`` already holds; returns the copied run folders.
+    Checkpoints and logs stay behind: the record is what `tbps report` reads."""
+    out, dest = Path(out), Path(dest)
+    if not out.is_dir():
+        raise ConfigError(f"{out} is not a folder; run the study first (make study)")
+    copied = []
+    for metrics in sorted(out.rglob("metrics.json")):
+        folder = metrics.parent
+        if "wandb" in folder.relative_to(out).parts or not (folder / "config.yaml").is_file():
+            continue
+        target = dest / folder.relative_to(out)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in RECORD_FILES:
+            shutil.copy2(folder / name, target / name)
+        copied.append(target)
+    if not copied:
+        raise ConfigError(f"{out} holds no finished run (no metrics.json beside a config.yaml)")
+    return copied
+
+
+if __name__ == "__main__":  # make docs-study: python -m tbps.study record runs/study docs/study
+    parser = argparse.ArgumentParser(prog="python -m tbps.study")
+    parser.add_argument("command", choices=["record"])
+    parser.add_argument("out", help="the study's runs, e.g. runs/study")
+    parser.add_argument("dest", help="the record to add them to, e.g. docs/study")
+    a = parser.parse_args()
+    try:
+        done = record(a.out, a.dest)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"recorded {len(done)} runs under {a.dest}")
