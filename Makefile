@@ -84,10 +84,10 @@ docs-figures: $(NB_STAMP)  ## regenerate the README's notebook figures and docs/
 report: $(STAMP)  ## one table (mean ± std over seeds) and a plot across runs/; ARGS='--by data.noise_rate'
 	$(BIN)/tbps report $(ARGS)
 
-study: $(STAMP)  ## every method on SynthPedes, clean and noisy, seed 0, 12 epochs, 2 at a time (~2 h on 2 cores), then the report
+study: $(STAMP)  ## every method on SynthPedes, clean and noisy, seed 0, 12 epochs, 2 at a time (~1.5 h on 2 cores), then the report
 	$(BIN)/tbps study --seeds 0 $(ARGS)
 
-study-seeds: $(STAMP)  ## the study's seeds 1 and 2 (~4 h on 2 cores; resumable), then the report over every seed in runs/study
+study-seeds: $(STAMP)  ## the study's seeds 1 and 2 (~3 h on 2 cores; resumable), then the report over every seed in runs/study
 	$(BIN)/tbps study --seeds 1 2 $(ARGS)
 
 docs-study: $(STAMP)  ## add runs/study's finished runs (config, metrics) to docs/study, the README's record, and rebuild its table and plot

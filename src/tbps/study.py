@@ -6,10 +6,11 @@ Runs go to ``<out>/<experiment>/noise<rate>-seed<seed>/``. A run that finished
 can be stopped and restarted. Trainings run ``parallel`` at a time with one thread each
 (the 2-core machine: two at a time), each in its own process.
 
-The whole protocol (six methods, clean and noisy, three seeds, 12 epochs) takes about
-seven hours on the 2-core machine, so `make study` trains seed 0 (about two hours) and
-`make study-seeds` seeds 1 and 2; ``record`` copies what finished into the published record
-(docs/study), where seeds trained on different days add up.
+The whole protocol (six methods, clean and noisy, three seeds, 12 epochs) takes about four
+and a half hours on the 2-core machine, beyond the 150 minutes a study may take, so `make
+study` trains seed 0 (90 minutes on 2026-12-02) and `make study-seeds` seeds 1 and 2;
+``record`` copies what finished into the published record (docs/study), where seeds
+trained on different days add up.
 """
 
 from __future__ import annotations
