@@ -169,7 +169,8 @@ _OPTIONAL: dict[str, type[BaseModel]] = {"memory": Memory, "text_augment": TextA
                                           "pair_weights": PairWeights}
 _TOP = {"experiment": str, "seed": Annotated[int, Field(ge=0)], "runs_dir": str,
         "run_dir": str | None, "resume": bool | str,
-        "nonfinite_loss": Literal["stop", "skip"], "compile": bool}
+        "nonfinite_loss": Literal["stop", "skip"], "compile": bool,
+        "preparation_augment": bool}
 
 
 def _check(model: type[BaseModel], value: Any, key: str, problems: list[str]) -> None:

@@ -196,12 +196,15 @@ class TBPSDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 
-    def _train_pairs(self) -> PairDataset:
-        """Every training (image, caption) pair, with the training transform."""
+    def _train_pairs(self, augment: bool = True) -> PairDataset:
+        """Every training (image, caption) pair, with the training transform (or, with
+        ``augment=False``, the evaluation one)."""
         rec = self.records["train"]
         labels = self.train_labels
         pairs = [(img, k, labels[rec.image_pids[img]]) for k, img in enumerate(rec.caption_image)]
-        if self.cache_images:  # decoded and resized once per worker, not once per epoch
+        if not augment:
+            transform, once = eval_transform(self.image_size), None
+        elif self.cache_images:  # decoded and resized once per worker, not once per epoch
             transform, once = augment_transform(self.image_size, **self.augment), resize(self.image_size)
         else:
             transform, once = train_transform(self.image_size, **self.augment), None
@@ -227,12 +230,13 @@ class TBPSDataModule(L.LightningDataModule):
                                          seed=self.seed, drop_last=True)
         return self._loader(ds, self.batch_size, shuffle=True, sampler=sampler)
 
-    def preparation_dataloader(self, epoch: int) -> DataLoader:
+    def preparation_dataloader(self, epoch: int, augment: bool = True) -> DataLoader:
         """Every training pair once (a few twice under DDP, to even the shards), shuffled
-        per epoch, in training batches with the training transform: the pass heads prepare
-        from before an epoch (``tbps.model.preparation``; RDE makes it over its training
-        loader). Workers live for this pass only."""
-        ds = self._train_pairs()
+        per epoch, in training batches with the training transform (``augment=False``: the
+        evaluation one): the pass heads prepare from before an epoch
+        (``tbps.model.preparation``; RDE makes it over its training loader). Workers live
+        for this pass only."""
+        ds = self._train_pairs(augment)
         world, rank = self._world()
         sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
                                      seed=self.seed + 1, drop_last=False)

@@ -2,8 +2,9 @@
 (``AlignmentHead.prepares_for`` / ``preparation_scores`` / ``prepare``; RDE's division).
 
 Every process runs its shard of the pairs (``TBPSDataModule.preparation_dataloader``: the
-training transform, shuffled per epoch as RDE's pass over its training loader, every pair
-at least once), in eval mode and without gradients; the heads score each batch gathered
+training transform and caption augmentation, shuffled per epoch as RDE's pass over its
+training loader, every pair at least once; ``preparation_augment: false`` scores the pairs
+as evaluation sees them instead), in eval mode and without gradients; the heads score each batch gathered
 from every process, so each process assembles the same full arrays. What the heads prepare
 is then broadcast from rank 0, so that no process can hold a different division.
 """
@@ -25,7 +26,8 @@ def prepare_heads(module, epoch: int) -> dict[str, float]:
     if not heads:
         return {}
     began = time.perf_counter()
-    loader = module.trainer.datamodule.preparation_dataloader(epoch)
+    augment = bool(module.cfg.get("preparation_augment", True))
+    loader = module.trainer.datamodule.preparation_dataloader(epoch, augment)
     total = len(loader.dataset)
     scores: dict[str, dict[str, torch.Tensor]] = {n: {} for n in heads}
     noisy = torch.zeros(total, dtype=torch.bool)
@@ -37,7 +39,7 @@ def prepare_heads(module, epoch: int) -> dict[str, float]:
             for batch in loader:
                 batch = {k: v.to(module.device) if isinstance(v, torch.Tensor) else v
                          for k, v in batch.items()}
-                if module.text_augment is not None:  # the pass sees what training sees
+                if augment and module.text_augment is not None:  # what training sees
                     batch["caption_ids"] = module.text_augment(batch["caption_ids"])
                 encoded = module.encoder(batch["image"], batch["caption_ids"], None,
                                          module._attention)
