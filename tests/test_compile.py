@@ -1,6 +1,6 @@
 """The training step of every experiment family compiles whole: one graph, no graph break
-(``fullgraph=True`` raises on any), and no recompilation across steps of fixed-shape
-batches with a changing epoch fraction (``error_on_recompile``). Dynamo's tracing is what
+(``fullgraph=True`` raises on any), and no recompilation across steps whose captions are
+trimmed to different lengths, with a changing epoch fraction (``error_on_recompile``). Dynamo's tracing is what
 decides both, so the checks use its ``eager`` backend; ``compile=true`` itself (inductor)
 trains a tiny run end to end."""
 
@@ -13,6 +13,7 @@ import torch
 from conftest import tiny_overrides
 
 from tbps.bench.train_step import build_module, synthetic_batch
+from tbps.data.datamodule import collate_trimmed
 from tbps.model.compile import compile_step
 
 TINY = ["data.image_size=[96,32]", "encoder.embed_dim=32", "encoder.vision.embed_dim=32",
@@ -52,24 +53,56 @@ def test_training_step_compiles_whole_without_recompiling(family):
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     g = torch.Generator().manual_seed(0)
+    lengths = set()  # captions trimmed per batch, as training trims them: no recompile either
     with torch._dynamo.config.patch(error_on_recompile=True):
         for step in range(5):  # step 0 runs eagerly (it checks the heads), 1-4 compiled
             batch = synthetic_batch(8, (96, 32), module.tokenizer, 50, torch.device("cpu"), g,
                                     module.caption_annotations)
+            batch = collate_trimmed([{k: v[i] for k, v in batch.items()} for i in range(8)])
+            lengths.add(batch["caption_ids"].shape[1])
             loss, terms = module.compute_losses(batch, progress=0.3 + 0.37 * step)
             loss.backward()
             assert torch.isfinite(loss)
     stats = torch._dynamo.utils.counters["stats"]
     print(f"\n{family}: {stats['calls_captured']} calls captured in {stats['unique_graphs']} graph")
     assert stats["unique_graphs"] == 1
+    assert len(lengths) >= 3
 
 
-def test_compiled_run_trains_end_to_end(tiny_synth, tmp_path):
+def test_compiled_run_trains_end_to_end_as_the_eager_run(tiny_synth, tmp_path, monkeypatch):
+    """`compile=true` through inductor: three steps (the first eager, then one compilation for
+    every caption length) give the weights the same three eager steps give. Inductor draws
+    its own random numbers (MLM's masking), so the test asks it to draw eager's."""
+    import torch._inductor.config as inductor_config
+
     from tbps.cli import main
 
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
     os.environ.pop("TBPS_RUN_DIR", None)
-    args = [*tiny_overrides(tiny_synth, tmp_path), "trainer.max_epochs=1", "trainer.max_steps=3",
-            "compile=true"]
-    assert main(["train", "experiment=synthetic", *args]) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["train/samples_per_s"] > 0 and 0 <= metrics["test/R1"] <= 100
+    weights = {}
+    for compiled in (False, True):
+        run = tmp_path / f"compile_{compiled}"
+        args = [*tiny_overrides(tiny_synth, run), "trainer.max_epochs=1", "trainer.max_steps=3",
+                f"compile={str(compiled).lower()}"]
+        assert main(["train", "experiment=synthetic", *args]) == 0
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert "test/R1" in metrics and metrics["train/samples_per_s"] > 0
+        ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+        assert ckpt["global_step"] == 3
+        weights[compiled] = ckpt["state_dict"]
+    assert weights[True].keys() == weights[False].keys()
+    for key, eager in weights[False].items():
+        torch.testing.assert_close(_without_key_bias(key, weights[True][key]),
+                                   _without_key_bias(key, eager), rtol=1e-4, atol=1e-5, msg=key)
+
+
+def _without_key_bias(name: str, value: torch.Tensor) -> torch.Tensor:
+    """An attention key's bias gets no gradient (a softmax ignores a shift shared by every
+    key), so AdamW turns each run's float noise in it into steps of about lr: the third of a
+    packed q/k/v bias that belongs to the keys, and a separate key bias, are left out."""
+    if name.endswith("k_proj.bias"):
+        return value[:0]
+    if name.endswith(("qkv.bias", "in_proj_bias")):
+        q, _, v = value.chunk(3)
+        return torch.cat([q, v])
+    return value

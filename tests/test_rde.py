@@ -246,6 +246,34 @@ def test_the_division_flags_the_swapped_pairs_it_was_made_from(tiny_synth, tmp_p
     assert module.training is False  # eval mode is restored as it was
 
 
+@pytest.mark.parametrize("augment", [True, False])
+def test_the_pass_sees_the_training_augmentation_unless_told_not_to(tiny_synth, tmp_path,
+                                                                     augment):
+    """RDE's code scores the pairs through its training loader (image and caption
+    augmentation); ``preparation_augment=false`` scores them as evaluation sees them, so two
+    passes under different random states give the same losses."""
+    from tbps.data.datasets import load_rgb
+    from tbps.data.transforms import eval_transform
+
+    module, dm = _module(tiny_synth, tmp_path, f"preparation_augment={str(augment).lower()}")
+    assert module.text_augment is not None  # rde_synthetic augments its captions
+    head, got = module.heads["rde"], []
+    head.prepare = lambda scores, *rest: got.append(scores) or {}
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        head.divided_epoch.fill_(-1)
+        _prepare(module, dm, 0)
+    same = all(torch.equal(got[0][k], got[1][k]) for k in ("bge", "tse"))
+    assert same is (not augment)
+    ds, rec = dm.preparation_dataloader(0, augment).dataset, dm.records["train"]
+    plain = eval_transform(dm.image_size)
+    equal = [torch.equal(ds[k]["image"],
+                         plain(image=load_rgb(rec.image_paths[rec.caption_image[k]]))["image"])
+             for k in range(8)]
+    assert all(equal) is (not augment)
+
+
 def test_the_heads_loss_sums_tal_over_the_clean_pairs_only(tiny_synth, tmp_path):
     module, dm = _module(tiny_synth, tmp_path, "text_augment=null")
     head = module.heads["rde"].train()

@@ -26,7 +26,7 @@ from ..errors import ConfigError, DivergedError
 from ..heads.base import HeadContext
 from ..heads.mlm import replacement_ids
 from ..metrics import TextToImageRetrieval
-from .compile import compile_step
+from .compile import compile_step, mark_token_dim_dynamic
 from .encoder import build_dual_encoder
 from .inference import InferencePath
 from .loop_state import finish_saved_epoch
@@ -194,6 +194,7 @@ class TBPSModule(InferencePath, L.LightningModule):
             self._checked_losses = True
             return self._losses(batch, check=True)
         if self._compiled is not None:
+            mark_token_dim_dynamic(batch)
             return self._compiled(batch)
         return self._losses(batch)
 
