@@ -95,15 +95,21 @@ def tiny_checkpoint(tiny_synth, tmp_path_factory):
 
 
 def _eval(ckpt: Path, devices: int, root) -> dict:
-    env = {**os.environ, "TBPS_EXPERIMENTS": str(EXPERIMENTS), "WANDB_MODE": "disabled",
-           "OMP_NUM_THREADS": "1"}
-    env.pop("TBPS_RUN_DIR", None)
-    cmd = [sys.executable, "-m", "tbps.cli", "eval", "experiment=synthetic", f"eval.ckpt={ckpt}",
-           f"data.root={root}", "data.num_workers=0", "data.eval_batch_size=7",
-           f"trainer.devices={devices}"] + (["trainer.strategy=ddp"] if devices > 1 else [])
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    if devices > 1:
+    """`tbps eval` of ``ckpt``: one process in this one (the reference), two in a subprocess
+    that DDP spawns from."""
+    from tbps.cli import main
+
+    args = ["eval", "experiment=synthetic", f"eval.ckpt={ckpt}", f"data.root={root}",
+            "data.num_workers=0", "data.eval_batch_size=7", f"trainer.devices={devices}"]
+    os.environ["TBPS_EXPERIMENTS"] = str(EXPERIMENTS)
+    os.environ.pop("TBPS_RUN_DIR", None)
+    if devices == 1:
+        assert main(args) == 0
+    else:
+        env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, "-m", "tbps.cli", *args, "trainer.strategy=ddp"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
         assert f"MEMBER: {devices}/{devices}" in done.stdout + done.stderr  # really 2 processes
     return json.loads((ckpt.parent.parent / "metrics_eval.json").read_text())
 

@@ -21,6 +21,7 @@ model for queries (the top k images are re-read from the folder).
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 import time
 from functools import cached_property
@@ -134,7 +135,8 @@ class TextProgram:
             except Exception as exc:  # noqa: BLE001 - export support varies by model
                 tmp.unlink(missing_ok=True)
                 print(f"note: the text encoder could not be exported to ONNX "
-                      f"({type(exc).__name__}); queries will load the full model")
+                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                      "queries will load the full model", file=sys.stderr)
             finally:
                 module.to(device)
         self.meta.write_text(json.dumps({"tokenizer": module.tokenizer.to_json(),
