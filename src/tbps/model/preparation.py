@@ -4,8 +4,8 @@
 Every process runs its shard of the pairs (``TBPSDataModule.preparation_dataloader``: the
 training transform and caption augmentation, shuffled per epoch as RDE's pass over its
 training loader, every pair at least once; ``preparation_augment: false`` scores the pairs
-as evaluation sees them instead), in eval mode and without gradients; the heads score each batch gathered
-from every process, so each process assembles the same full arrays. What the heads prepare
+as evaluation sees them instead), in eval mode and without gradients; the heads score each
+batch gathered from every process, so each process assembles the same full arrays. What the heads prepare
 is then broadcast from rank 0, so that no process can hold a different division.
 """
 
