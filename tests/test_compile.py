@@ -1,8 +1,8 @@
 """The training step of every experiment family compiles whole: one graph, no graph break
 (``fullgraph=True`` raises on any), and no recompilation across steps whose captions are
-trimmed to different lengths, with a changing epoch fraction (``error_on_recompile``). Dynamo's tracing is what
-decides both, so the checks use its ``eager`` backend; ``compile=true`` itself (inductor)
-trains a tiny run end to end."""
+trimmed to different lengths, with a changing epoch fraction (``error_on_recompile``).
+Dynamo's tracing is what decides both, so the checks use its ``eager`` backend;
+``compile=true`` itself (inductor) trains a tiny run end to end, to the eager run's weights."""
 
 import json
 import os
