@@ -175,6 +175,24 @@ def test_tbps_uncertainty_measures_what_it_says(ucfa_run, tmp_path, capsys):
     resid = lambda y: y - np.polyval(np.polyfit(rl, y, 1), rl)  # noqa: E731
     partial = np.corrcoef(resid(rs), resid(rf))[0, 1]
     assert abs(amb["partial_given_length"] - partial) < 2e-3
+    # the reference beside it: scikit-learn's least squares on the training captions' stated
+    # attribute keys and word counts, read against the same log(identities fitted) and length
+    from sklearn.linear_model import LinearRegression
+
+    recs = json.loads((dm.root / dm.benchmark.folder / dm.benchmark.annotation).read_text())
+    rows = {split: [(said, n, len(words)) for r in recs if r["split"] == split
+                    for said, n, words in zip(r["attribute_mentions"], r["identities_fitted"],
+                                              r["processed_tokens"])]
+            for split in ("train", "test")}
+    keys = sorted({k for said, _, _ in rows["train"] for k in said})
+    x = {split: np.array([[k in said for k in keys] + [words] for said, _, words in v], float)
+         for split, v in rows.items()}
+    fit = LinearRegression().fit(x["train"], np.log([n for _, n, _ in rows["train"]]))
+    pred = fit.predict(x["test"])
+    ref = got["ambiguity"]["stated_attributes_predictor"]
+    assert abs(ref["spearman"] - spearmanr(pred, fitted).statistic) < 2e-3
+    assert abs(ref["partial_given_length"]
+               - np.corrcoef(resid(rankdata(pred)), resid(rf))[0, 1]) < 2e-3
 
     # calibration: P(match) of every test caption with every test image, binned by hand
     rec = dm.records["test"]
@@ -185,6 +203,27 @@ def test_tbps_uncertainty_measures_what_it_says(ucfa_run, tmp_path, capsys):
     ece = _hand_ece(prob.flatten().tolist(), same.flatten().float().tolist())
     assert abs(got["calibration"]["ece"] - ece) < 2e-3
     assert abs(got["calibration"]["match_probability_true_pairs"] - float(prob[same].mean())) < 1e-3
+
+
+def test_the_stated_attributes_predictor_recovers_a_count_that_the_stated_keys_decide():
+    """When log(identities fitted) is a linear function of which keys a caption states, the
+    reference predictor must give it back exactly, for captions it was not fitted on."""
+    import itertools
+
+    from tbps.analysis.uncertainty import text_only_prediction
+
+    keys = ("bag", "hat", "shoe_colour", "upper_colour")
+    effect = {"bag": -0.7, "hat": -0.2, "shoe_colour": -1.1, "upper_colour": -0.4}
+
+    def caption(stated, words):
+        said = {k: "x" for k in stated}
+        return said, math.exp(1.5 + sum(effect[k] for k in stated) + 0.01 * words), words
+
+    subsets = [c for r in range(len(keys) + 1) for c in itertools.combinations(keys, r)]
+    train = [caption(c, w) for c in subsets for w in (8, 20)]
+    test = [caption(c, 13) for c in subsets[::3]]
+    want = torch.tensor([math.log(n) for _, n, _ in test])
+    assert torch.allclose(text_only_prediction(train, test).double(), want.double(), atol=1e-5)
 
 
 def test_the_expected_distance_embedding_ranks_every_gallery_by_the_expected_distance():
