@@ -101,3 +101,18 @@ def test_report_into_a_closed_pipe_is_quiet(tiny_run):
                           f"{tiny_run}/report | head -n 1", shell=True, capture_output=True,
                           text=True, timeout=300)
     assert done.stdout.strip() and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+def test_a_run_that_max_steps_stops_before_validation_warns_of_no_missing_monitor(
+        tiny_synth, tmp_path):
+    """`trainer.max_steps` ending a run mid-epoch is a user's quick check: "best" is decided
+    only where validation ends, so Lightning has no missing val/R1 to warn about."""
+    import warnings
+
+    run = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        assert main(["train", "experiment=synthetic", *tiny_overrides(tiny_synth, run),
+                     "trainer.max_steps=2"]) == 0
+    assert not [w for w in got if "could not find the monitored key" in str(w.message)]
+    assert (run / "metrics.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()

@@ -154,8 +154,12 @@ class TrainThroughput(Callback):
 
 def callbacks(run_dir: Path, val_prefix: str = "val", show_progress: bool = True
               ) -> tuple[list[Callback], ModelCheckpoint, TrainThroughput]:
+    # "best" is decided where validation ends, never at a training epoch's end: a run that
+    # `trainer.max_steps` stops before its first validation has no val/R1 to compare, and
+    # Lightning would warn that the monitored key is missing (and save nothing either way)
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=f"{val_prefix}/R1",
-                           mode="max", auto_insert_metric_name=False, enable_version_counter=False)
+                           mode="max", auto_insert_metric_name=False, enable_version_counter=False,
+                           save_on_train_epoch_end=False)
     # last.ckpt every epoch. Not ``save_last=True``: Lightning 2.6 writes "last" only when it
     # also wrote a top-k file, so a run whose validation stopped improving kept an old
     # last.ckpt and a resumed run repeated epochs.
