@@ -90,24 +90,29 @@ def noise_detection(module, dm, batch_size: int = 64) -> dict:
     return out
 
 
-def _split_captions(annotation: Path, split: str) -> list[tuple[dict, int, int]]:
-    """Per caption of ``split``: (attributes it states, identities of the split it fits,
-    words); [] if the data set does not record them (only SynthPedes does)."""
+def _captions_by_split(annotation: Path) -> dict[str, list[tuple[dict, int, int]]]:
+    """Per split, per caption: (attributes it states, identities of the split it fits,
+    words); only the splits whose every record has them (only SynthPedes records them)."""
     try:
-        recs = [r for r in json.loads(annotation.read_text()) if r.get("split") == split]
+        recs = json.loads(annotation.read_text())
     except (OSError, ValueError):
-        return []
-    if not recs or any("identities_fitted" not in r or "attribute_mentions" not in r
-                       for r in recs):
-        return []
-    return [(said, n, len(words)) for r in recs for said, n, words in
-            zip(r["attribute_mentions"], r["identities_fitted"], r["processed_tokens"])]
+        return {}
+    out: dict[str, list[tuple[dict, int, int]]] = {}
+    missing = set()
+    for r in recs:
+        split = r.get("split")
+        if "identities_fitted" not in r or "attribute_mentions" not in r:
+            missing.add(split)
+            continue
+        out.setdefault(split, []).extend(zip(r["attribute_mentions"], r["identities_fitted"],
+                                             map(len, r["processed_tokens"])))
+    return {k: v for k, v in out.items() if k not in missing}
 
 
 def identities_fitted(annotation: Path, split: str) -> list[int]:
     """Per caption of ``split``, SynthPedes' count of the identities it fits ([] if the data
     set does not record it)."""
-    return [n for _, n, _ in _split_captions(annotation, split)]
+    return [n for _, n, _ in _captions_by_split(annotation).get(split, [])]
 
 
 def text_only_prediction(train: list[tuple[dict, int, int]],
@@ -138,8 +143,8 @@ def partial_spearman(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> dict[
 
 @torch.inference_mode()
 def ambiguity(module, dm, split: str = "test", batch_size: int = 256) -> dict:
-    annotation = dm.root / dm.benchmark.folder / dm.benchmark.annotation
-    captions = _split_captions(annotation, split)
+    by_split = _captions_by_split(dm.root / dm.benchmark.folder / dm.benchmark.annotation)
+    captions = by_split.get(split)
     if not captions:
         return {"skipped": f"{dm.root} records no identities_fitted per caption (SynthPedes "
                            "does, since generator version 4)"}
@@ -152,7 +157,7 @@ def ambiguity(module, dm, split: str = "test", batch_size: int = 256) -> dict:
     out = {"split": split, "captions": len(sigma),
            "identities_fitted_median": float(count.median()),
            "sigma_vs_log_identities_fitted": partial_spearman(sigma, count.log(), length)}
-    train = _split_captions(annotation, "train")
+    train = by_split.get("train")
     if train:
         predicted = text_only_prediction(train, captions)
         out["stated_attributes_predictor"] = partial_spearman(predicted, count.log(), length)
