@@ -37,7 +37,7 @@ import torch
 from ..components.matching import ProbabilisticMatch, expected_distance_embedding
 from ..errors import ConfigError
 from ..distributed import gather_with_grad
-from ..settings_types import PositiveFloat
+from ..settings_types import NonNegativeInt, PositiveFloat
 from ..types import EncoderOutput, Gaussian
 from .base import AlignmentHead, HeadContext
 from .sdm import sdm_from_logits
@@ -50,15 +50,20 @@ class DCLHead(AlignmentHead):
                  distance: Literal["w2", "csd"] = "csd", init_scale: PositiveFloat = 5.0,
                  init_shift: float | Literal["auto"] = "auto",
                  objective: Literal["pcme", "sdm"] = "pcme",
-                 rank_by: Literal["mean", "distribution"] = "mean") -> None:
+                 rank_by: Literal["mean", "distribution"] = "mean",
+                 match_memory: NonNegativeInt = 0) -> None:
         super().__init__(ctx, weight)
         self.objective, self.rank_by = objective, rank_by
+        if match_memory and objective != "pcme":
+            raise ConfigError("heads.dcl.match_memory remembers Gaussians for PCME++'s "
+                              "matching loss: set heads.dcl.objective=pcme, or match_memory=0")
         if rank_by == "distribution" and distance != "csd":
             raise ConfigError("heads.dcl.rank_by=distribution ranks by PCME++'s expected "
                               f"distance, which needs heads.dcl.distance=csd (got {distance!r})")
         if objective == "sdm" and init_shift == "auto":
             init_shift = 5.0  # a softmax never moves b: PCME++'s start, as before
-        self.match = ProbabilisticMatch(init_scale, init_shift, distance)
+        self.match = ProbabilisticMatch(init_scale, init_shift, distance, match_memory,
+                                        ctx.embed_dim)
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         d = batch["distributions"]

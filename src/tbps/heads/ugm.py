@@ -35,7 +35,7 @@ from ..components.gaussian import GaussianEmbedding, kl_to_standard_normal, samp
 from ..components.matching import ProbabilisticMatch, expected_distance_embedding
 from ..errors import ConfigError
 from ..types import EncoderOutput, Gaussian
-from ..settings_types import NonNegativeFloat, PositiveFloat, PositiveInt
+from ..settings_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from ..distributed import gather_with_grad
 from .base import AlignmentHead, HeadContext
 from .ire import identity_targets, soft_target_loss
@@ -65,14 +65,16 @@ class UGMHead(AlignmentHead):
                  sample_around: Literal["normalised", "raw"] = "normalised",
                  match_weight: NonNegativeFloat = 1.0, init_scale: PositiveFloat = 5.0,
                  init_shift: float | Literal["auto"] = "auto",
-                 rank_by: Literal["mean", "distribution"] = "mean") -> None:
+                 rank_by: Literal["mean", "distribution"] = "mean",
+                 match_memory: NonNegativeInt = 0) -> None:
         super().__init__(ctx, weight)
         if rank_by == "distribution" and match_weight == 0:
             raise ConfigError("heads.ugm.rank_by=distribution ranks by the probabilistic "
                               "match: set heads.ugm.match_weight above 0")
         self.rank_by = rank_by
         self.sample_around, self.match_weight = sample_around, match_weight
-        self.match = ProbabilisticMatch(init_scale, init_shift)
+        self.match = ProbabilisticMatch(init_scale, init_shift, memory_size=match_memory,
+                                        dim=ctx.embed_dim)
         self.image_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.text_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.temperature, self.num_samples, self.kl_weight = temperature, num_samples, kl_weight
