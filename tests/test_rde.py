@@ -481,3 +481,37 @@ def test_the_division_analysis_measures_the_losses_and_both_fits(rde_run, capsys
     for fit in ("default_fit", "long_fit"):
         assert set(got[fit]) == {"precision", "recall", "clean_share"}
         assert 0 < got[fit]["clean_share"] < 1
+
+
+def test_loss_history_divides_by_losses_averaged_over_divisions_and_is_off_by_default():
+    """``loss_history`` m: before each division h ← m·h + (1 − m)·minmax(losses), per view,
+    and the division is made from h (a loop reference); m = 0 is the code's division of this
+    epoch's losses; the averages travel in the checkpoint."""
+    n = 300
+    ctx = HeadContext(embed_dim=8, num_classes=3, vocab_size=20, mask_id=4, pad_id=0,
+                      special_ids=(0, 1, 2, 3, 4), eos_id=3, num_train_pairs=n)
+    rng = np.random.default_rng(1)
+    noisy = torch.from_numpy(rng.random(n) < 0.3)
+    epochs = [{v: torch.from_numpy(np.where(noisy, rng.normal(2.0, 0.7, n),
+                                            rng.normal(1.0, 0.7, n)) * scale)
+               for v in ("bge", "tse")} for scale in (3.0, 2.0, 1.0)]
+    head = RDEHead(ctx, tse_dim=8, loss_history=0.6)
+    plain = RDEHead(ctx, tse_dim=8)
+    assert "history" not in plain.state_dict()
+    want = {}
+    for epoch, scores in enumerate(epochs):
+        for view in ("bge", "tse"):
+            x = scores[view].double().numpy()
+            now = (x - x.min()) / (x.max() - x.min())
+            want[view] = now if epoch == 0 else 0.6 * want[view] + 0.4 * now
+        head.prepare(scores, noisy, epoch, 0)
+        plain.prepare(scores, noisy, epoch, 0)
+        labels, _ = consensus_division(torch.from_numpy(want["bge"]),
+                                       torch.from_numpy(want["tse"]), MixtureFit(), epoch)
+        assert torch.equal(head.clean, labels.to(head.clean))
+        code, _ = consensus_division(scores["bge"], scores["tse"], MixtureFit(), epoch)
+        assert torch.equal(plain.clean, code.to(plain.clean))
+    assert not torch.equal(head.clean, plain.clean)  # the average is not this epoch's losses
+    restored = RDEHead(ctx, tse_dim=8, loss_history=0.6)
+    restored.load_state_dict(head.state_dict())
+    assert torch.allclose(restored.history[0], torch.from_numpy(want["bge"]))

@@ -71,6 +71,21 @@ def consensus(clean_a: np.ndarray, clean_b: np.ndarray, draws: np.ndarray) -> np
     return (votes > 1).astype(np.int64)
 
 
+def averaged_losses(history: torch.Tensor | None, losses: torch.Tensor, momentum: float
+                    ) -> torch.Tensor:
+    """Our option (not the code's): the per-pair losses a division reads, averaged over
+    divisions, h ← m·h + (1 − m)·normalised(losses), h starting at the first division's
+    normalised losses; m = 0 gives this epoch's normalised losses, which divide exactly as
+    the raw ones (the mixture reads them min-max normalised). Why: a clean pair's loss moves
+    with the augmentation its pass drew (an erased patch or a masked word can remove the one
+    attribute that tells near-twins apart), a swapped pair's stays high every epoch; the
+    average keeps what persists."""
+    now = torch.from_numpy(normalised(losses.double().cpu().numpy()))
+    if history is None or momentum == 0:
+        return now
+    return momentum * history.double().cpu() + (1 - momentum) * now
+
+
 def consensus_division(loss_a: torch.Tensor, loss_b: torch.Tensor, fit: MixtureFit,
                        seed: int) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-pair losses of the two views [N] -> (0/1 clean labels [N], what each view and

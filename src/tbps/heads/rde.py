@@ -23,16 +23,19 @@ embedded recipe starts it later; every pair counts as clean before); the mixture
 initialisation is seeded. The code leaves the whole model in eval mode after the first
 division (its README: the paper's numbers were made so); ``paper_eval_mode: true`` does
 the same to the only modules that mode changes, TSE's BatchNorms (CLIP has no dropout).
+``loss_history`` (0, the code: off) divides by each pair's normalised losses averaged over
+the divisions so far (``components.consensus.averaged_losses``), kept in the checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from ..components.consensus import MixtureFit, consensus_division
+from ..components.consensus import MixtureFit, averaged_losses, consensus_division
 from ..components.token_selection import TokenSelectionEmbedding
 from ..distributed import gather_with_grad
 from ..settings_types import NonNegativeFloat, NonNegativeInt, OpenRate, PositiveFloat, PositiveInt
@@ -72,7 +75,8 @@ class RDEHead(AlignmentHead):
                  inference: Literal["mean", "bge", "tse"] = "mean",
                  division_start_epoch: NonNegativeInt = 0, gmm_max_iter: PositiveInt = 10,
                  gmm_tol: PositiveFloat = 1e-2, gmm_reg_covar: PositiveFloat = 5e-4,
-                 paper_eval_mode: bool = False) -> None:
+                 paper_eval_mode: bool = False,
+                 loss_history: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0) -> None:
         super().__init__(ctx, weight)
         if inference not in ("mean", "bge", "tse"):
             raise ValueError(f"heads.rde.inference={inference!r}: choose mean, bge or tse")
@@ -85,6 +89,9 @@ class RDEHead(AlignmentHead):
         # the division: 1 = clean, per training pair; every pair is clean before the first
         self.register_buffer("clean", torch.ones(ctx.num_train_pairs))
         self.register_buffer("divided_epoch", torch.tensor(-1))
+        self.loss_history = loss_history
+        if loss_history > 0:  # each view's averaged losses, per training pair
+            self.register_buffer("history", torch.zeros(2, ctx.num_train_pairs, dtype=torch.float64))
 
     # --- training --------------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -137,8 +144,13 @@ class RDEHead(AlignmentHead):
 
     def prepare(self, scores: dict[str, torch.Tensor], noisy: torch.Tensor, epoch: int,
                 seed: int) -> dict[str, float]:
-        labels, said = consensus_division(scores["bge"], scores["tse"], self.fit,
-                                          seed * 1000 + epoch)
+        bge, tse = scores["bge"], scores["tse"]
+        if self.loss_history > 0:
+            first = int(self.divided_epoch) < 0
+            bge, tse = (averaged_losses(None if first else self.history[k], loss,
+                                        self.loss_history) for k, loss in enumerate((bge, tse)))
+            self.history.copy_(torch.stack([bge, tse]).to(self.history))
+        labels, said = consensus_division(bge, tse, self.fit, seed * 1000 + epoch)
         self.clean.copy_(labels.to(self.clean))
         self.divided_epoch.fill_(epoch)
         clean, truly = labels.bool(), ~noisy.cpu().bool()
