@@ -91,7 +91,8 @@ class RDEHead(AlignmentHead):
         self.register_buffer("divided_epoch", torch.tensor(-1))
         self.loss_history = loss_history
         if loss_history > 0:  # each view's averaged losses, per training pair
-            self.register_buffer("history", torch.zeros(2, ctx.num_train_pairs, dtype=torch.float64))
+            self.register_buffer("history", torch.zeros(2, ctx.num_train_pairs,
+                                                        dtype=torch.float64))
 
     # --- training --------------------------------------------------------------------------
     def train(self, mode: bool = True):
