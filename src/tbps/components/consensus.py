@@ -81,9 +81,7 @@ def averaged_losses(history: torch.Tensor | None, losses: torch.Tensor, momentum
     attribute that tells near-twins apart), a swapped pair's stays high every epoch; the
     average keeps what persists."""
     now = torch.from_numpy(normalised(losses.double().cpu().numpy()))
-    if history is None or momentum == 0:
-        return now
-    return momentum * history.double().cpu() + (1 - momentum) * now
+    return now if history is None else momentum * history.double().cpu() + (1 - momentum) * now
 
 
 def consensus_division(loss_a: torch.Tensor, loss_b: torch.Tensor, fit: MixtureFit,

@@ -13,7 +13,7 @@ and stays meaningless. Set once, before the first optimiser step, from the batch
 across processes (the same b everywhere), and saved with the checkpoint (a resumed run
 keeps it).
 
-A cross-batch memory (``memory_size`` > 0; our choice, after XBM, Wang et al. CVPR 2020):
+A cross-batch memory (``memory_size`` > 0, the heads' ``match_memory``; ours, after XBM, CVPR 2020):
 the Gaussians of the last ``memory_size`` training pairs, detached, join the batch as extra
 columns, captions against remembered images and images against remembered captions. Why:
 σ grows for a caption whose false matches are close, and the images that make a caption
