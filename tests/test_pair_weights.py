@@ -50,6 +50,12 @@ def test_weights_from_known_confidences():
     assert w.tolist() == pytest.approx([1.0, 1.0, 1.0, 0.2])
     early = confidence_weights(conf, torch.tensor(0.5, dtype=torch.float64), 1.0, 0.5)
     assert early.tolist() == [1.0, 1.0, 1.0, 1.0]
+    # fading in over 2 epochs from epoch 1: a quarter of the way at 1.5, all of it from 3
+    ramp = [confidence_weights(conf, torch.tensor(p, dtype=torch.float64), 1.0, 0.5, 2.0)
+            for p in (0.5, 1.5, 3.0, 4.0)]
+    assert ramp[0].tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert ramp[1].tolist() == pytest.approx([1.0, 1.0, 1.0, 1 - 0.25 * 0.8])
+    assert ramp[2].tolist() == ramp[3].tolist() == pytest.approx([1.0, 1.0, 1.0, 0.2])
     assert weighted_mean(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 0.0])) == 1.0
 
 

@@ -159,9 +159,9 @@ def test_attention_rows_equal_the_towers_own_attention_weights():
 
 
 # --- the consensus division -------------------------------------------------------------------
-def division_as_the_code_makes_it(loss_a, loss_b, fit, seed, draws):
+def division_as_the_code_makes_it(loss_a, loss_b, fit, seed, draws, cut=0.5):
     """RDE's get_loss + the epoch loop's consensus, written out with scikit-learn (the
-    mixture seeded as ours is: the code leaves it unseeded)."""
+    mixture seeded as ours is: the code leaves it unseeded); ``cut`` is the code's 0.5."""
     from sklearn.mixture import GaussianMixture
 
     preds = []
@@ -170,7 +170,7 @@ def division_as_the_code_makes_it(loss_a, loss_b, fit, seed, draws):
         gmm = GaussianMixture(n_components=2, max_iter=fit.max_iter, tol=fit.tol,
                               reg_covar=fit.reg_covar, random_state=s).fit(x)
         prob = gmm.predict_proba(x)[:, gmm.means_.argmin()]
-        threshold = 0.5 if prob.min() <= 0.5 else np.sort(prob)[len(prob) // 100]
+        threshold = cut if prob.min() <= cut else np.sort(prob)[len(prob) // 100]
         preds.append((prob > threshold).astype(int))
     division = preds[0] + preds[1]
     where = np.flatnonzero(division == 1)
@@ -192,6 +192,37 @@ def test_consensus_division_equals_the_codes_division_given_the_same_draws():
     assert np.array_equal(labels.numpy(), want)
     precision = (labels.numpy().astype(bool) & ~noisy).sum() / labels.sum()
     assert precision > 0.95 and 0 < count < 400  # separable losses: a clean division
+
+
+def test_a_stricter_posterior_threshold_calls_fewer_pairs_clean_and_fewer_of_them_noisy():
+    """``clean_threshold`` t: a view calls a pair clean when its low-mean posterior exceeds
+    t (the reference above with t for the code's 0.5); on overlapping losses a higher t
+    keeps fewer pairs at a higher precision; the head divides with its own t."""
+    rng = np.random.default_rng(3)
+    n = 600
+    noisy = rng.random(n) < 0.3
+    loss_a = np.where(noisy, rng.normal(2.5, 0.6, n), rng.normal(1.0, 0.5, n))
+    loss_b = np.where(noisy, rng.normal(2.5, 0.7, n), rng.normal(1.0, 0.6, n))
+    fit, kept = MixtureFit(), {}
+    for t in (0.5, 0.8, 0.9):
+        labels, said = consensus_division(torch.tensor(loss_a), torch.tensor(loss_b), fit, 5, t)
+        count = round(said["disagreements"] * n)
+        draws = torch.randint(0, 2, (count,), generator=torch.Generator().manual_seed(5)).numpy()
+        assert np.array_equal(labels.numpy(),
+                              division_as_the_code_makes_it(loss_a, loss_b, fit, 5, draws, t))
+        got = labels.numpy().astype(bool)
+        kept[t] = (got.mean(), (got & ~noisy).sum() / got.sum())
+    assert kept[0.5][0] > kept[0.8][0] > kept[0.9][0] > 0.4, kept
+    assert kept[0.5][1] < kept[0.8][1] < kept[0.9][1]
+    ctx = HeadContext(embed_dim=8, num_classes=3, vocab_size=20, mask_id=4, pad_id=0,
+                      special_ids=(0, 1, 2, 3, 4), eos_id=3, num_train_pairs=n)
+    head = RDEHead(ctx, tse_dim=8, clean_threshold=0.9, clean_threshold_from_epoch=2)
+    for epoch, cut in ((1, 0.5), (2, 0.9)):  # the code's 0.5 before epoch 2
+        head.prepare({"bge": torch.tensor(loss_a), "tse": torch.tensor(loss_b)},
+                     torch.from_numpy(noisy), epoch, 1)
+        want, _ = consensus_division(torch.tensor(loss_a), torch.tensor(loss_b), fit,
+                                     1000 + epoch, cut)
+        assert torch.equal(head.clean, want.to(head.clean))
 
 
 def test_consensus_labels_and_split_prob_follow_the_rules():
@@ -481,6 +512,8 @@ def test_the_division_analysis_measures_the_losses_and_both_fits(rde_run, capsys
     for fit in ("default_fit", "long_fit"):
         assert set(got[fit]) == {"precision", "recall", "clean_share"}
         assert 0 < got[fit]["clean_share"] < 1
+    assert set(got["default_fit_threshold"]) == {"0.9", "0.95"}
+    assert set(got["default_fit_threshold"]["0.9"]) == {"precision", "recall", "clean_share"}
 
 
 def test_loss_history_divides_by_losses_averaged_over_divisions_and_is_off_by_default():

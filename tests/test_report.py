@@ -85,6 +85,22 @@ def test_by_key_groups_and_plots(runs, tmp_path, capsys):
     assert {r["data.noise_rate"] for r in rows} == {"0.0", "0.3"}
 
 
+def test_the_last_epochs_r1_gets_a_column_when_runs_report_it(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out)]) == 0
+    assert "R1 (last epoch)" not in capsys.readouterr().out  # no run has it
+    for seed, last in ((0, 29.0), (1, 33.0), (2, 37.0)):
+        path = runs / "synthetic" / f"clean{seed}" / "metrics.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "test_last/R1": last}))
+    assert main(["report", str(runs), "--out", str(out), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    clean = next(g for g in data["groups"] if g["seeds"] == 3)
+    assert clean["test_last/R1 mean"] == pytest.approx(33.0)
+    assert clean["test_last/R1 std"] == pytest.approx(_std([29.0, 33.0, 37.0]))
+    md = (out / "report.md").read_text()
+    assert "R1 (last epoch)" in md and "| 33.00 ± 4.00 |" in md
+
+
 def test_bad_inputs_are_clear_errors(runs, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     cases = [([str(tmp_path / "nowhere")], "is not a folder"),

@@ -34,9 +34,13 @@ def test_study_trains_skips_and_reports(tiny_synth, tmp_path, capsys, monkeypatc
     text = capsys.readouterr().out
     assert "4 to train" in text and text.count("done ") == 4
     for run in plan(out, ["clip_synthetic", "acsa_synthetic"], [0.0, 0.3], [0]):
-        assert (run.folder / "metrics.json").is_file()
+        metrics = json.loads((run.folder / "metrics.json").read_text())
+        # the study tests the last epoch's model too; after one epoch it is the best one
+        assert metrics["test_last/R1"] == metrics["test/R1"]
+        assert metrics["test_last/mAP"] == metrics["test/mAP"]
     report = (out / "report" / "report.md").read_text()
     assert "acsa_synthetic" in report and "clip_synthetic" in report
+    assert "R1 (last epoch)" in report
     assert (out / "report" / "report.png").is_file()
     # a second call trains nothing
     assert main(args) == 0

@@ -226,7 +226,7 @@ def print_table(metrics: dict[str, float], title: str) -> None:
     table.add_column("split")
     for m in METRIC_ORDER:
         table.add_column(m, justify="right")
-    for split in ("val", "val_on_test", "val_holdout", "test"):
+    for split in ("val", "val_on_test", "val_holdout", "test", "test_last"):
         # a re-scoring head's runs: the fused ranking, then the global ranking alone
         parts = sorted({k[len(split) + 1:-3] for k in metrics
                         if k.startswith(f"{split}/") and k.endswith("/R1") and k.count("/") == 2

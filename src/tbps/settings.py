@@ -87,6 +87,7 @@ class Distributions(_Strict):
 class PairWeights(_Strict):
     from_epoch: NonNegativeFloat = 1.0
     ratio: PositiveFloat = 0.5
+    ramp_epochs: NonNegativeFloat = 0.0
 
 
 class Logger(_Strict):
@@ -97,6 +98,7 @@ class Logger(_Strict):
 
 class Eval(_Strict):
     ckpt: str | None = None
+    test_last: bool = False
 
 
 def _trainer_model() -> type[BaseModel]:

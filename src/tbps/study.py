@@ -42,7 +42,8 @@ class StudyRun:
     def command(self, epochs: int, extra: list[str]) -> list[str]:
         args = [sys.executable, "-m", "tbps.cli", "train", f"experiment={self.experiment}",
                 f"seed={self.seed}", f"data.noise_rate={self.noise}",
-                f"trainer.max_epochs={epochs}", f"run_dir={self.folder}", *extra]
+                f"trainer.max_epochs={epochs}", f"run_dir={self.folder}",
+                "eval.test_last=true", *extra]  # the report shows Best and Last, as RDE
         if (self.folder / "checkpoints" / "last.ckpt").is_file():
             args.append(f"resume={self.folder}")  # continue where a stopped study left it
         return args

@@ -7,7 +7,8 @@ caption noise included; no caption augmentation, so the numbers do not depend on
 draws), then prints JSON: per view, the ROC AUC of the loss as a detector of the data set's
 noise flags and the share of clean pairs among the lowest 70% of losses; and the division's
 precision and recall of "clean" with the code's default mixture fit and with its longer fit
-(RSTPReid, noise above 40%).
+(RSTPReid, noise above 40%), and with the default fit at the stricter posterior thresholds
+0.9 and 0.95 (`heads.rde.clean_threshold`).
 """
 
 from __future__ import annotations
@@ -65,12 +66,17 @@ def measure(scores: dict[str, torch.Tensor], noisy: np.ndarray, seed: int = 0) -
         out["views"][name] = {"auc": float(roc_auc_score(noisy, v)),
                               "clean_share_of_lowest_70pct": float(clean[lowest].mean())}
     a, b = list(scores.values())[:2]
-    for label, fit in (("default_fit", MixtureFit()), ("long_fit", MixtureFit(100, 1e-4, 1e-6))):
-        labels, _ = consensus_division(a, b, fit, seed)
-        kept = labels.numpy().astype(bool)
-        out[label] = {"precision": float((kept & clean).sum() / max(1, kept.sum())),
-                      "recall": float((kept & clean).sum() / max(1, clean.sum())),
-                      "clean_share": float(kept.mean())}
+
+    def division(fit: MixtureFit, threshold: float = 0.5) -> dict:
+        kept = consensus_division(a, b, fit, seed, threshold)[0].numpy().astype(bool)
+        return {"precision": float((kept & clean).sum() / max(1, kept.sum())),
+                "recall": float((kept & clean).sum() / max(1, clean.sum())),
+                "clean_share": float(kept.mean())}
+
+    out["default_fit"] = division(MixtureFit())
+    out["long_fit"] = division(MixtureFit(100, 1e-4, 1e-6))
+    # `heads.rde.clean_threshold`: the default fit with a stricter posterior
+    out["default_fit_threshold"] = {str(t): division(MixtureFit(), t) for t in (0.9, 0.95)}
     return out
 
 

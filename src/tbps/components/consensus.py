@@ -2,7 +2,8 @@
 
 Each view's per-pair losses are min-max normalised to [0, 1]; a two-component Gaussian
 mixture (scikit-learn's, as the code) is fitted to them, and a pair is clean in that view
-when the posterior of the low-mean component exceeds 0.5 (if every pair would be clean,
+when the posterior of the low-mean component exceeds 0.5 (our ``threshold`` may ask for
+more; if every pair would be clean,
 the 1% with the lowest posterior are not: NCR's ``split_prob``). A pair both views call
 clean is clean, one neither calls clean is noisy, and a disagreement is drawn at random
 (0 or 1 with equal chance).
@@ -85,11 +86,13 @@ def averaged_losses(history: torch.Tensor | None, losses: torch.Tensor, momentum
 
 
 def consensus_division(loss_a: torch.Tensor, loss_b: torch.Tensor, fit: MixtureFit,
-                       seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+                       seed: int, threshold: float = 0.5
+                       ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-pair losses of the two views [N] -> (0/1 clean labels [N], what each view and
-    the consensus said: shares of clean pairs)."""
-    pa = split_prob(clean_probability(loss_a.double().cpu().numpy(), fit, seed))
-    pb = split_prob(clean_probability(loss_b.double().cpu().numpy(), fit, seed + 1))
+    the consensus said: shares of clean pairs). A view calls a pair clean when its
+    posterior of the low-mean component exceeds ``threshold`` (the code: 0.5)."""
+    pa = split_prob(clean_probability(loss_a.double().cpu().numpy(), fit, seed), threshold)
+    pb = split_prob(clean_probability(loss_b.double().cpu().numpy(), fit, seed + 1), threshold)
     count = int(((pa + pb) == 1).sum())
     gen = torch.Generator().manual_seed(seed)
     draws = torch.randint(0, 2, (count,), generator=gen).numpy()

@@ -25,6 +25,10 @@ division (its README: the paper's numbers were made so); ``paper_eval_mode: true
 the same to the only modules that mode changes, TSE's BatchNorms (CLIP has no dropout).
 ``loss_history`` (0, the code: off) divides by each pair's normalised losses averaged over
 the divisions so far (``components.consensus.averaged_losses``), kept in the checkpoint.
+``clean_threshold`` (0.5, the code) is the posterior of the low-mean component above which a
+view calls a pair clean: higher calls fewer pairs clean, fewer of them swapped; from
+``clean_threshold_from_epoch`` on (before it 0.5: an early mixture is rarely confident, and
+from random weights 0.95 called 0–6% of the pairs clean in the first two divisions).
 """
 
 from __future__ import annotations
@@ -76,7 +80,9 @@ class RDEHead(AlignmentHead):
                  division_start_epoch: NonNegativeInt = 0, gmm_max_iter: PositiveInt = 10,
                  gmm_tol: PositiveFloat = 1e-2, gmm_reg_covar: PositiveFloat = 5e-4,
                  paper_eval_mode: bool = False,
-                 loss_history: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0) -> None:
+                 loss_history: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0,
+                 clean_threshold: Annotated[float, Field(ge=0.5, lt=1.0)] = 0.5,
+                 clean_threshold_from_epoch: NonNegativeInt = 0) -> None:
         super().__init__(ctx, weight)
         if inference not in ("mean", "bge", "tse"):
             raise ValueError(f"heads.rde.inference={inference!r}: choose mean, bge or tse")
@@ -89,7 +95,8 @@ class RDEHead(AlignmentHead):
         # the division: 1 = clean, per training pair; every pair is clean before the first
         self.register_buffer("clean", torch.ones(ctx.num_train_pairs))
         self.register_buffer("divided_epoch", torch.tensor(-1))
-        self.loss_history = loss_history
+        self.loss_history, self.clean_threshold = loss_history, clean_threshold
+        self.clean_threshold_from_epoch = clean_threshold_from_epoch
         if loss_history > 0:  # each view's averaged losses, per training pair
             self.register_buffer("history", torch.zeros(2, ctx.num_train_pairs,
                                                         dtype=torch.float64))
@@ -151,7 +158,9 @@ class RDEHead(AlignmentHead):
             bge, tse = (averaged_losses(None if first else self.history[k], loss,
                                         self.loss_history) for k, loss in enumerate((bge, tse)))
             self.history.copy_(torch.stack([bge, tse]).to(self.history))
-        labels, said = consensus_division(bge, tse, self.fit, seed * 1000 + epoch)
+        strict = epoch >= self.clean_threshold_from_epoch
+        labels, said = consensus_division(bge, tse, self.fit, seed * 1000 + epoch,
+                                          self.clean_threshold if strict else 0.5)
         self.clean.copy_(labels.to(self.clean))
         self.divided_epoch.fill_(epoch)
         clean, truly = labels.bool(), ~noisy.cpu().bool()
