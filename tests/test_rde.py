@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from tbps.components.consensus import (MixtureFit, clean_probability, consensus,
-                                       consensus_division, split_prob)
+                                       consensus_division, mixture, split_prob)
 from tbps.components.token_selection import TokenSelectionEmbedding
 from tbps.errors import ConfigError
 from tbps.heads.base import HeadContext
@@ -216,13 +216,37 @@ def test_a_stricter_posterior_threshold_calls_fewer_pairs_clean_and_fewer_of_the
     assert kept[0.5][1] < kept[0.8][1] < kept[0.9][1]
     ctx = HeadContext(embed_dim=8, num_classes=3, vocab_size=20, mask_id=4, pad_id=0,
                       special_ids=(0, 1, 2, 3, 4), eos_id=3, num_train_pairs=n)
-    head = RDEHead(ctx, tse_dim=8, clean_threshold=0.9, clean_threshold_from_epoch=2)
-    for epoch, cut in ((1, 0.5), (2, 0.9)):  # the code's 0.5 before epoch 2
-        head.prepare({"bge": torch.tensor(loss_a), "tse": torch.tensor(loss_b)},
-                     torch.from_numpy(noisy), epoch, 1)
-        want, _ = consensus_division(torch.tensor(loss_a), torch.tensor(loss_b), fit,
-                                     1000 + epoch, cut)
-        assert torch.equal(head.clean, want.to(head.clean))
+    head = RDEHead(ctx, tse_dim=8, clean_threshold=0.9)
+    head.prepare({"bge": torch.tensor(loss_a), "tse": torch.tensor(loss_b)},
+                 torch.from_numpy(noisy), 2, 1)
+    want, said = consensus_division(torch.tensor(loss_a), torch.tensor(loss_b), fit, 1002, 0.9)
+    assert torch.equal(head.clean, want.to(head.clean))
+    assert min(said["separation_a"], said["separation_b"]) > 2  # both views strict
+
+
+def test_the_stricter_threshold_applies_only_where_the_mixture_separates():
+    """Ashman's D = √2·|μ₁ − μ₂| / √(σ₁² + σ₂²) of the fitted mixture: about 5 for two unit
+    Gaussians 5 apart, below 2 for one Gaussian; below ``min_separation`` a view divides at
+    the code's 0.5 whatever the threshold (clean captions: nothing to find)."""
+    rng = np.random.default_rng(4)
+    two = np.r_[rng.normal(0, 1, 700), rng.normal(5, 1, 300)]
+    one = rng.normal(0, 1, 1000)
+    prob, d_two = mixture(two)
+    assert d_two == pytest.approx(5.0, abs=0.4)
+    assert np.array_equal(prob, clean_probability(two))
+    _, d_one = mixture(one)
+    assert d_one < 2
+    fit = MixtureFit()
+    for losses, strict in ((two, True), (one, False)):
+        a = b = torch.tensor(losses)
+        gated, said = consensus_division(a, b, fit, 3, 0.95, 2.0)
+        plain, _ = consensus_division(a, b, fit, 3, 0.5)
+        always, _ = consensus_division(a, b, fit, 3, 0.95)
+        assert torch.equal(gated, always if strict else plain)
+        assert (said["separation_a"] >= 2.0) == strict
+    assert not torch.equal(consensus_division(torch.tensor(one), torch.tensor(one), fit, 3,
+                                              0.95)[0],
+                           consensus_division(torch.tensor(one), torch.tensor(one), fit, 3)[0])
 
 
 def test_consensus_labels_and_split_prob_follow_the_rules():
@@ -510,10 +534,11 @@ def test_the_division_analysis_measures_the_losses_and_both_fits(rde_run, capsys
     got = json.loads(text[text.index("{\n"):])
     assert got["pairs"] == 150 and got["noisy_share"] == pytest.approx(0.3, abs=0.02)
     for fit in ("default_fit", "long_fit"):
-        assert set(got[fit]) == {"precision", "recall", "clean_share"}
+        assert set(got[fit]) == {"precision", "recall", "clean_share", "separation"}
         assert 0 < got[fit]["clean_share"] < 1
     assert set(got["default_fit_threshold"]) == {"0.9", "0.95"}
-    assert set(got["default_fit_threshold"]["0.9"]) == {"precision", "recall", "clean_share"}
+    assert set(got["default_fit_threshold"]["0.9"]) == {"precision", "recall", "clean_share",
+                                                       "separation"}
 
 
 def test_loss_history_divides_by_losses_averaged_over_divisions_and_is_off_by_default():

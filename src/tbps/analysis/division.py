@@ -8,7 +8,8 @@ draws), then prints JSON: per view, the ROC AUC of the loss as a detector of the
 noise flags and the share of clean pairs among the lowest 70% of losses; and the division's
 precision and recall of "clean" with the code's default mixture fit and with its longer fit
 (RSTPReid, noise above 40%), and with the default fit at the stricter posterior thresholds
-0.9 and 0.95 (`heads.rde.clean_threshold`).
+0.9 and 0.95 (`heads.rde.clean_threshold`, applied to a view whose mixture separates, Ashman's
+D ≥ 2, as the head applies it); each with the mixtures' separations.
 """
 
 from __future__ import annotations
@@ -68,10 +69,13 @@ def measure(scores: dict[str, torch.Tensor], noisy: np.ndarray, seed: int = 0) -
     a, b = list(scores.values())[:2]
 
     def division(fit: MixtureFit, threshold: float = 0.5) -> dict:
-        kept = consensus_division(a, b, fit, seed, threshold)[0].numpy().astype(bool)
+        # the head's gate: a stricter threshold only where a view's mixture separates
+        labels, said = consensus_division(a, b, fit, seed, threshold, 2.0)
+        kept = labels.numpy().astype(bool)
         return {"precision": float((kept & clean).sum() / max(1, kept.sum())),
                 "recall": float((kept & clean).sum() / max(1, clean.sum())),
-                "clean_share": float(kept.mean())}
+                "clean_share": float(kept.mean()),
+                "separation": [said["separation_a"], said["separation_b"]]}
 
     out["default_fit"] = division(MixtureFit())
     out["long_fit"] = division(MixtureFit(100, 1e-4, 1e-6))

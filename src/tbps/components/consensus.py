@@ -3,7 +3,7 @@
 Each view's per-pair losses are min-max normalised to [0, 1]; a two-component Gaussian
 mixture (scikit-learn's, as the code) is fitted to them, and a pair is clean in that view
 when the posterior of the low-mean component exceeds 0.5 (our ``threshold`` may ask for
-more; if every pair would be clean,
+more where the mixture is well separated; if every pair would be clean,
 the 1% with the lowest posterior are not: NCR's ``split_prob``). A pair both views call
 clean is clean, one neither calls clean is noisy, and a disagreement is drawn at random
 (0 or 1 with equal chance).
@@ -37,19 +37,29 @@ def normalised(losses: np.ndarray) -> np.ndarray:
     return (losses - losses.min()) / span if span > 0 else np.zeros_like(losses)
 
 
-def clean_probability(losses: np.ndarray, fit: MixtureFit = MixtureFit(), seed: int = 0
-                      ) -> np.ndarray:
-    """Posterior of the low-mean component of a two-component mixture fitted to the
-    normalised ``losses`` [N] -> [N]."""
+def mixture(losses: np.ndarray, fit: MixtureFit = MixtureFit(), seed: int = 0
+            ) -> tuple[np.ndarray, float]:
+    """A two-component mixture fitted to the normalised ``losses`` [N] -> (the posterior of
+    its low-mean component [N], its separation: Ashman's D = √2·|μ₁ − μ₂| / √(σ₁² + σ₂²),
+    above 2 when the two components are cleanly apart)."""
     from sklearn.mixture import GaussianMixture
 
     x = normalised(losses)[:, None]
     if np.ptp(x) == 0:  # nothing to separate: every pair looks the same
-        return np.ones(len(x))
+        return np.ones(len(x)), 0.0
     gmm = GaussianMixture(n_components=2, max_iter=fit.max_iter, tol=fit.tol,
                           reg_covar=fit.reg_covar, random_state=seed)
     gmm.fit(x)
-    return gmm.predict_proba(x)[:, int(gmm.means_.argmin())]
+    mu, var = gmm.means_.ravel(), gmm.covariances_.ravel()
+    separation = float(np.sqrt(2) * abs(mu[0] - mu[1]) / np.sqrt(var[0] + var[1]))
+    return gmm.predict_proba(x)[:, int(mu.argmin())], separation
+
+
+def clean_probability(losses: np.ndarray, fit: MixtureFit = MixtureFit(), seed: int = 0
+                      ) -> np.ndarray:
+    """Posterior of the low-mean component of a two-component mixture fitted to the
+    normalised ``losses`` [N] -> [N]."""
+    return mixture(losses, fit, seed)[0]
 
 
 def split_prob(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -86,13 +96,19 @@ def averaged_losses(history: torch.Tensor | None, losses: torch.Tensor, momentum
 
 
 def consensus_division(loss_a: torch.Tensor, loss_b: torch.Tensor, fit: MixtureFit,
-                       seed: int, threshold: float = 0.5
+                       seed: int, threshold: float = 0.5, min_separation: float = 0.0
                        ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-pair losses of the two views [N] -> (0/1 clean labels [N], what each view and
-    the consensus said: shares of clean pairs). A view calls a pair clean when its
-    posterior of the low-mean component exceeds ``threshold`` (the code: 0.5)."""
-    pa = split_prob(clean_probability(loss_a.double().cpu().numpy(), fit, seed), threshold)
-    pb = split_prob(clean_probability(loss_b.double().cpu().numpy(), fit, seed + 1), threshold)
+    the consensus said: shares of clean pairs, each mixture's separation). A view calls a
+    pair clean when its posterior of the low-mean component exceeds ``threshold`` if that
+    view's mixture is separated by at least ``min_separation`` (Ashman's D), else 0.5 (the
+    code: 0.5 always)."""
+    views, said = [], {}
+    for name, losses, s in (("a", loss_a, seed), ("b", loss_b, seed + 1)):
+        prob, separation = mixture(losses.double().cpu().numpy(), fit, s)
+        views.append(split_prob(prob, threshold if separation >= min_separation else 0.5))
+        said[f"separation_{name}"] = separation
+    pa, pb = views
     count = int(((pa + pb) == 1).sum())
     gen = torch.Generator().manual_seed(seed)
     draws = torch.randint(0, 2, (count,), generator=gen).numpy()
@@ -100,4 +116,4 @@ def consensus_division(loss_a: torch.Tensor, loss_b: torch.Tensor, fit: MixtureF
     return torch.from_numpy(labels), {"clean_share_a": float(pa.mean()),
                                       "clean_share_b": float(pb.mean()),
                                       "disagreements": float(count / max(1, len(pa))),
-                                      "clean_share": float(labels.mean())}
+                                      "clean_share": float(labels.mean()), **said}

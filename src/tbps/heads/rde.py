@@ -26,11 +26,11 @@ the same to the only modules that mode changes, TSE's BatchNorms (CLIP has no dr
 ``loss_history`` (0, the code: off) divides by each pair's normalised losses averaged over
 the divisions so far (``components.consensus.averaged_losses``), kept in the checkpoint.
 ``clean_threshold`` (0.5, the code) is the posterior of the low-mean component above which a
-view calls a pair clean: higher calls fewer pairs clean, fewer of them swapped; from
-``clean_threshold_from_epoch`` on (before it 0.5: an early mixture is rarely confident, and
-from random weights 0.95 called 0–6% of the pairs clean in the first two divisions). Off in
-every recipe: at 30% noise 0.95 from the seventh epoch divided at precision 0.95, but on clean
-captions, with nothing to separate, it called 2–8% of the pairs clean (docs/results.md).
+view calls a pair clean: higher calls fewer pairs clean, fewer of them swapped. It applies to
+a view only when its mixture's components are apart, Ashman's D ≥
+``clean_threshold_separation`` (2, the usual bound for two separated Gaussians), else 0.5:
+where the losses do not separate (early in training, or clean captions) almost no posterior
+passes 0.95, and the model would train on nothing (docs/results.md, "A stricter posterior").
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class RDEHead(AlignmentHead):
                  paper_eval_mode: bool = False,
                  loss_history: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0,
                  clean_threshold: Annotated[float, Field(ge=0.5, lt=1.0)] = 0.5,
-                 clean_threshold_from_epoch: NonNegativeInt = 0) -> None:
+                 clean_threshold_separation: NonNegativeFloat = 2.0) -> None:
         super().__init__(ctx, weight)
         if inference not in ("mean", "bge", "tse"):
             raise ValueError(f"heads.rde.inference={inference!r}: choose mean, bge or tse")
@@ -98,7 +98,7 @@ class RDEHead(AlignmentHead):
         self.register_buffer("clean", torch.ones(ctx.num_train_pairs))
         self.register_buffer("divided_epoch", torch.tensor(-1))
         self.loss_history, self.clean_threshold = loss_history, clean_threshold
-        self.clean_threshold_from_epoch = clean_threshold_from_epoch
+        self.clean_threshold_separation = clean_threshold_separation
         if loss_history > 0:  # each view's averaged losses, per training pair
             self.register_buffer("history", torch.zeros(2, ctx.num_train_pairs,
                                                         dtype=torch.float64))
@@ -160,9 +160,9 @@ class RDEHead(AlignmentHead):
             bge, tse = (averaged_losses(None if first else self.history[k], loss,
                                         self.loss_history) for k, loss in enumerate((bge, tse)))
             self.history.copy_(torch.stack([bge, tse]).to(self.history))
-        strict = epoch >= self.clean_threshold_from_epoch
         labels, said = consensus_division(bge, tse, self.fit, seed * 1000 + epoch,
-                                          self.clean_threshold if strict else 0.5)
+                                          self.clean_threshold,
+                                          self.clean_threshold_separation)
         self.clean.copy_(labels.to(self.clean))
         self.divided_epoch.fill_(epoch)
         clean, truly = labels.bool(), ~noisy.cpu().bool()
