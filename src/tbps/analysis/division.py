@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from ..components.consensus import MixtureFit, consensus_division
+from ..components.consensus import SEPARATED, MixtureFit, consensus_division
 
 
 def pair_losses(ckpt: str) -> tuple[dict[str, torch.Tensor], np.ndarray]:
@@ -70,7 +70,7 @@ def measure(scores: dict[str, torch.Tensor], noisy: np.ndarray, seed: int = 0) -
 
     def division(fit: MixtureFit, threshold: float = 0.5) -> dict:
         # the head's gate: a stricter threshold only where a view's mixture separates
-        labels, said = consensus_division(a, b, fit, seed, threshold, 2.0)
+        labels, said = consensus_division(a, b, fit, seed, threshold, SEPARATED)
         kept = labels.numpy().astype(bool)
         return {"precision": float((kept & clean).sum() / max(1, kept.sum())),
                 "recall": float((kept & clean).sum() / max(1, clean.sum())),

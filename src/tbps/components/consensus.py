@@ -20,6 +20,10 @@ import numpy as np
 import torch
 
 
+# Ashman's D above which two Gaussians count as cleanly apart (the usual bound)
+SEPARATED = 2.0
+
+
 @dataclass(frozen=True)
 class MixtureFit:
     """The code's two settings: 10 iterations at tol 1e-2 (reg 5e-4) by default, 100 at 1e-4

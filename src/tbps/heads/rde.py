@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..components.consensus import MixtureFit, averaged_losses, consensus_division
+from ..components.consensus import (SEPARATED, MixtureFit, averaged_losses,
+                                    consensus_division)
 from ..components.token_selection import TokenSelectionEmbedding
 from ..distributed import gather_with_grad
 from ..settings_types import NonNegativeFloat, NonNegativeInt, OpenRate, PositiveFloat, PositiveInt
@@ -86,7 +87,7 @@ class RDEHead(AlignmentHead):
                  paper_eval_mode: bool = False,
                  loss_history: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0,
                  clean_threshold: Annotated[float, Field(ge=0.5, lt=1.0)] = 0.5,
-                 clean_threshold_separation: NonNegativeFloat = 2.0) -> None:
+                 clean_threshold_separation: NonNegativeFloat = SEPARATED) -> None:
         super().__init__(ctx, weight)
         if inference not in ("mean", "bge", "tse"):
             raise ValueError(f"heads.rde.inference={inference!r}: choose mean, bge or tse")
