@@ -59,6 +59,26 @@ def test_noisy_correspondence_rde_protocol():
     assert inject_noisy_correspondence(rec, 0.0, seed=5).captions == rec.captions
 
 
+def test_drop_noisy_keeps_exactly_the_captions_of_their_own_image(tiny_synth, tmp_path):
+    """The oracle division: every caption the swap moved goes, every other stays with its
+    own image; images stay (their other captions may remain)."""
+    from conftest import tiny_module
+
+    _, dm = tiny_module(tiny_synth, tmp_path / "n", "synthetic", "data.noise_rate=0.3")
+    _, oracle = tiny_module(tiny_synth, tmp_path / "o", "synthetic", "data.noise_rate=0.3",
+                            "data.drop_noisy=true")
+    noisy, kept = dm.records["train"], oracle.records["train"]
+    expected = [(c, i) for c, i, f in zip(noisy.captions, noisy.caption_image,
+                                          noisy.caption_noisy) if not f]
+    assert 0 < sum(noisy.caption_noisy) and len(expected) < len(noisy.captions)
+    assert list(zip(kept.captions, kept.caption_image)) == expected
+    assert not any(kept.caption_noisy) and kept.image_paths == noisy.image_paths
+    assert len(kept.caption_words) == len(kept.captions)
+    _, clean = tiny_module(tiny_synth, tmp_path / "c", "synthetic")
+    _, clean_oracle = tiny_module(tiny_synth, tmp_path / "co", "synthetic", "data.drop_noisy=true")
+    assert clean_oracle.records["train"].captions == clean.records["train"].captions
+
+
 def test_identity_sampler_pk_and_ddp():
     labels = np.repeat(np.arange(30), [3 + i % 5 for i in range(30)]).tolist()
     p, k = 4, 2

@@ -70,7 +70,9 @@ class TBPSDataModule(L.LightningDataModule):
     labels in sorted order (for CUHK-PEDES that is IRRA's ``id - 1``); evaluation keeps the
     raw ids, since only equality matters. ``noise_rate`` swaps that share of training
     captions to other identities (RDE protocol) with ``noise_seed``; ``noise_file`` applies
-    one of RDE's own permutation files instead.
+    one of RDE's own permutation files instead. ``drop_noisy`` then trains on the captions
+    the noise left in place only: the oracle division, the upper bound of what a method that
+    tells swapped pairs apart can keep (SynthPedes and injected noise flag every caption).
     """
 
     def __init__(self, root: str | None, dataset: Literal[tuple(BENCHMARKS)] = "cuhk-pedes",
@@ -82,7 +84,7 @@ class TBPSDataModule(L.LightningDataModule):
                  holdout_ids: NonNegativeInt = 0, holdout_seed: int = 0,
                  caption_cleaning: Literal[tuple(CLEANING)] = "none",
                  noise_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0, noise_seed: int = 0,
-                 noise_file: str | None = None,
+                 noise_file: str | None = None, drop_noisy: bool = False,
                  sampler: Literal["random", "identity"] = "random",
                  num_instances: PositiveInt = 4, skip_bad_images: bool = False,
                  pin_memory: bool = True, cache_images: bool = False, seed: int = 0) -> None:
@@ -117,7 +119,7 @@ class TBPSDataModule(L.LightningDataModule):
             raise ConfigError(f"data.noise_file={noise_file} and data.noise_rate={noise_rate} "
                               "both ask for noise: the file is RDE's permutation (its rate is in "
                               "its name); set data.noise_rate=0 to use it, or drop the file")
-        self.noise_file = noise_file
+        self.noise_file, self.drop_noisy = noise_file, drop_noisy
         self.sampler, self.num_instances = sampler, num_instances
         self.skip_bad_images, self.seed = skip_bad_images, seed
         self.cache_images = cache_images
@@ -161,6 +163,13 @@ class TBPSDataModule(L.LightningDataModule):
             train = splits["train"]
             perm = read_noise_permutation(self.noise_file, len(train.captions))
             splits["train"] = apply_noise_permutation(train, perm)
+        if self.drop_noisy:
+            train = splits["train"]
+            splits["train"] = train.without_noisy_captions()
+            dropped = len(train.captions) - len(splits["train"].captions)
+            print(f"data.drop_noisy: trained on {len(splits['train'].captions)} of "
+                  f"{len(train.captions)} training captions ({dropped} flagged noisy dropped)",
+                  flush=True)
         return splits
 
     @property

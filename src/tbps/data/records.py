@@ -61,6 +61,16 @@ class SplitRecords:
                 out.caption_words.append(words)
         return out
 
+    def without_noisy_captions(self) -> SplitRecords:
+        """The same images with only the captions not flagged noisy (``caption_noisy``)."""
+        keep = [k for k, noisy in enumerate(self.caption_noisy) if not noisy]
+        return SplitRecords(image_paths=list(self.image_paths), image_pids=list(self.image_pids),
+                            captions=[self.captions[k] for k in keep],
+                            caption_image=[self.caption_image[k] for k in keep],
+                            caption_noisy=[False] * len(keep),
+                            caption_words=[self.caption_words[k] for k in keep]
+                            if self.caption_words else [])
+
 
 def _check_record(rec: object, k: int, path: Path, spec: Benchmark) -> dict:
     fields = {"split": str, "captions": list, spec.path_field: str, "id": int}
