@@ -157,3 +157,39 @@ def test_generation_benchmark_counts_what_it_made():
     out = bench_generation(identities=12, images_per_identity=2)
     print(f"SynthPedes: {out['images_per_s_one_core']:.0f} images/s on one core (192x64)")
     assert out["images"] == 24 and out["cpu_seconds"] > 0
+
+
+def test_draw_records_is_what_generate_writes(tiny_synth):
+    """The analysis of vagueness reads the records `tbps synth` writes, not an imitation."""
+    from conftest import TINY_SYNTH
+
+    from tbps.data.synthpedes.generate import draw_records
+
+    written = json.loads((tiny_synth / "CUHK-PEDES" / "reid_raw.json").read_text())
+    drawn = [rec for rec, _ in draw_records(SynthConfig(**TINY_SYNTH))]
+    assert json.loads(json.dumps(drawn, sort_keys=True)) == written
+
+
+def test_vagueness_follows_the_generators_knobs():
+    """More omitted details state fewer attributes and fit more people; larger families give
+    a caption more near-twins to fit. Each figure against the records it was computed from."""
+    from dataclasses import replace
+
+    from tbps.analysis.vagueness import captions, vagueness
+    from tbps.data.synthpedes.generate import draw_records
+
+    cfg = SynthConfig(identities=240, images_per_identity=2, height=32, width=16,
+                      val_share=0.1, test_share=0.3, seed=1)
+    terse = replace(cfg, omit_rate=0.8)
+    test = captions([r for r, _ in draw_records(terse)], "test")
+    got = vagueness(terse)
+    assert got["test_captions"] == len(test)
+    assert got["identities_fitted"]["max"] == max(n for _, n, _ in test)
+    assert np.isclose(got["attributes_stated_mean"], np.mean([len(s) for s, _, _ in test]),
+                      atol=0.01)
+    full = vagueness(replace(cfg, omit_rate=0.0))
+    assert got["attributes_stated_mean"] < full["attributes_stated_mean"] - 2
+    assert (got["identities_fitted"]["share_fitting_one"]
+            < full["identities_fitted"]["share_fitting_one"])
+    big = vagueness(replace(cfg, omit_rate=0.8), family_size=(6, 8))
+    assert big["identities_fitted"]["max"] > got["identities_fitted"]["max"]

@@ -139,16 +139,18 @@ def _count_identities_fitted(records: list[dict]) -> None:
                                   for said in r["attribute_mentions"]]
 
 
-def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 1) -> dict:
-    """Writes the data set under ``out`` and returns a summary (counts, seconds, images/s)."""
-    cfg = check_synth_config(cfg)
-    if workers < 1:
-        raise ConfigError(f"workers={workers}: use at least 1 process")
-    start = time.perf_counter()
-    root = Path(out) / LAYOUT_DIR
-    (root / "imgs" / "synth").mkdir(parents=True, exist_ok=True)
+# near-twins per family: the "one-to-many" of SynthPedes (a caption fits more than its own
+# person only by leaving out what tells its family apart)
+FAMILY_SIZE = (2, 4)
+
+
+def draw_records(cfg: SynthConfig, workers: int = 1, family_size: tuple[int, int] = FAMILY_SIZE
+                 ) -> list[tuple[dict, bytes]]:
+    """Every image of the data set ``cfg`` describes, as (its record, its JPEG bytes), each
+    record with its identity's ``attributes`` and its captions' ``identities_fitted``;
+    nothing written and no caption noise yet (``generate`` does both)."""
     rng = np.random.default_rng(cfg.seed)
-    families = identity_families(rng, cfg.identities, family_size=(2, 4))
+    families = identity_families(rng, cfg.identities, family_size=family_size)
     splits = _family_splits(len(families), cfg, rng)
     jobs, attrs = [], {}
     pid = 0
@@ -162,19 +164,31 @@ def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 1
             results = list(pool.map(_render_one, jobs, chunksize=32))
     else:
         results = [_render_one(j) for j in jobs]
-    records = []
-    for rec, png in results:
-        (root / "imgs" / rec["file_path"]).write_bytes(png)
+    for rec, _ in results:
         rec["attributes"] = attrs[rec["id"]].to_dict()
+    _count_identities_fitted([rec for rec, _ in results])
+    return results
+
+
+def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 1) -> dict:
+    """Writes the data set under ``out`` and returns a summary (counts, seconds, images/s)."""
+    cfg = check_synth_config(cfg)
+    if workers < 1:
+        raise ConfigError(f"workers={workers}: use at least 1 process")
+    start = time.perf_counter()
+    root = Path(out) / LAYOUT_DIR
+    (root / "imgs" / "synth").mkdir(parents=True, exist_ok=True)
+    records = []
+    for rec, png in draw_records(cfg, workers):
+        (root / "imgs" / rec["file_path"]).write_bytes(png)
         records.append(rec)
-    _count_identities_fitted(records)
     noisy = _add_caption_noise(records, cfg.noise_rate, np.random.default_rng([cfg.seed, 7]))
     (root / "reid_raw.json").write_text(json.dumps(records, indent=0, sort_keys=True))
     seconds = time.perf_counter() - start
     summary = {
         "config": asdict(cfg),
         "images": len(records),
-        "identities": pid,
+        "identities": len({r["id"] for r in records}),
         "noisy_captions": noisy,
         "per_split": {s: sum(r["split"] == s for r in records) for s in ("train", "val", "test")},
         "seconds": round(seconds, 2),
