@@ -150,7 +150,30 @@ def test_cached_images_give_the_same_augmented_tensors_and_are_read_once(tmp_pat
             b = cached[k]["image"]
             assert torch.equal(a, b)
     assert sorted(cached.cache) == [0, 1] and cached.cache[0].shape == (20, 8, 3)
+    # the preparation pass without augmentation reads the cache too, with eval's pixels
+    from tbps.data.transforms import eval_transform, normalise_transform
+
+    evaluated = PairDataset(paths, pairs, ids, eval_transform((20, 8)), [False] * 4)
+    cached_eval = PairDataset(paths, pairs, ids, normalise_transform(), [False] * 4,
+                              resize=resize((20, 8)))
+    for k in range(4):
+        assert torch.equal(evaluated[k]["image"], cached_eval[k]["image"])
     for p in paths:
         p.unlink()  # read once: later epochs never open the files again
     np.random.seed(7)
     assert cached[2]["image"].shape == (3, 20, 8)
+    assert cached_eval[3]["image"].shape == (3, 20, 8)
+
+
+def test_the_unaugmented_preparation_pass_reads_the_image_cache(tiny_synth, tmp_path):
+    """`preparation_augment: false` scores the pairs with the evaluation pixels, decoded once
+    per image when the data module caches images."""
+    from conftest import tiny_module
+
+    _, plain = tiny_module(tiny_synth, tmp_path / "p", "synthetic", "data.cache_images=false")
+    _, cached = tiny_module(tiny_synth, tmp_path / "c", "synthetic", "data.cache_images=true")
+    a, b = plain._train_pairs(augment=False), cached._train_pairs(augment=False)
+    assert a.resize is None and b.resize is not None
+    for k in (0, 1, len(a) - 1):
+        assert torch.equal(a[k]["image"], b[k]["image"])
+    assert len(b.cache) == len({b.pairs[k][0] for k in (0, 1, len(a) - 1)})

@@ -24,7 +24,9 @@ from .records import SplitRecords, read_benchmark
 from .samplers import IdentitySampler
 from .synthpedes.generate import SynthConfig, generate, is_complete
 from .tokenizer import CaptionTokenizer
-from .transforms import Augment, augment_transform, eval_transform, resize, train_transform
+from .transforms import (Augment, augment_transform, eval_transform, normalise_transform, resize,
+                         train_transform)
+
 
 def collate_trimmed(items: list[dict | None]) -> dict:
     """Stacks a batch and cuts caption ids after the batch's longest caption: padding after
@@ -211,10 +213,12 @@ class TBPSDataModule(L.LightningDataModule):
         rec = self.records["train"]
         labels = self.train_labels
         pairs = [(img, k, labels[rec.image_pids[img]]) for k, img in enumerate(rec.caption_image)]
-        if not augment:
+        if self.cache_images:  # decoded and resized once per worker, not once per epoch
+            transform = (augment_transform(self.image_size, **self.augment) if augment
+                         else normalise_transform())
+            once = resize(self.image_size)
+        elif not augment:
             transform, once = eval_transform(self.image_size), None
-        elif self.cache_images:  # decoded and resized once per worker, not once per epoch
-            transform, once = augment_transform(self.image_size, **self.augment), resize(self.image_size)
         else:
             transform, once = train_transform(self.image_size, **self.augment), None
         return PairDataset(rec.image_paths, pairs, self._caption_ids["train"], transform,

@@ -56,4 +56,13 @@ def augment_steps(size: tuple[int, int], mean: tuple, std: tuple, flip: float, p
 
 
 def eval_transform(size: tuple[int, int], mean: tuple = CLIP_MEAN, std: tuple = CLIP_STD) -> A.Compose:
-    return A.Compose([resize(size), A.Normalize(mean=mean, std=std), ToTensorV2()])
+    return A.Compose([resize(size), *normalise_steps(mean, std)])
+
+
+def normalise_transform(mean: tuple = CLIP_MEAN, std: tuple = CLIP_STD) -> A.Compose:
+    """``eval_transform`` without its resize, for images already resized (the cache)."""
+    return A.Compose(normalise_steps(mean, std))
+
+
+def normalise_steps(mean: tuple, std: tuple) -> list:
+    return [A.Normalize(mean=mean, std=std), ToTensorV2()]
