@@ -99,6 +99,12 @@ def test_the_last_epochs_r1_gets_a_column_when_runs_report_it(runs, tmp_path, ca
     assert clean["test_last/R1 std"] == pytest.approx(_std([29.0, 33.0, 37.0]))
     md = (out / "report.md").read_text()
     assert "R1 (last epoch)" in md and "| 33.00 ± 4.00 |" in md
+    # a run recorded before eval.test_last: the column says how many runs it averages
+    path = runs / "synthetic" / "clean2" / "metrics.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items()
+                                if k != "test_last/R1"}))
+    assert main(["report", str(runs), "--out", str(out)]) == 0
+    assert "| 31.00 ± 2.83 (2 of 3) |" in (out / "report.md").read_text()
 
 
 def test_bad_inputs_are_clear_errors(runs, tmp_path, capsys):

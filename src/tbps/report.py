@@ -137,6 +137,7 @@ def summarise(groups: list[Group], by: list[str]) -> list[dict]:
             row[f"test/{m}"] = _mean_std(finished.values(f"test/{m}"))
         # the last epoch's model (`eval.test_last`, on in `tbps study`): RDE's "Last"
         row["test_last/R1"] = _mean_std(finished.values("test_last/R1"))
+        row["test_last_runs"] = len(finished.values("test_last/R1"))
         prefix = next((p for p in VAL_PREFIXES if finished.values(f"{p}/R1")), None)
         row["val_metric"] = f"{prefix}/R1" if prefix else None
         row["val"] = _mean_std(finished.values(f"{prefix}/R1")) if prefix else (None, None)
@@ -153,6 +154,13 @@ def _pm(value: tuple[float | None, float | None], digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
+def _last(row: dict) -> str:
+    """The last-epoch R1, saying over how many runs where not every seed has it (runs
+    recorded before `eval.test_last` existed)."""
+    n = row["test_last_runs"]
+    return _pm(row["test_last/R1"]) + (f" ({n} of {row['seeds']})" if 0 < n < row["seeds"] else "")
+
+
 def to_markdown(rows: list[dict], by: list[str], unfinished: list[Run]) -> str:
     last = any(r["test_last/R1"][0] is not None for r in rows)
     head = ["experiment", *by, "seeds", *TEST_METRICS, *(["R1 (last epoch)"] if last else []),
@@ -161,7 +169,7 @@ def to_markdown(rows: list[dict], by: list[str], unfinished: list[Run]) -> str:
     for r in rows:
         cells = [r["experiment"], *(str(r[k]) for k in by), str(r["seeds"]),
                  *(_pm(r[f"test/{m}"]) for m in TEST_METRICS),
-                 *([_pm(r["test_last/R1"])] if last else []),
+                 *([_last(r)] if last else []),
                  f"{r['val_metric']} {_pm(r['val'])}" if r["val_metric"] else "–",
                  _pm(r["train/seconds"], 0), _pm(r["train/samples_per_s"], 0)]
         lines.append("| " + " | ".join(cells) + " |")
