@@ -20,12 +20,8 @@ from dataclasses import replace
 
 import torch
 
-from ..data.synthpedes.generate import (
-    FAMILY_SIZE,
-    SynthConfig,
-    check_synth_config,
-    draw_records,
-)
+from ..data.synthpedes.generate import (FAMILY_SIZE, SynthConfig, check_synth_config,
+                                        draw_records)
 from ..data.tokenizer import CaptionTokenizer
 from .uncertainty import partial_spearman, text_only_prediction
 
