@@ -85,9 +85,11 @@ class Distributions(_Strict):
 
 
 class PairWeights(_Strict):
+    by: Literal["batch", "division"] = "batch"
     from_epoch: NonNegativeFloat = 1.0
-    ratio: PositiveFloat = 0.5
-    ramp_epochs: NonNegativeFloat = 0.0
+    ratio: PositiveFloat = 0.5  # batch: relative to the batch's median P(match)
+    ramp_epochs: NonNegativeFloat = 0.0  # batch: fade the weights in
+    min_separation: NonNegativeFloat = 0.0  # division: the mixture's D below which all are clean
 
 
 class Logger(_Strict):

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..data.datamodule import val_metric_prefix
 from ..components.distributions import ModalityDistributions
+from ..components.pair_division import PairDivision
 from ..components.pair_weights import confidence_weights
 from ..components.momentum import EncoderCopy, FeatureMemory, MomentumEncoder
 from ..components.text_augment import CaptionAugment
@@ -72,7 +73,15 @@ class TBPSModule(InferencePath, L.LightningModule):
         if needing and self.memory is None:
             raise ConfigError(f"heads {needing} need a momentum encoder and feature memory: "
                               "set memory.size and memory.momentum (see experiments/crue_*.yaml)")
-        self.pair_weights = dict(cfg["pair_weights"]) if cfg.get("pair_weights") else None
+        # pair weights from P(match): relative to the batch, or a division before each epoch
+        self.pair_weights, self.pair_division = None, None
+        weights = dict(cfg["pair_weights"]) if cfg.get("pair_weights") else None
+        if weights and weights.pop("by", "batch") == "division":
+            self.pair_division = PairDivision(ctx.num_train_pairs, weights["from_epoch"],
+                                              weights.get("min_separation", 0.0))
+        elif weights:
+            weights.pop("min_separation", None)
+            self.pair_weights = weights
         # UCFA's shared part: a Gaussian per modality that several heads read
         dist = cfg.get("distributions")
         self.distributions = ModalityDistributions(enc["embed_dim"], **dist) if dist else None
@@ -213,7 +222,13 @@ class TBPSModule(InferencePath, L.LightningModule):
             batch["distributions"] = self.distributions(encoded)
             terms.update(self.distributions.regularisers(batch["distributions"]))
         if self.pair_weights is not None:
-            batch["pair_weight"] = self._pair_weights(encoded, batch)
+            batch["pair_weight"] = confidence_weights(self.pair_confidence(encoded, batch),
+                                                      batch.get("progress"), **self.pair_weights)
+        elif self.pair_division is not None:
+            if check:  # fail at the first step, not at the first division's pass
+                self.pair_confidence(encoded, batch)
+            batch["pair_weight"] = self.pair_division.weights(batch["index"])
+        if "pair_weight" in batch:
             terms["pair_weight_mean"] = batch["pair_weight"].mean()
         for name, head in self.heads.items():
             out = head(encoded, batch)
@@ -227,13 +242,13 @@ class TBPSModule(InferencePath, L.LightningModule):
         loss = sum(v for k, v in terms.items() if k.startswith("loss_"))
         return loss, terms
 
-    def _pair_weights(self, encoded, batch: dict) -> torch.Tensor:
-        """Each pair's weight from the first head's P(match) (``components.pair_weights``)."""
+    def pair_confidence(self, encoded, batch: dict) -> torch.Tensor:
+        """Each local training pair's P(match) [B], the first head's that has one (the pair
+        weights and the division read it: ``components.pair_weights``, ``pair_division``)."""
         for head in self.heads.values():
             confidence = head.pair_confidence(encoded, batch)
             if confidence is not None:
-                return confidence_weights(confidence, batch.get("progress"),
-                                          **self.pair_weights)
+                return confidence
         raise ConfigError("pair_weights is set, but no head of this experiment has a "
                           "probabilistic match to weigh pairs by (heads.dcl or heads.ugm with "
                           "match_weight > 0 do): remove pair_weights")

@@ -1,5 +1,7 @@
 """The pass over the training pairs that heads prepare from before an epoch
-(``AlignmentHead.prepares_for`` / ``preparation_scores`` / ``prepare``; RDE's division).
+(``AlignmentHead.prepares_for`` / ``preparation_scores`` / ``prepare``; RDE's division), and
+the module's own division of the pairs by P(match) (``components.pair_division``), which
+reads each batch's P(match) through ``TBPSModule.pair_confidence``.
 
 Every process runs its shard of the pairs (``TBPSDataModule.preparation_dataloader``: the
 training transform and caption augmentation, shuffled per epoch as RDE's pass over its
@@ -23,13 +25,17 @@ def prepare_heads(module, epoch: int) -> dict[str, float]:
     """Runs the pass if a head of ``module`` (a ``TBPSModule`` attached to a trainer with a
     ``TBPSDataModule``) prepares for ``epoch``; returns what the heads report."""
     heads = {n: h for n, h in module.heads.items() if h.prepares_for(epoch)}
-    if not heads:
+    division = module.pair_division
+    if division is not None and not division.prepares_for(epoch):
+        division = None
+    if not heads and division is None:
         return {}
     began = time.perf_counter()
     augment = bool(module.cfg.get("preparation_augment", True))
     loader = module.trainer.datamodule.preparation_dataloader(epoch, augment)
     total = len(loader.dataset)
-    scores: dict[str, dict[str, torch.Tensor]] = {n: {} for n in heads}
+    preparers = dict(heads, **({"pair_weights": division} if division is not None else {}))
+    scores: dict[str, dict[str, torch.Tensor]] = {n: {} for n in preparers}
     noisy = torch.zeros(total, dtype=torch.bool)
     seen = torch.zeros(total, dtype=torch.bool)
     was_training = module.training
@@ -46,8 +52,14 @@ def prepare_heads(module, epoch: int) -> dict[str, float]:
                 index = gather_with_grad(batch["index"]).cpu()
                 noisy[index] = gather_with_grad(batch["noisy"].long()).cpu().bool()
                 seen[index] = True
-                for name, head in heads.items():
-                    for key, value in head.preparation_scores(encoded, batch).items():
+                got = {n: h.preparation_scores(encoded, batch) for n, h in heads.items()}
+                if division is not None:
+                    if module.distributions is not None:  # UCFA's DCL reads the shared Gaussians
+                        batch["distributions"] = module.distributions(encoded)
+                    got["pair_weights"] = division.preparation_scores(
+                        module.pair_confidence(encoded, batch))
+                for name, said in got.items():
+                    for key, value in said.items():
                         kept = scores[name].setdefault(key, torch.full((total,), float("nan")))
                         kept[index] = value.float().cpu()
     finally:
@@ -61,10 +73,10 @@ def prepare_heads(module, epoch: int) -> dict[str, float]:
         for values in kept.values():  # as the worst scored pair, and are counted
             values[~seen] = values[seen].max() if bool(seen.any()) else 0.0
     report: dict[str, float] = {"preparation_unscored_pairs": float(unscored)} if unscored else {}
-    for name, head in heads.items():
-        said = head.prepare(scores[name], noisy, epoch, int(module.cfg.get("seed", 0)))
+    for name, preparer in preparers.items():
+        said = preparer.prepare(scores[name], noisy, epoch, int(module.cfg.get("seed", 0)))
         if world_size() > 1:
-            for buffer in head.buffers():
+            for buffer in preparer.buffers():
                 dist.broadcast(buffer, src=0)
         report.update(said)
     report["preparation_seconds"] = time.perf_counter() - began
