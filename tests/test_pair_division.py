@@ -41,11 +41,23 @@ def test_below_the_separation_gate_every_pair_is_clean():
     one_population = rng.normal(1.0, 0.3, 400)  # one bell: nothing to divide
     labels, separation = divide(one_population, MixtureFit(), 0, min_separation=2.0)
     assert separation < 2.0 and (labels == 1).all()
-    ungated, _ = divide(one_population, MixtureFit(), 0, min_separation=0.0)
+    ungated, _ = divide(one_population, MixtureFit(), 0, min_separation=0.0, min_clean_share=0.0)
     assert (ungated == 0).any()  # without the gate the mixture splits off a tail
     loss, _ = _two_populations()
     gated, separation = divide(loss, MixtureFit(), 0, min_separation=2.0)
     assert separation >= 2.0 and (gated == 0).sum() == 100
+
+
+def test_a_division_that_keeps_fewer_than_the_floor_divides_nothing():
+    """Early in training the low-loss component is the few pairs already learned: a
+    division keeping fewer than ``min_clean_share`` of the pairs calls every pair clean."""
+    loss, noisy = _two_populations(n_clean=100, n_noisy=300)  # the low component is 25%
+    labels, _ = divide(loss, MixtureFit(), 0, min_separation=0.0, min_clean_share=0.0)
+    assert (labels == ~noisy).all()
+    floored, _ = divide(loss, MixtureFit(), 0, min_separation=0.0, min_clean_share=0.5)
+    assert (floored == 1).all()
+    kept, _ = divide(loss, MixtureFit(), 0, min_separation=0.0, min_clean_share=0.2)
+    assert (kept == labels).all()
 
 
 @pytest.mark.parametrize("experiment", ["crue_synthetic", "ucfa_synthetic"])
@@ -57,7 +69,7 @@ def test_the_pass_divides_by_the_heads_match_and_training_weighs_by_it(tiny_synt
     from conftest import tiny_module
 
     extra = ["data.noise_rate=0.3", "text_augment=null", "preparation_augment=false",
-             "pair_weights={by:division,from_epoch:1}"]
+             "pair_weights={by:division,from_epoch:1,min_clean_share:0}"]
     if experiment.startswith("ucfa"):
         extra += ["heads.uamlr.num_heads=2", "heads.uamlr.depth=1"]
     module, dm = tiny_module(tiny_synth, tmp_path, experiment, *extra)
@@ -82,7 +94,7 @@ def test_the_pass_divides_by_the_heads_match_and_training_weighs_by_it(tiny_synt
                 batch["distributions"] = module.distributions(encoded)
             p = float(module.pair_confidence(encoded, batch)[0])
             assert float(seen["neg_log_match"][k]) == pytest.approx(-np.log(p), rel=1e-4, abs=1e-5)
-    labels, _ = divide(seen["neg_log_match"].double().numpy(), MixtureFit(), 0 * 1000 + 1, 0.0)
+    labels, _ = divide(seen["neg_log_match"].double().numpy(), MixtureFit(), 0 * 1000 + 1, 0.0, 0.0)
     assert (division.clean.numpy() == labels).all()
     truly = ~np.array(dm.records["train"].caption_noisy)
     clean = labels.astype(bool)

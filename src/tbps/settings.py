@@ -90,6 +90,7 @@ class PairWeights(_Strict):
     ratio: PositiveFloat = 0.5  # batch: relative to the batch's median P(match)
     ramp_epochs: NonNegativeFloat = 0.0  # batch: fade the weights in
     min_separation: NonNegativeFloat = 0.0  # division: the mixture's D below which all are clean
+    min_clean_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5  # division: else all clean
 
 
 class Logger(_Strict):

@@ -18,7 +18,12 @@ precision 0.94 and recall 0.96 of "clean" (RDE's consensus of two TAL views on t
 components): a model trained on clean captions also has hard pairs, and a mixture fitted
 to them splits off its tail (about 10% of the pairs at D ≈ 1.9 on clean data, against D ≈ 3.3
 with swapped captions); below the gate the division calls every pair clean, so that data
-without noise is not thinned.
+without noise is not thinned. Why the share floor (``min_clean_share``, 0.5): early in
+training the mixture finds another split, the pairs the model has learned against those it
+has not, and calls the smaller, learned group clean (15–45% of the pairs after one or two
+epochs of ``crue_synthetic``, clean captions or not); the methods of this field assume
+that most pairs are clean (RDE's highest noise rate is 50%), so a division that keeps fewer
+than half divides nothing.
 """
 
 from __future__ import annotations
@@ -31,14 +36,16 @@ from ..distributed import gather_with_grad
 from .consensus import MixtureFit, mixture, split_prob
 
 
-def divide(neg_log_match: np.ndarray, fit: MixtureFit, seed: int, min_separation: float
-           ) -> tuple[np.ndarray, float]:
+def divide(neg_log_match: np.ndarray, fit: MixtureFit, seed: int, min_separation: float,
+           min_clean_share: float = 0.5) -> tuple[np.ndarray, float]:
     """−log P(match) per pair [N] -> (0/1 clean labels [N], the mixture's separation D);
-    every pair is clean when D < ``min_separation``."""
+    every pair is clean when D < ``min_separation`` or when fewer than ``min_clean_share``
+    of the pairs would be."""
     prob, separation = mixture(neg_log_match, fit, seed)
-    if separation < min_separation:
+    labels = split_prob(prob)
+    if separation < min_separation or labels.mean() < min_clean_share:
         return np.ones(len(prob), dtype=np.int64), separation
-    return split_prob(prob), separation
+    return labels, separation
 
 
 class PairDivision(nn.Module):
@@ -46,9 +53,10 @@ class PairDivision(nn.Module):
     preparation interface the module's pass drives, as a head's (``AlignmentHead.prepare``)."""
 
     def __init__(self, num_pairs: int, from_epoch: float, min_separation: float = 0.0,
-                 fit: MixtureFit = MixtureFit()) -> None:
+                 min_clean_share: float = 0.5, fit: MixtureFit = MixtureFit()) -> None:
         super().__init__()
         self.from_epoch, self.min_separation, self.fit = from_epoch, min_separation, fit
+        self.min_clean_share = min_clean_share
         # 1 = clean, per training pair; every pair is clean before the first division
         self.register_buffer("clean", torch.ones(num_pairs))
         self.register_buffer("divided_epoch", torch.tensor(-1))
@@ -66,7 +74,8 @@ class PairDivision(nn.Module):
     def prepare(self, scores: dict[str, torch.Tensor], noisy: torch.Tensor, epoch: int,
                 seed: int) -> dict[str, float]:
         labels, separation = divide(scores["neg_log_match"].double().cpu().numpy(), self.fit,
-                                    seed * 1000 + epoch, self.min_separation)
+                                    seed * 1000 + epoch, self.min_separation,
+                                    self.min_clean_share)
         self.clean.copy_(torch.from_numpy(labels).to(self.clean))
         self.divided_epoch.fill_(epoch)
         clean, truly = self.clean.bool().cpu(), ~noisy.cpu().bool()

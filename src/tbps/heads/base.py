@@ -63,8 +63,10 @@ module reads it without ``getattr`` guesses and never needs to know a head by na
 - ``pair_confidence(encoded, batch)``: a head with a probabilistic match gives each training
   pair of the (local) batch its P(match) [B], detached; with ``pair_weights`` set, the module
   turns the first answer into ``batch["pair_weight"]`` [B] before any head runs
-  (``components.pair_weights``), and every head that has per-pair terms weights them with
-  it (``weighted_mean``; absent, the plain mean).
+  (``components.pair_weights``; with ``by: division``, from a division of the pairs by their
+  P(match) in the preparation pass before each epoch, ``components.pair_division``), and
+  every head that has per-pair terms weights them with it (``weighted_mean``; absent, the
+  plain mean).
 - ``explain(...)``: where each phrase of a caption looks in an image, as the head itself
   relates words to image regions (a cross-attention, ACSA's phrase-to-scale attention), or
   ``None`` (the default). ``TBPSModule.explain`` asks the heads in config order and takes

@@ -78,9 +78,11 @@ class TBPSModule(InferencePath, L.LightningModule):
         weights = dict(cfg["pair_weights"]) if cfg.get("pair_weights") else None
         if weights and weights.pop("by", "batch") == "division":
             self.pair_division = PairDivision(ctx.num_train_pairs, weights["from_epoch"],
-                                              weights.get("min_separation", 0.0))
+                                              weights.get("min_separation", 0.0),
+                                              weights.get("min_clean_share", 0.5))
         elif weights:
-            weights.pop("min_separation", None)
+            for key in ("min_separation", "min_clean_share"):
+                weights.pop(key, None)
             self.pair_weights = weights
         # UCFA's shared part: a Gaussian per modality that several heads read
         dist = cfg.get("distributions")
