@@ -24,7 +24,8 @@ def _two_populations(n_clean=300, n_noisy=100, seed=0):
 
 def test_the_division_is_the_low_loss_component_of_a_mixture_fitted_by_hand():
     loss, noisy = _two_populations()
-    labels, separation = divide(loss, MixtureFit(), seed=3, min_separation=0.0)
+    labels, said = divide(loss, MixtureFit(), seed=3, min_separation=0.0)
+    separation = said["separation"]
     # by hand: min-max normalise, fit two Gaussians, posterior of the lower mean above 0.5
     x = ((loss - loss.min()) / (loss.max() - loss.min()))[:, None]
     gmm = GaussianMixture(2, max_iter=10, tol=1e-2, reg_covar=5e-4, random_state=3).fit(x)
@@ -39,13 +40,13 @@ def test_the_division_is_the_low_loss_component_of_a_mixture_fitted_by_hand():
 def test_below_the_separation_gate_every_pair_is_clean():
     rng = np.random.default_rng(1)
     one_population = rng.normal(1.0, 0.3, 400)  # one bell: nothing to divide
-    labels, separation = divide(one_population, MixtureFit(), 0, min_separation=2.0)
-    assert separation < 2.0 and (labels == 1).all()
+    labels, said = divide(one_population, MixtureFit(), 0, min_separation=2.0)
+    assert said["separation"] < 2.0 and (labels == 1).all() and said["divided"] == 0
     ungated, _ = divide(one_population, MixtureFit(), 0, min_separation=0.0, min_clean_share=0.0)
     assert (ungated == 0).any()  # without the gate the mixture splits off a tail
     loss, _ = _two_populations()
-    gated, separation = divide(loss, MixtureFit(), 0, min_separation=2.0)
-    assert separation >= 2.0 and (gated == 0).sum() == 100
+    gated, said = divide(loss, MixtureFit(), 0, min_separation=2.0)
+    assert said["separation"] >= 2.0 and (gated == 0).sum() == 100 and said["divided"] == 1
 
 
 def test_a_division_that_keeps_fewer_than_the_floor_divides_nothing():
@@ -54,8 +55,8 @@ def test_a_division_that_keeps_fewer_than_the_floor_divides_nothing():
     loss, noisy = _two_populations(n_clean=100, n_noisy=300)  # the low component is 25%
     labels, _ = divide(loss, MixtureFit(), 0, min_separation=0.0, min_clean_share=0.0)
     assert (labels == ~noisy).all()
-    floored, _ = divide(loss, MixtureFit(), 0, min_separation=0.0, min_clean_share=0.5)
-    assert (floored == 1).all()
+    floored, said = divide(loss, MixtureFit(), 0, min_separation=0.0, min_clean_share=0.5)
+    assert (floored == 1).all() and said["mixture_clean_share"] == pytest.approx(0.25)
     kept, _ = divide(loss, MixtureFit(), 0, min_separation=0.0, min_clean_share=0.2)
     assert (kept == labels).all()
 

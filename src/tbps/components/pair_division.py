@@ -37,15 +37,17 @@ from .consensus import MixtureFit, mixture, split_prob
 
 
 def divide(neg_log_match: np.ndarray, fit: MixtureFit, seed: int, min_separation: float,
-           min_clean_share: float = 0.5) -> tuple[np.ndarray, float]:
-    """−log P(match) per pair [N] -> (0/1 clean labels [N], the mixture's separation D);
-    every pair is clean when D < ``min_separation`` or when fewer than ``min_clean_share``
-    of the pairs would be."""
+           min_clean_share: float = 0.5) -> tuple[np.ndarray, dict[str, float]]:
+    """−log P(match) per pair [N] -> (0/1 clean labels [N], what the mixture said: its
+    separation D, the share it would call clean, whether the division stands); every pair
+    is clean when D < ``min_separation`` or when fewer than ``min_clean_share`` of the pairs
+    would be."""
     prob, separation = mixture(neg_log_match, fit, seed)
     labels = split_prob(prob)
-    if separation < min_separation or labels.mean() < min_clean_share:
-        return np.ones(len(prob), dtype=np.int64), separation
-    return labels, separation
+    stands = separation >= min_separation and labels.mean() >= min_clean_share
+    said = {"separation": separation, "mixture_clean_share": float(labels.mean()),
+            "divided": float(stands)}
+    return (labels if stands else np.ones(len(prob), dtype=np.int64)), said
 
 
 class PairDivision(nn.Module):
@@ -73,13 +75,13 @@ class PairDivision(nn.Module):
 
     def prepare(self, scores: dict[str, torch.Tensor], noisy: torch.Tensor, epoch: int,
                 seed: int) -> dict[str, float]:
-        labels, separation = divide(scores["neg_log_match"].double().cpu().numpy(), self.fit,
+        labels, said = divide(scores["neg_log_match"].double().cpu().numpy(), self.fit,
                                     seed * 1000 + epoch, self.min_separation,
                                     self.min_clean_share)
         self.clean.copy_(torch.from_numpy(labels).to(self.clean))
         self.divided_epoch.fill_(epoch)
         clean, truly = self.clean.bool().cpu(), ~noisy.cpu().bool()
-        return {"pair_division_separation": separation,
+        return {**{f"pair_division_{k}": v for k, v in said.items()},
                 "pair_division_clean_share": float(clean.float().mean()),
                 "pair_division_clean_precision":
                     float((clean & truly).sum() / clean.sum().clamp(min=1)),
