@@ -137,3 +137,47 @@ def test_a_division_without_a_probabilistic_match_fails_at_the_first_step(tiny_s
     batch = next(iter(dm.train_dataloader()))
     with pytest.raises(ConfigError, match="no head of this experiment has a probabilistic match"):
         module.compute_losses(batch)
+
+
+DIVIDE_ALWAYS = ("pair_weights={by:division,from_epoch:0,min_clean_share:0}", "text_augment=null",
+                 "data.noise_rate=0.3", "preparation_augment=false")
+
+
+def _rank_divide(rank, world, port, root, run_dir, out):
+    import torch.distributed as dist
+    from pathlib import Path
+
+    from conftest import tiny_module
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    module, dm = tiny_module(Path(root), Path(run_dir), "crue_synthetic", "data.batch_size=5",
+                             *DIVIDE_ALWAYS)
+    report = _prepare(module, dm, 0, world, rank)
+    torch.save({"clean": module.pair_division.clean, "report": report}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_processes_hold_the_division_of_one_process(tiny_synth, tmp_path):
+    """Each process scores its shard; the gathered P(match) make the one-process division, and
+    every process holds it."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from conftest import tiny_module
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank_divide, args=(2, port, str(tiny_synth), str(tmp_path / "r"), str(tmp_path)),
+             nprocs=2, join=True)
+    module, dm = tiny_module(tiny_synth, tmp_path / "one", "crue_synthetic", "data.batch_size=10",
+                             *DIVIDE_ALWAYS)
+    single = _prepare(module, dm, 0)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert torch.equal(ranks[0]["clean"], ranks[1]["clean"])
+    assert torch.equal(ranks[0]["clean"], module.pair_division.clean)
+    assert 0 < float(module.pair_division.clean.mean()) < 1  # it divided
+    for key in ("pair_division_clean_share", "pair_division_clean_precision"):
+        assert ranks[1]["report"][key] == pytest.approx(single[key])
