@@ -76,8 +76,7 @@ class PairDivision(nn.Module):
     def prepare(self, scores: dict[str, torch.Tensor], noisy: torch.Tensor, epoch: int,
                 seed: int) -> dict[str, float]:
         labels, said = divide(scores["neg_log_match"].double().cpu().numpy(), self.fit,
-                                    seed * 1000 + epoch, self.min_separation,
-                                    self.min_clean_share)
+                              seed * 1000 + epoch, self.min_separation, self.min_clean_share)
         self.clean.copy_(torch.from_numpy(labels).to(self.clean))
         self.divided_epoch.fill_(epoch)
         clean, truly = self.clean.bool().cpu(), ~noisy.cpu().bool()
