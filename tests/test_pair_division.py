@@ -181,3 +181,28 @@ def test_two_processes_hold_the_division_of_one_process(tiny_synth, tmp_path):
     assert 0 < float(module.pair_division.clean.mean()) < 1  # it divided
     for key in ("pair_division_clean_share", "pair_division_clean_precision"):
         assert ranks[1]["report"][key] == pytest.approx(single[key])
+
+
+def test_tbps_train_divides_before_each_epoch_and_reports_it(tiny_synth, tmp_path):
+    """`tbps train experiment=crue_synthetic pair_weights={by:division,...}` end to end at 30%
+    noise: a division before epoch 1 (not 0), its report in metrics.json, saved with the
+    last checkpoint."""
+    import json
+
+    from conftest import tiny_overrides
+
+    from tbps.cli import main
+
+    run = tmp_path / "run"
+    args = [a for a in tiny_overrides(tiny_synth, run) if "mlm" not in a]
+    assert main(["train", "experiment=crue_synthetic", *args, "trainer.max_epochs=2",
+                 "data.noise_rate=0.3",
+                 "pair_weights={by:division,from_epoch:1,min_clean_share:0}"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("train/pair_division_clean_precision", "train/pair_division_clean_recall",
+                "train/pair_division_separation", "train/pair_division_divided"):
+        assert key in metrics, key
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert int(state["pair_division.divided_epoch"]) == 1
+    clean = state["pair_division.clean"]
+    assert float(clean.mean()) == pytest.approx(metrics["train/pair_division_clean_share"], abs=1e-4)
