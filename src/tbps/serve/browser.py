@@ -119,10 +119,13 @@ def search_on_page(driver, query: str, k: int | None = None) -> list[str]:
         driver.execute_script("document.getElementById('k').value = arguments[0]", str(k))
     driver.execute_script("document.getElementById('status').textContent = ''")
     driver.find_element(By.ID, "go").click()
-    wait(driver, lambda d: d.find_element(By.ID, "status").text.strip()
+    # the page shows "searching…" while the request is out: wait for the answer (or an
+    # error), else the list is read while it is being redrawn
+    wait(driver, lambda d: d.find_element(By.ID, "status").text.strip() not in ("", "searching…")
          or d.find_element(By.ID, "error").is_displayed())
-    return [li.get_attribute("data-name")
-            for li in driver.find_elements(By.CSS_SELECTOR, "#results li.result")]
+    # read in one script, so that no element can go stale between finding and reading it
+    return driver.execute_script("return Array.from(document.querySelectorAll("
+                                 "'#results li.result'), li => li.dataset.name)")
 
 
 def explain_on_page(driver, rank: int = 1) -> list[str]:
