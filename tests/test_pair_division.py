@@ -206,3 +206,15 @@ def test_tbps_train_divides_before_each_epoch_and_reports_it(tiny_synth, tmp_pat
     assert int(state["pair_division.divided_epoch"]) == 1
     clean = state["pair_division.clean"]
     assert float(clean.mean()) == pytest.approx(metrics["train/pair_division_clean_share"], abs=1e-4)
+
+
+def test_keys_left_out_take_the_settings_defaults(tiny_synth, tmp_path):
+    from conftest import tiny_module
+
+    module, _ = tiny_module(tiny_synth, tmp_path, "crue_synthetic", "pair_weights={by:division}")
+    division = module.pair_division
+    assert (division.from_epoch, division.min_separation, division.min_clean_share) == (1.0, 0.0, 0.5)
+    batch_mode, _ = tiny_module(tiny_synth, tmp_path / "b", "crue_synthetic",
+                                "pair_weights={ratio:0.25}")
+    assert batch_mode.pair_division is None
+    assert batch_mode.pair_weights == {"from_epoch": 1.0, "ratio": 0.25, "ramp_epochs": 0.0}

@@ -19,6 +19,7 @@ from ..data.datamodule import val_metric_prefix
 from ..components.distributions import ModalityDistributions
 from ..components.pair_division import PairDivision
 from ..components.pair_weights import confidence_weights
+from ..settings import PairWeights
 from ..components.momentum import EncoderCopy, FeatureMemory, MomentumEncoder
 from ..components.text_augment import CaptionAugment
 from ..data.tokenizer import CaptionTokenizer
@@ -74,16 +75,14 @@ class TBPSModule(InferencePath, L.LightningModule):
             raise ConfigError(f"heads {needing} need a momentum encoder and feature memory: "
                               "set memory.size and memory.momentum (see experiments/crue_*.yaml)")
         # pair weights from P(match): relative to the batch, or a division before each epoch
+        # (the settings' defaults fill the keys a config leaves out)
         self.pair_weights, self.pair_division = None, None
-        weights = dict(cfg["pair_weights"]) if cfg.get("pair_weights") else None
-        if weights and weights.pop("by", "batch") == "division":
-            self.pair_division = PairDivision(ctx.num_train_pairs, weights["from_epoch"],
-                                              weights.get("min_separation", 0.0),
-                                              weights.get("min_clean_share", 0.5))
+        weights = PairWeights(**cfg["pair_weights"]) if cfg.get("pair_weights") else None
+        if weights and weights.by == "division":
+            self.pair_division = PairDivision(ctx.num_train_pairs, weights.from_epoch,
+                                              weights.min_separation, weights.min_clean_share)
         elif weights:
-            for key in ("min_separation", "min_clean_share"):
-                weights.pop(key, None)
-            self.pair_weights = weights
+            self.pair_weights = weights.model_dump(include={"from_epoch", "ratio", "ramp_epochs"})
         # UCFA's shared part: a Gaussian per modality that several heads read
         dist = cfg.get("distributions")
         self.distributions = ModalityDistributions(enc["embed_dim"], **dist) if dist else None
