@@ -78,10 +78,10 @@ class TBPSModule(InferencePath, L.LightningModule):
         # (the settings' defaults fill the keys a config leaves out)
         self.pair_weights, self.pair_division = None, None
         weights = PairWeights(**cfg["pair_weights"]) if cfg.get("pair_weights") else None
-        if weights and weights.by == "division":
+        if weights is not None and weights.by == "division":
             self.pair_division = PairDivision(ctx.num_train_pairs, weights.from_epoch,
                                               weights.min_separation, weights.min_clean_share)
-        elif weights:
+        elif weights is not None:
             self.pair_weights = weights.model_dump(include={"from_epoch", "ratio", "ramp_epochs"})
         # UCFA's shared part: a Gaussian per modality that several heads read
         dist = cfg.get("distributions")
