@@ -136,8 +136,8 @@ def summarise(groups: list[Group], by: list[str]) -> list[dict]:
         for m in TEST_METRICS:
             row[f"test/{m}"] = _mean_std(finished.values(f"test/{m}"))
         # the last epoch's model (`eval.test_last`, on in `tbps study`): RDE's "Last"
-        row["test_last/R1"] = _mean_std(finished.values("test_last/R1"))
-        row["test_last_runs"] = len(finished.values("test_last/R1"))
+        last = finished.values("test_last/R1")
+        row["test_last/R1"], row["test_last_runs"] = _mean_std(last), len(last)
         prefix = next((p for p in VAL_PREFIXES if finished.values(f"{p}/R1")), None)
         row["val_metric"] = f"{prefix}/R1" if prefix else None
         row["val"] = _mean_std(finished.values(f"{prefix}/R1")) if prefix else (None, None)

@@ -86,6 +86,15 @@ def consensus(clean_a: np.ndarray, clean_b: np.ndarray, draws: np.ndarray) -> np
     return (votes > 1).astype(np.int64)
 
 
+def division_quality(clean: torch.Tensor, noisy: torch.Tensor) -> dict[str, float]:
+    """Precision and recall of "clean" (0/1 labels [N]) against the data set's noise flags
+    [N] (SynthPedes' swapped captions; all False on clean data)."""
+    clean, truly = clean.cpu().bool(), ~noisy.cpu().bool()
+    right = (clean & truly).sum()
+    return {"clean_precision": float(right / clean.sum().clamp(min=1)),
+            "clean_recall": float(right / truly.sum().clamp(min=1))}
+
+
 def averaged_losses(history: torch.Tensor | None, losses: torch.Tensor, momentum: float
                     ) -> torch.Tensor:
     """Our option (not the code's): the per-pair losses a division reads, averaged over

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..distributed import gather_with_grad
-from .consensus import MixtureFit, mixture, split_prob
+from .consensus import MixtureFit, division_quality, mixture, split_prob
 
 
 def divide(neg_log_match: np.ndarray, fit: MixtureFit, seed: int, min_separation: float,
@@ -79,13 +79,9 @@ class PairDivision(nn.Module):
                               seed * 1000 + epoch, self.min_separation, self.min_clean_share)
         self.clean.copy_(torch.from_numpy(labels).to(self.clean))
         self.divided_epoch.fill_(epoch)
-        clean, truly = self.clean.bool().cpu(), ~noisy.cpu().bool()
-        return {**{f"pair_division_{k}": v for k, v in said.items()},
-                "pair_division_clean_share": float(clean.float().mean()),
-                "pair_division_clean_precision":
-                    float((clean & truly).sum() / clean.sum().clamp(min=1)),
-                "pair_division_clean_recall":
-                    float((clean & truly).sum() / truly.sum().clamp(min=1))}
+        said.update(clean_share=float(self.clean.mean()),
+                    **division_quality(self.clean, noisy))
+        return {f"pair_division_{k}": v for k, v in said.items()}
 
     def weights(self, index: torch.Tensor) -> torch.Tensor:
         """The local pairs' weights [B] from their indices into the training pairs."""

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..components.consensus import (SEPARATED, MixtureFit, averaged_losses,
+from ..components.consensus import (SEPARATED, MixtureFit, averaged_losses, division_quality,
                                     consensus_division)
 from ..components.token_selection import TokenSelectionEmbedding
 from ..distributed import gather_with_grad
@@ -168,11 +168,8 @@ class RDEHead(AlignmentHead):
                                           self.clean_threshold_separation)
         self.clean.copy_(labels.to(self.clean))
         self.divided_epoch.fill_(epoch)
-        clean, truly = labels.bool(), ~noisy.cpu().bool()
-        out = {f"division_{k}": v for k, v in said.items()}
-        out["division_clean_precision"] = float((clean & truly).sum() / clean.sum().clamp(min=1))
-        out["division_clean_recall"] = float((clean & truly).sum() / truly.sum().clamp(min=1))
-        return out
+        said.update(division_quality(labels, noisy))
+        return {f"division_{k}": v for k, v in said.items()}
 
     # --- inference ---------------------------------------------------------------------------
     def claims_retrieval(self, modality) -> bool:

@@ -52,10 +52,10 @@ def prepare_heads(module, epoch: int) -> dict[str, float]:
                 index = gather_with_grad(batch["index"]).cpu()
                 noisy[index] = gather_with_grad(batch["noisy"].long()).cpu().bool()
                 seen[index] = True
+                if module.distributions is not None:  # as in training: UCFA's heads read them
+                    batch["distributions"] = module.distributions(encoded)
                 got = {n: h.preparation_scores(encoded, batch) for n, h in heads.items()}
                 if division is not None:
-                    if module.distributions is not None:  # UCFA's DCL reads the shared Gaussians
-                        batch["distributions"] = module.distributions(encoded)
                     got["pair_weights"] = division.preparation_scores(
                         module.pair_confidence(encoded, batch))
                 for name, said in got.items():
