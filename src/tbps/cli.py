@@ -107,7 +107,7 @@ def _synth(args: argparse.Namespace) -> None:
 
     cfg = SynthConfig(identities=args.identities, images_per_identity=args.images_per_identity,
                       captions_per_image=args.captions_per_image, noise_rate=args.noise_rate,
-                      omit_rate=args.omit_rate,
+                      omit_rate=args.omit_rate, brief_rate=args.brief_rate,
                       height=args.height, width=args.width, seed=args.seed)
     print(json.dumps(generate(args.out, cfg, workers=args.workers), indent=1))
     if args.grid:
@@ -245,6 +245,8 @@ def parser() -> argparse.ArgumentParser:
                    help="share of training captions swapped to another identity (RDE protocol)")
     s.add_argument("--omit-rate", type=RATE, default=0.12,
                    help="chance that a caption leaves out each optional detail")
+    s.add_argument("--brief-rate", type=RATE, default=0.0,
+                   help="share of brief captions (\"A man in a jacket.\"), which fit many people")
     s.add_argument("--height", type=_number(int, 16), default=192)
     s.add_argument("--width", type=_number(int, 8), default=64)
     s.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)

@@ -1,7 +1,7 @@
 """How vague SynthPedes' captions are, and how vague its knobs can make them (issue 25's
 ambiguity measure, docs/results.md "What a caption's σ could know").
 
-For each generator setting (``omit_rate`` × family size) it draws the data set exactly as
+For each generator setting (``omit_rate`` × ``brief_rate`` × family size) it draws the data set exactly as
 ``tbps synth`` does (``draw_records``: the same records, nothing written) and prints JSON,
 over the test captions: how many identities of the split each fits (median, 90th
 percentile, maximum, share that fit one) and what the stated-attributes predictor reaches
@@ -10,6 +10,7 @@ log(identities fitted), and the partial ρ with the caption's token count held f
 tokenizer trained on the training captions, as a from-scratch run trains its own).
 
     python -m tbps.analysis.vagueness --omit 0.12 0.5 0.7 --families 2-4 4-12
+    python -m tbps.analysis.vagueness --brief 0 0.3 0.5
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def vagueness(cfg: SynthConfig, family_size: tuple[int, int] = FAMILY_SIZE, work
     length = (tok.encode(text["test"]) != tok.pad_id).sum(1).float()
     fitted = torch.tensor([n for _, n, _ in test], dtype=torch.float32)
     predicted = text_only_prediction(train, test)
-    return {"omit_rate": cfg.omit_rate, "family_size": list(family_size),
+    return {"omit_rate": cfg.omit_rate, "brief_rate": cfg.brief_rate,
+            "family_size": list(family_size),
             "test_captions": len(test),
             "attributes_stated_mean": round(sum(len(s) for s, _, _ in test) / len(test), 2),
             "identities_fitted": {"median": float(fitted.median()),
@@ -66,14 +68,17 @@ def main(argv: list[str] | None = None) -> None:
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--omit", type=float, nargs="+", default=[SynthConfig.omit_rate],
                     help="omit_rate values (the default data set: 0.12)")
+    ap.add_argument("--brief", type=float, nargs="+", default=[SynthConfig.brief_rate],
+                    help="brief_rate values: the share of brief captions (the default: 0)")
     ap.add_argument("--families", type=_family, nargs="+", default=[FAMILY_SIZE],
                     help="family sizes as LOW-HIGH (the default data set: 2-4)")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
     for size in args.families:
         for omit in args.omit:
-            print(json.dumps(vagueness(replace(SynthConfig(), omit_rate=omit), size,
-                                       args.workers)), flush=True)
+            for brief in args.brief:
+                cfg = replace(SynthConfig(), omit_rate=omit, brief_rate=brief)
+                print(json.dumps(vagueness(cfg, size, args.workers)), flush=True)
 
 
 if __name__ == "__main__":

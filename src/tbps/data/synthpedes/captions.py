@@ -141,10 +141,15 @@ def _detail(ph: _Phrases, i: Identity, view: str) -> str | None:
     return None
 
 
-def make_caption(i: Identity, view: str, rng: np.random.Generator,
-                 omit_rate: float = 0.25) -> tuple[str, list[str], dict[str, object]]:
+def make_caption(i: Identity, view: str, rng: np.random.Generator, omit_rate: float = 0.25,
+                 brief_rate: float = 0.0) -> tuple[str, list[str], dict[str, object]]:
     """Writes one caption of ``i`` seen from ``view``; returns it, its attribute words and
-    the attribute values it states."""
+    the attribute values it states. With ``brief_rate``, that share is a brief caption
+    (``brief_caption``)."""
+    # the coin is only drawn when brief captions are asked for, so that every data set
+    # written before the knob existed stays byte-identical
+    if brief_rate > 0 and rng.random() < brief_rate:
+        return brief_caption(i, rng)
     ph = _Phrases(rng)
     he, his = ("he", "his") if i.gender == "man" else ("she", "her")
     keep = lambda: rng.random() >= omit_rate  # noqa: E731 - a tiny local coin
@@ -194,6 +199,65 @@ def make_caption(i: Identity, view: str, rng: np.random.Generator,
             sentences.append(tail[k])
     text = ". ".join(s[0].upper() + s[1:] for s in sentences) + "."
     return _articles(text), ph.words, ph.mentions
+
+
+_BRIEF_WEAR = ["in", "wearing", "dressed in"]
+_HAIR_WORD = {"short": "short", "long": "long", "curly": "curly"}
+
+
+def _brief_item(ph: _Phrases, i: Identity, item: str, coloured: bool) -> str:
+    """One item of a brief caption, its colour said only when ``coloured``."""
+    def colour(name: str, key: str) -> str:
+        return f"{ph.colour(name, key)} " if coloured else ""
+
+    if item == "upper":
+        c = colour(i.upper_colour, "upper_colour")
+        return f"a {c}{ph.attr(i.upper_type, _UPPER, 'upper_type')}"
+    if item == "lower":
+        art = "a " if i.lower_type == "skirt" else ""
+        c = colour(i.lower_colour, "lower_colour")
+        return f"{art}{c}{ph.attr(i.lower_type, _LOWER, 'lower_type')}"
+    if item == "shoes":
+        c = colour(i.shoe_colour, "shoe_colour")
+        return f"{c}{ph.attr(i.shoe_type, _SHOES, 'shoe_type')}"
+    if item == "hat":
+        c = colour(i.hat_colour, "hat_colour")
+        return f"a {c}{ph.attr(i.hat, {'cap': ['cap', 'baseball cap'], 'beanie': ['beanie', 'knit hat']}, 'hat')}"
+    if item == "hair":
+        c = ph.attr(i.hair_colour, _COLOUR_SYN, "hair_colour") + " " if coloured else ""
+        if i.hair_style == "ponytail":
+            return f"a {c}{ph.attr('ponytail', key='hair_style')}"
+        return f"{ph.attr(_HAIR_WORD[i.hair_style], key='hair_style', value=i.hair_style)} {c}hair"
+    c = colour(i.bag_colour, "bag_colour")  # "bag"
+    noun = {"backpack": "backpack", "handbag": "handbag", "shoulder bag": "shoulder bag"}[i.bag]
+    return f"a {c}{ph.attr(noun.split()[0], key='bag', value=i.bag)}{' bag' if i.bag == 'shoulder bag' else ''}"
+
+
+def brief_caption(i: Identity, rng: np.random.Generator) -> tuple[str, list[str], dict[str, object]]:
+    """A brief caption: the person and one or two things they wear or carry, each with its
+    colour or without ("A man in a jacket.", "The woman wearing black jeans with a
+    backpack."), as real annotators sometimes write. Such a caption fits many people, and
+    how many depends on what it names, not only on its length: the spread of vagueness that
+    issue 25's ambiguity measure needs (docs/results.md, "A brief caption fits many")."""
+    ph = _Phrases(rng)
+    # the full captions' openings, fillers ("walking down the street") and all: a brief
+    # caption's length then says less about how many people it fits
+    build = ph.attr(i.build, _BUILD, "build") if rng.random() < 0.5 else ""
+    gender = ph.attr(i.gender, _GENDER, "gender")
+    worn = ["upper", "lower", "shoes"] + (["hat"] if i.hat != "none" else [])
+    carried = (["hair"] if i.hair_style != "bald" else []) + (["bag"] if i.bag != "none" else [])
+    options = worn + carried
+    chosen = [options[k] for k in sorted(rng.choice(len(options), size=int(rng.integers(1, 3)),
+                                                    replace=False))]
+    phrases = {item: _brief_item(ph, i, item, bool(rng.random() < 0.5)) for item in chosen}
+    on = [phrases[k] for k in chosen if k in worn]
+    having = [phrases[k] for k in chosen if k not in worn]
+    text = ph.pick(_INTRO).format(b=f"{build} " if build else "", g=gender)
+    if on:
+        text += f" {ph.pick(_BRIEF_WEAR)} {' and '.join(on)}"
+    if having:
+        text += f" with {' and '.join(having)}"
+    return _articles(text + "."), ph.words, ph.mentions
 
 
 def _articles(text: str) -> str:

@@ -47,6 +47,7 @@ class SynthConfig:
     captions_per_image: PositiveInt = 2
     noise_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # share swapped to another identity
     omit_rate: Rate = 0.12  # chance that a caption leaves out each optional detail
+    brief_rate: Rate = 0.0  # share of brief captions ("A man in a jacket."), which fit many
     height: Annotated[int, Field(ge=16)] = 192
     width: Annotated[int, Field(ge=8)] = 64
     val_share: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.08
@@ -87,7 +88,8 @@ def _render_one(job: tuple) -> tuple[dict, bytes]:
     rng = np.random.default_rng([cfg.seed, pid, n])
     shot = random_shot(rng)
     img = render(ident, shot, (cfg.height, cfg.width), rng)
-    caps = [make_caption(ident, shot.view, rng, cfg.omit_rate) for _ in range(cfg.captions_per_image)]
+    caps = [make_caption(ident, shot.view, rng, cfg.omit_rate, cfg.brief_rate)
+            for _ in range(cfg.captions_per_image)]
     import io
 
     buf = io.BytesIO()
@@ -205,7 +207,10 @@ def is_complete(out: str | Path, cfg: SynthConfig) -> bool:
     meta = Path(out) / LAYOUT_DIR / META_FILE
     try:
         found = json.loads(meta.read_text())
-        return found["config"] == asdict(cfg) and found.get("version") == GENERATOR_VERSION
+        # a knob added since the data set was written reads as its default, which is what
+        # the generator of that day did (brief_rate: none)
+        written = {**asdict(SynthConfig()), **found["config"]}
+        return written == asdict(cfg) and found.get("version") == GENERATOR_VERSION
     except (OSError, ValueError, KeyError):
         return False
 
