@@ -203,6 +203,15 @@ def test_tbps_uncertainty_measures_what_it_says(ucfa_run, tmp_path, capsys):
     ece = _hand_ece(prob.flatten().tolist(), same.flatten().float().tolist())
     assert abs(got["calibration"]["ece"] - ece) < 2e-3
     assert abs(got["calibration"]["match_probability_true_pairs"] - float(prob[same].mean())) < 1e-3
+    # the false-match mass beside σ: each caption's P(match) summed over other people's images
+    mass = (prob * ~same).sum(1)
+    log_fitted = torch.from_numpy(fitted)
+    vague = log_fitted > log_fitted.median()  # the lower middle value, as the command
+    fm = got["ambiguity"]["false_match_mass"]
+    assert abs(fm["vague"] - float(mass[vague].mean())) < 1e-3
+    assert abs(fm["specific"] - float(mass[~vague].mean())) < 1e-3
+    assert abs(fm["vs_log_identities_fitted"]["spearman"]
+               - spearmanr(mass.numpy(), fitted).statistic) < 2e-3
 
 
 def test_the_stated_attributes_predictor_recovers_a_count_that_the_stated_keys_decide():

@@ -19,7 +19,11 @@ UCFA's distributions), three measurements, as JSON:
   log(identities fitted) from which attributes each caption states (SynthPedes' record)
   and its word count, fitted on the training captions. A caption's σ sees only the caption,
   and test people are new families, so that is about what the text can tell; on the default
-  SynthPedes it is ≈ 0.3 with the length held fixed (docs/results.md).
+  SynthPedes it is ≈ 0.3 with the length held fixed (docs/results.md). And, for a model
+  with a match probability, what PCME++'s loss would raise σ for (``false_match_mass``):
+  each caption's P(match) summed over other people's images, for vague and specific
+  captions and against log(identities fitted). When the means do not bring a vague caption
+  nearer the people it also fits, this is level, and σ has no signal to follow.
 - ``calibration`` (a model with a match probability): the expected calibration error of
   P(match) over every (test caption, test image) pair against "same person" (15 bins), and
   the mean P(match) of true and false pairs.
@@ -164,11 +168,25 @@ def ambiguity(module, dm, split: str = "test", batch_size: int = 256) -> dict:
     vague = count > count.median()
     out["sigma_vague"] = round(float(sigma[vague].mean()), 5)
     out["sigma_specific"] = round(float(sigma[~vague].mean()), 5)
+    matched = match_probabilities(module, dm, split, batch_size)
+    if matched is not None:
+        # What PCME++'s loss raises σ for: a caption's P(match) with other people's images.
+        # If the means do not bring a vague caption nearer the people it also fits, this mass
+        # is no larger for vague captions, and σ has nothing to learn vagueness from.
+        prob, same = matched
+        mass = (prob * ~same).sum(1)
+        out["false_match_mass"] = {
+            "vague": round(float(mass[vague].mean()), 4),
+            "specific": round(float(mass[~vague].mean()), 4),
+            "vs_log_identities_fitted": partial_spearman(mass, count.log(), length)}
     return out
 
 
 @torch.inference_mode()
-def calibration(module, dm, split: str = "test", batch_size: int = 256) -> dict:
+def match_probabilities(module, dm, split: str = "test", batch_size: int = 256
+                        ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """P(match) of every (caption, image) pair of ``split`` [T, I] and "same person" [T, I],
+    or None for a model without a match probability."""
     gallery_loader, _ = dm._eval_loaders(split)
     rec = dm.records[split]
     images = [gaussian(module, "image", b["image"]) for b in gallery_loader]
@@ -178,11 +196,18 @@ def calibration(module, dm, split: str = "test", batch_size: int = 256) -> dict:
     for s in range(0, len(ids), batch_size):
         prob = match_probability(module, gaussian(module, "text", ids[s:s + batch_size]), image)
         if prob is None:
-            return {"skipped": "the model has no match probability (DCL's `pcme` objective "
-                               "gives one)"}
+            return None
         probs.append(prob.float().cpu())
-    prob = torch.cat(probs)
     same = torch.tensor(rec.caption_pids)[:, None] == torch.tensor(rec.image_pids)[None, :]
+    return torch.cat(probs), same
+
+
+def calibration(module, dm, split: str = "test", batch_size: int = 256) -> dict:
+    matched = match_probabilities(module, dm, split, batch_size)
+    if matched is None:
+        return {"skipped": "the model has no match probability (DCL's `pcme` objective "
+                           "gives one)"}
+    prob, same = matched
     return {"split": split, "pairs": prob.numel(),
             "ece": round(float(binary_calibration_error(prob.flatten(), same.flatten().long(),
                                                          n_bins=15)), 4),
