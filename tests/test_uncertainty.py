@@ -315,3 +315,33 @@ def test_checkpoints_from_before_the_probabilistic_match_still_load():
     ugm.load_state_dict(ugm_old)
     g = Gaussian(torch.zeros(1, 6), torch.zeros(1, 6))
     assert ugm.match_probability(g, g) is None
+
+
+def test_what_each_loss_term_teaches_sigma(ucfa_run, tiny_run):
+    """The KL term's direction on each caption's log σ² is known in closed form
+    (β · ½(1 − σ²) / (B·D) per element): the analysis must give it back caption by caption,
+    its rows must be the captions' own identities-fitted counts, and a model without
+    distributions gets a clear error."""
+    from tbps.analysis.sigma_signal import caption_directions, sigma_signal
+    from tbps.analysis.uncertainty import _captions_by_split, _data
+    from tbps.errors import TBPSError
+    from tbps.model.checkpoint import load_checkpoint
+
+    module = load_checkpoint(str(ucfa_run / "checkpoints" / "best.ckpt"))
+    dm = _data(module)
+    dm.set_tokenizer(module.tokenizer, module.caption_annotations)
+    directions, logvar, log_fitted = caption_directions(module, dm, batches=2)
+    beta = module.distributions.kl_weight
+    sizes = [min(len(logvar) - k, dm.batch_size) for k in range(0, len(logvar), dm.batch_size)]
+    per_element = torch.cat([torch.full((n,), 1.0 / (n * logvar.shape[1])) for n in sizes])
+    want = beta * 0.5 * (1 - logvar.exp()).mean(1) * per_element
+    assert torch.allclose(directions["loss_kl"], want, rtol=1e-4, atol=1e-12)
+    counts = {n for _, n, _ in _captions_by_split(
+        dm.root / dm.benchmark.folder / dm.benchmark.annotation)["train"]}
+    assert set(log_fitted.exp().round().int().tolist()) <= counts
+    assert "loss_dcl" in directions and directions["loss_dcl"].abs().sum() > 0
+    got = sigma_signal(module, dm, batches=2)
+    assert set(got["terms"]) == set(directions) | {"all_terms"}
+    with pytest.raises(TBPSError, match="no distributions"):
+        plain = load_checkpoint(str(tiny_run / "checkpoints" / "best.ckpt"))
+        caption_directions(plain, _data(plain), batches=1)
