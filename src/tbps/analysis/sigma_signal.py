@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 from torchmetrics.functional import spearman_corrcoef
@@ -84,11 +85,15 @@ def main(argv: list[str] | None = None) -> None:
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("ckpt")
     ap.add_argument("--batches", type=int, default=12)
+    ap.add_argument("--out", help="also write the JSON to this file")
     args = ap.parse_args(argv)
     module = load_checkpoint(args.ckpt)
     dm = checkpoint_data(module)
     dm.set_tokenizer(module.tokenizer, module.caption_annotations)
-    print(json.dumps(sigma_signal(module, dm, args.batches), indent=1))
+    text = json.dumps(sigma_signal(module, dm, args.batches), indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":
