@@ -1,6 +1,7 @@
 """What each loss term teaches a caption's σ (issue 25's "does σ measure vagueness?").
 
-On a checkpoint whose model has distributions (UCFA's; CRUE's UGM too), runs training-mode
+On a checkpoint whose model has shared distributions (UCFA's ``distributions:``; CRUE's UGM
+keeps its Gaussians inside the head, which this does not read), runs training-mode
 forward passes over a few shuffled training batches and takes, for every loss term that
 reaches the captions' log-variances, the direction one step of gradient descent would move
 each caption's log σ² (minus the gradient, averaged over dimensions). Printed per term as
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--out", help="also write the JSON to this file")
     args = ap.parse_args(argv)
+    if not Path(args.ckpt).is_file():
+        raise TBPSError(f"{args.ckpt}: no such checkpoint (runs/<exp>/<time>/checkpoints/best.ckpt)")
     module = load_checkpoint(args.ckpt)
     dm = checkpoint_data(module)
     dm.set_tokenizer(module.tokenizer, module.caption_annotations)

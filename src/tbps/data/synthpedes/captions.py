@@ -30,6 +30,7 @@ _LOWER = {"trousers": ["trousers", "pants", "slacks"], "jeans": ["jeans", "denim
           "shorts": ["shorts", "short pants"], "skirt": ["skirt", "short skirt"]}
 _SHOES = {"sneakers": ["sneakers", "trainers", "running shoes"], "boots": ["boots", "ankle boots"],
           "shoes": ["shoes", "flat shoes"]}
+_HAT = {"cap": ["cap", "baseball cap"], "beanie": ["beanie", "knit hat"]}
 _PATTERN = {"striped": ["striped", "stripy"], "checked": ["checked", "plaid", "checkered"],
             "dotted": ["polka-dot", "dotted", "spotted"]}
 _WEAR = ["is wearing", "wears", "is dressed in", "has on", "is in"]
@@ -164,8 +165,7 @@ def make_caption(i: Identity, view: str, rng: np.random.Generator, omit_rate: fl
         worn.append(_shoes(ph, i))
     extras: list[str] = []  # "with …" phrases
     if i.hat != "none" and keep():
-        hat = ph.attr(i.hat, {"cap": ["cap", "baseball cap"], "beanie": ["beanie", "knit hat"]},
-                      "hat")
+        hat = ph.attr(i.hat, _HAT, "hat")
         worn.append(f"a {ph.colour(i.hat_colour, 'hat_colour')} {hat}")
     if i.glasses and view != "back" and keep():
         extras.append(ph.attr("glasses", {"glasses": ["glasses", "eyeglasses", "spectacles"]},
@@ -202,7 +202,6 @@ def make_caption(i: Identity, view: str, rng: np.random.Generator, omit_rate: fl
 
 
 _BRIEF_WEAR = ["in", "wearing", "dressed in"]
-_HAIR_WORD = {"short": "short", "long": "long", "curly": "curly"}
 
 
 def _brief_item(ph: _Phrases, i: Identity, item: str, coloured: bool) -> str:
@@ -222,15 +221,15 @@ def _brief_item(ph: _Phrases, i: Identity, item: str, coloured: bool) -> str:
         return f"{c}{ph.attr(i.shoe_type, _SHOES, 'shoe_type')}"
     if item == "hat":
         c = colour(i.hat_colour, "hat_colour")
-        return f"a {c}{ph.attr(i.hat, {'cap': ['cap', 'baseball cap'], 'beanie': ['beanie', 'knit hat']}, 'hat')}"
+        return f"a {c}{ph.attr(i.hat, _HAT, 'hat')}"
     if item == "hair":
         c = ph.attr(i.hair_colour, _COLOUR_SYN, "hair_colour") + " " if coloured else ""
         if i.hair_style == "ponytail":
             return f"a {c}{ph.attr('ponytail', key='hair_style')}"
-        return f"{ph.attr(_HAIR_WORD[i.hair_style], key='hair_style', value=i.hair_style)} {c}hair"
-    c = colour(i.bag_colour, "bag_colour")  # "bag"
-    noun = {"backpack": "backpack", "handbag": "handbag", "shoulder bag": "shoulder bag"}[i.bag]
-    return f"a {c}{ph.attr(noun.split()[0], key='bag', value=i.bag)}{' bag' if i.bag == 'shoulder bag' else ''}"
+        return f"{ph.attr(i.hair_style, key='hair_style')} {c}hair"
+    c = colour(i.bag_colour, "bag_colour")  # "bag": "a shoulder bag" names it by its first word
+    rest = " bag" if i.bag == "shoulder bag" else ""
+    return f"a {c}{ph.attr(i.bag.split()[0], key='bag', value=i.bag)}{rest}"
 
 
 def brief_caption(i: Identity, rng: np.random.Generator) -> tuple[str, list[str], dict[str, object]]:
@@ -238,7 +237,7 @@ def brief_caption(i: Identity, rng: np.random.Generator) -> tuple[str, list[str]
     colour or without ("A man in a jacket.", "The woman wearing black jeans with a
     backpack."), as real annotators sometimes write. Such a caption fits many people, and
     how many depends on what it names, not only on its length: the spread of vagueness that
-    issue 25's ambiguity measure needs (docs/results.md, "A brief caption fits many")."""
+    issue 25's ambiguity measure needs (docs/results.md, "Brief captions")."""
     ph = _Phrases(rng)
     # the full captions' openings, fillers ("walking down the street") and all: a brief
     # caption's length then says less about how many people it fits
