@@ -42,6 +42,15 @@ def test_same_seed_same_bytes(tmp_path):
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert is_complete(tmp_path / "a", cfg)
     assert not is_complete(tmp_path / "a", SynthConfig(identities=13))
+    # a data set written before a knob existed reads as having its default
+    from dataclasses import replace
+
+    meta = tmp_path / "a" / "CUHK-PEDES" / "synthpedes.json"
+    written = json.loads(meta.read_text())
+    del written["config"]["brief_rate"]
+    meta.write_text(json.dumps(written))
+    assert is_complete(tmp_path / "a", cfg)
+    assert not is_complete(tmp_path / "a", replace(cfg, brief_rate=0.5))
     generate(tmp_path / "c", SynthConfig(identities=12, images_per_identity=2, height=64,
                                          width=32, seed=6))
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
