@@ -146,7 +146,10 @@ def partial_spearman(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> dict[
 
 
 @torch.inference_mode()
-def ambiguity(module, dm, split: str = "test", batch_size: int = 256) -> dict:
+def ambiguity(module, dm, matched: tuple[torch.Tensor, torch.Tensor] | None,
+              split: str = "test", batch_size: int = 256) -> dict:
+    """σ against vagueness on ``split``; ``matched``: ``match_probabilities`` of the same
+    split (None without a match probability), read for the false-match mass."""
     by_split = _captions_by_split(dm.root / dm.benchmark.folder / dm.benchmark.annotation)
     captions = by_split.get(split)
     if not captions:
@@ -168,7 +171,6 @@ def ambiguity(module, dm, split: str = "test", batch_size: int = 256) -> dict:
     vague = count > count.median()
     out["sigma_vague"] = round(float(sigma[vague].mean()), 5)
     out["sigma_specific"] = round(float(sigma[~vague].mean()), 5)
-    matched = match_probabilities(module, dm, split, batch_size)
     if matched is not None:
         # What PCME++'s loss raises σ for: a caption's P(match) with other people's images.
         # If the means do not bring a vague caption nearer the people it also fits, this mass
@@ -202,8 +204,9 @@ def match_probabilities(module, dm, split: str = "test", batch_size: int = 256
     return torch.cat(probs), same
 
 
-def calibration(module, dm, split: str = "test", batch_size: int = 256) -> dict:
-    matched = match_probabilities(module, dm, split, batch_size)
+def calibration(matched: tuple[torch.Tensor, torch.Tensor] | None, split: str = "test"
+                ) -> dict:
+    """The ECE of ``matched`` (``match_probabilities`` of ``split``) against "same person"."""
     if matched is None:
         return {"skipped": "the model has no match probability (DCL's `pcme` objective "
                            "gives one)"}
@@ -227,8 +230,10 @@ def measure(ckpt: str, batch_size: int = 64) -> dict:
         noise = noise_detection(module, dm, batch_size)
     except NoUncertainty as exc:
         raise NoUncertainty(f"{ckpt}: {exc}") from None
+    matched = match_probabilities(module, dm)  # the test pairs' P(match), read twice below
     return {"checkpoint": str(ckpt), "noise_rate": module.cfg["data"].get("noise_rate", 0.0),
-            "noise": noise, "ambiguity": ambiguity(module, dm), "calibration": calibration(module, dm)}
+            "noise": noise, "ambiguity": ambiguity(module, dm, matched),
+            "calibration": calibration(matched)}
 
 
 def main(ckpt: str, out: str | None = None, batch_size: int = 64) -> None:
