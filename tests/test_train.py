@@ -29,6 +29,18 @@ def test_run_folder_contract(trained_run):
     assert m["test/R1"] <= m["test/R5"] <= m["test/R10"]
 
 
+def test_samples_per_s_is_the_whole_runs_figure(trained_run):
+    """metrics.json's samples/s is the one the last epoch logged (all samples over all
+    training seconds), not the best checkpoint's, which testing restores: saved at a
+    validation, it has that epoch's samples and not yet its seconds."""
+    import csv
+
+    rows = list(csv.DictReader((trained_run / "logs" / "metrics.csv").open()))
+    logged = [float(r["train/samples_per_s"]) for r in rows if r.get("train/samples_per_s")]
+    m = json.loads((trained_run / "metrics.json").read_text())
+    assert len(logged) == 2 and m["train/samples_per_s"] == pytest.approx(logged[-1], rel=1e-3)
+
+
 def test_checkpoint_rebuilds_model_alone(trained_run):
     module = TBPSModule.load_from_checkpoint(trained_run / "checkpoints/best.ckpt",
                                              map_location="cpu", weights_only=True)

@@ -178,14 +178,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = L.Trainer(**cfg.trainer, default_root_dir=run_dir, callbacks=cbs, logger=loggers,
                         plugins=[AtomicCheckpointIO()])
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    # read before testing: trainer.test(ckpt_path=best) restores the callbacks' state as the
+    # best checkpoint saved it, at a validation, which counts that epoch's samples but not
+    # yet its seconds (samples/s came out inflated, 1e12 when epoch 1 was the best)
     fit_seconds = speed.fit_seconds  # this command's and every earlier start's
+    samples_per_s = speed.samples_per_s
     # the last preparation pass's report (RDE: the division's quality), before testing loads
     # the best checkpoint, which holds its own epoch's
     prepared = {f"train/{k}": v for k, v in module.last_preparation.items()}
     last = test_last(trainer, module, dm) if cfg.eval.get("test_last") else {}
     test = trainer.test(module, datamodule=dm, ckpt_path=ckpt.best_model_path or None,
                         verbose=False)[0]
-    metrics = {**module.best_val, **test, **last, "train/samples_per_s": speed.samples_per_s,
+    metrics = {**module.best_val, **test, **last, "train/samples_per_s": samples_per_s,
                "train/seconds": fit_seconds,
                "train/nonfinite_skipped": float(module.nonfinite_skipped),
                **prepared}
@@ -196,7 +200,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         else:
             write_metrics(run_dir / "metrics.json", metrics)
         print_table(metrics, f"{cfg.experiment}: {run_dir}")
-        print(f"training {fit_seconds:.0f} s, {speed.samples_per_s:.0f} samples/s; "
+        print(f"training {fit_seconds:.0f} s, {samples_per_s:.0f} samples/s; "
               f"{time.perf_counter() - STARTED:.0f} s since the command started; "
               f"run folder {run_dir}")
     return metrics
