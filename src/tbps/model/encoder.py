@@ -67,7 +67,8 @@ class DualEncoder(nn.Module):
         return torch.cat([self.bottleneck["image"](tokens[:, 0])[:, None], tokens[:, 1:]], 1)
 
     def encode_text_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """[B, L] token ids -> projected tokens [B, L, D] (causal attention, as CLIP)."""
+        """[B, L] token ids -> projected tokens [B, L, D] (CLIP's causal tower, or BERT with
+        the padding masked)."""
         if not self.text_reads_padding:
             return self.text_proj(self.text(input_ids=ids).last_hidden_state)
         return self.text_proj(self._bert_tokens(ids))
@@ -219,8 +220,7 @@ def build_dual_encoder(vision: dict, text: dict, embed_dim: int, vocab_size: int
 
         return DualEncoder(tower, build_bert(text, vocab_size, context_length, pad_id),
                            embed_dim, eos_id, text_pool, global_bottleneck)
-    vit = tower
     cfg = CLIPTextConfig(vocab_size=vocab_size, max_position_embeddings=context_length,
                          eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=bos_id, **text)
     txt = CLIPTextModel._from_config(cfg, attn_implementation="sdpa")
-    return DualEncoder(vit, txt, embed_dim, eos_id, text_pool, global_bottleneck)
+    return DualEncoder(tower, txt, embed_dim, eos_id, text_pool, global_bottleneck)
