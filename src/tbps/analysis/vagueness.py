@@ -2,8 +2,8 @@
 ambiguity measure, docs/results.md "What a caption's σ could know").
 
 For each generator setting (``omit_rate`` × ``brief_rate`` × family size) it draws the
-data set exactly as ``tbps synth`` does (``draw_records``: the same records, nothing written) and prints JSON,
-over the test captions: how many identities of the split each fits (median, 90th
+data set exactly as ``tbps synth`` does (``draw_records``: the same records, nothing
+written) and prints JSON, over the test captions: how many identities of the split each fits (median, 90th
 percentile, maximum, share that fit one) and what the stated-attributes predictor reaches
 (the reference ``tbps uncertainty`` prints beside a model's caption σ): Spearman's ρ with
 log(identities fitted), and the partial ρ with the caption's token count held fixed (a
