@@ -22,6 +22,20 @@ distinguishing attribute it omits). In a batch of 64 of ~2,500 training images s
 is rarely present, so σ hardly ever meets the reason to grow; among a few thousand
 remembered ones it usually does. The queue is gathered from every process (every process
 holds the same), kept in the checkpoint, and empty slots (pid −100) are masked out.
+
+The estimate (``estimate``; ours to switch, PCME's and PCME++'s to choose from):
+``closed``, PCME++'s, puts the expected distance inside the sigmoid,
+sigmoid(−a·E‖z_t − z_i‖² + b); ``sampled``, PCME's (Chun et al., CVPR 2021), averages the
+sigmoid over J×J sample pairs, P(match) = mean_{s,s'} sigmoid(−a‖z_t^s − z_i^{s'}‖² + b),
+z = μ̂ + σε around the l2-normalised mean (so the distances average to the closed form's d).
+Why it matters for σ: in the closed form σ only ever adds to d, so it lowers P(match) with
+every image at once and σ grows only where a caption's false matches outweigh its own
+miss. Averaging the sigmoid instead rewards spread wherever the mean cannot fit a pair: a
+true pair too far apart (or a false one too close) gains from the samples that land on the
+other side, while a pair the mean already fits loses from every sample that strays. That is
+the "one-to-many" case UCFA names: a caption that fits several people cannot sit at each
+of them, and its σ is how far it spreads instead. At inference the samples come from a
+fixed seed, so a probability and its order are the same on every call.
 """
 
 from __future__ import annotations
@@ -32,8 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..types import Gaussian
-from .gaussian import LOGVAR_MAX, csd_distance, w2_distance
+from .gaussian import LOGVAR_MAX, csd_distance, sample, w2_distance
 from .momentum import EMPTY
 from .pair_weights import weighted_mean
 
@@ -52,10 +67,24 @@ def pcme_matching_loss(logits: torch.Tensor, pid_rows: torch.Tensor,
                        ) -> torch.Tensor:
     """PCME++'s matching loss: binary cross-entropy of sigmoid(logits) [R, C] against "same
     identity", mean over all pairs (rows weighted by ``row_weights``), ×2 (its code's i2t +
-    t2i, which are the same sum)."""
+    t2i, which are the same sum). ``logits`` are logit(P(match)), whatever the estimate."""
     matched = (pid_rows[:, None] == pid_cols[None, :]).to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, matched, reduction="none")
     return 2 * weighted_mean(bce.mean(1), row_weights)
+
+
+def sampled_match_logits(text_samples: torch.Tensor, image_samples: torch.Tensor,
+                         scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """logit of PCME's Monte-Carlo P(match) [T, I]: samples [J, T, D] and [J, I, D];
+    P = mean over the J×J sample pairs of sigmoid(−a‖z_t − z_i‖² + b), computed in log space
+    (log P − log(1 − P), each a log-mean-exp of log-sigmoids) so that neither end rounds to
+    0 or 1."""
+    t = text_samples.float()
+    i = image_samples.float()
+    d = (t.pow(2).sum(-1)[:, None, :, None] + i.pow(2).sum(-1)[None, :, None, :]
+         - 2 * torch.einsum("std,uid->suti", t, i)).clamp_min(0)  # [J, J, T, I]
+    inner = (-scale * d + shift).flatten(0, 1)                                      # [J², T, I]
+    return torch.logsumexp(F.logsigmoid(inner), 0) - torch.logsumexp(F.logsigmoid(-inner), 0)
 
 
 def memory_matching_loss(batch_logits: torch.Tensor, memory_logits: torch.Tensor,
@@ -72,12 +101,32 @@ def memory_matching_loss(batch_logits: torch.Tensor, memory_logits: torch.Tensor
     return weighted_mean((bce * used).sum(1) / used.sum(), row_weights)
 
 
+def check_match_estimate(head: str, estimate: str, rank_by: str, distance: str = "csd") -> None:
+    """The sampled estimate (PCME's) needs csd's squared distance, and its P(match) is not
+    the closed form's order, which ``rank_by: distribution`` ranks by."""
+    if estimate != "sampled":
+        return
+    if distance != "csd":
+        raise ConfigError(f"heads.{head}.match_estimate=sampled averages squared distances "
+                          f"between samples, whose mean is csd: set heads.{head}.distance=csd")
+    if rank_by == "distribution":
+        raise ConfigError(f"heads.{head}.rank_by=distribution ranks by the closed form's "
+                          "expected distance, which is not the sampled P(match)'s order: "
+                          f"set heads.{head}.rank_by=mean or heads.{head}.match_estimate=closed")
+
+
 class ProbabilisticMatch(nn.Module):
     def __init__(self, init_scale: float = 5.0, init_shift: float | str = "auto",
-                 distance: str = "csd", memory_size: int = 0, dim: int = 0) -> None:
+                 distance: str = "csd", memory_size: int = 0, dim: int = 0,
+                 estimate: str = "closed", num_samples: int = 7) -> None:
         super().__init__()
+        if estimate not in ("closed", "sampled"):
+            raise ValueError(f"estimate is 'closed' or 'sampled', not {estimate!r}")
+        if estimate == "sampled" and distance != "csd":
+            raise ValueError("the sampled estimate averages over samples the squared "
+                             "distance whose mean is csd's: it needs distance='csd'")
         auto = init_shift == "auto"
-        self.distance = distance
+        self.distance, self.estimate, self.num_samples = distance, estimate, num_samples
         self.scale = nn.Parameter(torch.tensor(float(init_scale)))               # a
         self.shift = nn.Parameter(torch.tensor(0.0 if auto else float(init_shift)))  # b
         self.register_buffer("shift_pending", torch.tensor(auto))
@@ -93,10 +142,25 @@ class ProbabilisticMatch(nn.Module):
             self.register_buffer("memory_ptr", torch.zeros((), dtype=torch.long))
 
     def logits(self, text: Gaussian, image: Gaussian) -> torch.Tensor:
-        """−a·d + b [T, I] of every caption with every image."""
+        """logit(P(match)) [T, I] of every caption with every image: −a·d + b in the closed
+        form; in the sampled one, from fresh samples while training and from a fixed seed
+        otherwise (the same probability on every call)."""
+        if self.estimate == "sampled":
+            generator = None
+            if not self.training:
+                generator = torch.Generator(device=text.mean.device).manual_seed(0)
+            return sampled_match_logits(self._samples(text, generator),
+                                        self._samples(image, generator),
+                                        self.scale, self.shift)
         d = distribution_distance(image.mean, image.logvar, text.mean, text.logvar,
                                   self.distance)
         return -self.scale * d.t() + self.shift
+
+    def _samples(self, g: Gaussian, generator: torch.Generator | None) -> torch.Tensor:
+        """[J, B, D] samples around the l2-normalised means (not normalised again: their
+        squared distances average to csd)."""
+        return sample(F.normalize(g.mean.float(), dim=-1), g.logvar.float(),
+                      self.num_samples, generator)
 
     def probability(self, text: Gaussian, image: Gaussian) -> torch.Tensor:
         return torch.sigmoid(self.logits(text, image))

@@ -34,10 +34,11 @@ from typing import Literal
 
 import torch
 
-from ..components.matching import ProbabilisticMatch, expected_distance_embedding
+from ..components.matching import (ProbabilisticMatch, check_match_estimate,
+                                   expected_distance_embedding)
 from ..errors import ConfigError
 from ..distributed import gather_with_grad
-from ..settings_types import NonNegativeInt, PositiveFloat
+from ..settings_types import NonNegativeInt, PositiveFloat, PositiveInt
 from ..types import EncoderOutput, Gaussian
 from .base import AlignmentHead, HeadContext
 from .sdm import sdm_from_logits
@@ -51,9 +52,15 @@ class DCLHead(AlignmentHead):
                  init_shift: float | Literal["auto"] = "auto",
                  objective: Literal["pcme", "sdm"] = "pcme",
                  rank_by: Literal["mean", "distribution"] = "mean",
-                 match_memory: NonNegativeInt = 0) -> None:
+                 match_memory: NonNegativeInt = 0,
+                 match_estimate: Literal["closed", "sampled"] = "closed",
+                 match_samples: PositiveInt = 7) -> None:
         super().__init__(ctx, weight)
         self.objective, self.rank_by = objective, rank_by
+        check_match_estimate("dcl", match_estimate, rank_by, distance)
+        if match_estimate == "sampled" and objective != "pcme":
+            raise ConfigError("heads.dcl.match_estimate=sampled averages P(match) over samples "
+                              "for PCME's matching loss: set heads.dcl.objective=pcme")
         if match_memory and objective != "pcme":
             raise ConfigError("heads.dcl.match_memory remembers Gaussians for PCME++'s "
                               "matching loss: set heads.dcl.objective=pcme, or match_memory=0")
@@ -63,7 +70,7 @@ class DCLHead(AlignmentHead):
         if objective == "sdm" and init_shift == "auto":
             init_shift = 5.0  # a softmax never moves b: PCME++'s start, as before
         self.match = ProbabilisticMatch(init_scale, init_shift, distance, match_memory,
-                                        ctx.embed_dim)
+                                        ctx.embed_dim, match_estimate, match_samples)
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         d = batch["distributions"]

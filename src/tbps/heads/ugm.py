@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from ..components.gaussian import GaussianEmbedding, kl_to_standard_normal, sample
-from ..components.matching import ProbabilisticMatch, expected_distance_embedding
+from ..components.matching import (ProbabilisticMatch, check_match_estimate,
+                                   expected_distance_embedding)
 from ..errors import ConfigError
 from ..types import EncoderOutput, Gaussian
 from ..settings_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
@@ -66,15 +67,19 @@ class UGMHead(AlignmentHead):
                  match_weight: NonNegativeFloat = 1.0, init_scale: PositiveFloat = 5.0,
                  init_shift: float | Literal["auto"] = "auto",
                  rank_by: Literal["mean", "distribution"] = "mean",
-                 match_memory: NonNegativeInt = 0) -> None:
+                 match_memory: NonNegativeInt = 0,
+                 match_estimate: Literal["closed", "sampled"] = "closed",
+                 match_samples: PositiveInt = 7) -> None:
         super().__init__(ctx, weight)
+        check_match_estimate("ugm", match_estimate, rank_by)
         if rank_by == "distribution" and match_weight == 0:
             raise ConfigError("heads.ugm.rank_by=distribution ranks by the probabilistic "
                               "match: set heads.ugm.match_weight above 0")
         self.rank_by = rank_by
         self.sample_around, self.match_weight = sample_around, match_weight
         self.match = ProbabilisticMatch(init_scale, init_shift, memory_size=match_memory,
-                                        dim=ctx.embed_dim)
+                                        dim=ctx.embed_dim, estimate=match_estimate,
+                                        num_samples=match_samples)
         self.image_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.text_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.temperature, self.num_samples, self.kl_weight = temperature, num_samples, kl_weight
