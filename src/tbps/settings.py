@@ -82,6 +82,7 @@ class Distributions(_Strict):
     variance_from: Literal["tokens", "global"] = "tokens"
     init_logvar: float = -4.0
     kl_weight: NonNegativeFloat = 1e-4
+    sigma_prior_weight: NonNegativeFloat = 0.0
 
 
 class PairWeights(_Strict):

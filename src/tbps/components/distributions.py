@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..types import EncoderOutput, Gaussian, RetrievalInput
-from .gaussian import GaussianEmbedding, kl_to_standard_normal
+from .gaussian import GaussianEmbedding, kl_to_standard_normal, variance_prior
 
 
 @dataclass
@@ -36,9 +36,11 @@ class Distributions:
 
 class ModalityDistributions(nn.Module):
     def __init__(self, dim: int, variance_from: Literal["tokens", "global"] = "tokens",
-                 init_logvar: float = -4.0, kl_weight: float = 1e-4) -> None:
+                 init_logvar: float = -4.0, kl_weight: float = 1e-4,
+                 sigma_prior_weight: float = 0.0) -> None:
         super().__init__()
         self.variance_from, self.kl_weight = variance_from, kl_weight
+        self.sigma_prior_weight = sigma_prior_weight
         self.image = GaussianEmbedding(dim, init_logvar=init_logvar, variance_from=variance_from)
         self.text = GaussianEmbedding(dim, init_logvar=init_logvar, variance_from=variance_from)
 
@@ -56,7 +58,11 @@ class ModalityDistributions(nn.Module):
         """Weighted loss terms of the distributions themselves, and their mean σ."""
         kl = kl_to_standard_normal(d.image_mean, d.image_logvar) \
             + kl_to_standard_normal(d.text_mean, d.text_logvar)
-        return {"loss_kl": self.kl_weight * kl,
+        out = {}
+        if self.sigma_prior_weight > 0:
+            out["loss_sigma_prior"] = self.sigma_prior_weight * (
+                variance_prior(d.image_logvar) + variance_prior(d.text_logvar))
+        return {**out, "loss_kl": self.kl_weight * kl,
                 "sigma_image": d.image_logvar.detach().mul(0.5).exp().mean(),
                 "sigma_text": d.text_logvar.detach().mul(0.5).exp().mean()}
 

@@ -107,6 +107,13 @@ def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Ten
     return -0.5 * torch.mean(1 + logvar - mean.pow(2) - logvar.exp())
 
 
+def variance_prior(logvar: torch.Tensor) -> torch.Tensor:
+    """The variance part of KL(N(μ, σ²) ‖ N(0, I)), averaged over elements:
+    ½ · mean(σ² − log σ² − 1). It pulls σ towards 1 without pulling the mean (the feature
+    itself, which the KL's μ² term would shrink)."""
+    return 0.5 * torch.mean(logvar.exp() - logvar - 1)
+
+
 class _Float32(nn.Module):
     """Runs a module on the float32 copy of its input (the Gaussian's own convention)."""
 

@@ -31,7 +31,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..components.gaussian import GaussianEmbedding, kl_to_standard_normal, sample
+from ..components.gaussian import (GaussianEmbedding, kl_to_standard_normal, sample,
+                                   variance_prior)
 from ..components.matching import (ProbabilisticMatch, check_match_estimate,
                                    expected_distance_embedding)
 from ..errors import ConfigError
@@ -69,8 +70,10 @@ class UGMHead(AlignmentHead):
                  rank_by: Literal["mean", "distribution"] = "mean",
                  match_memory: NonNegativeInt = 0,
                  match_estimate: Literal["closed", "sampled"] = "closed",
-                 match_samples: PositiveInt = 7) -> None:
+                 match_samples: PositiveInt = 7,
+                 sigma_prior_weight: NonNegativeFloat = 0.0) -> None:
         super().__init__(ctx, weight)
+        self.sigma_prior_weight = sigma_prior_weight
         check_match_estimate("ugm", match_estimate, rank_by)
         if rank_by == "distribution" and match_weight == 0:
             raise ConfigError("heads.ugm.rank_by=distribution ranks by the probabilistic "
@@ -119,6 +122,9 @@ class UGMHead(AlignmentHead):
         out = {"loss_ugm": self.weight * loss, "loss_ugm_kl": self.kl_weight * kl,
                "ugm_sigma_image": lv_v.detach().mul(0.5).exp().mean(),
                "ugm_sigma_text": lv_t.detach().mul(0.5).exp().mean()}
+        if self.sigma_prior_weight > 0:
+            out["loss_ugm_sigma_prior"] = self.sigma_prior_weight * (
+                variance_prior(lv_v) + variance_prior(lv_t))
         if self.match_weight > 0:
             pid = gather_with_grad(batch["pid"])
             match, _ = self.match.loss(
