@@ -26,6 +26,7 @@ uncertainty``, search) and gives σ a pairwise reason to grow on captions that f
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -40,21 +41,29 @@ from ..types import EncoderOutput, Gaussian
 from ..settings_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from ..distributed import gather_with_grad
 from .base import AlignmentHead, HeadContext
-from .ire import identity_targets, soft_target_loss
+from ..components.pair_weights import weighted_mean
+from .ire import identity_targets, masked_log_softmax, soft_target_loss
 
 
 def ugm_loss(mean: torch.Tensor, logvar: torch.Tensor, keys: torch.Tensor, target: torch.Tensor,
              valid: torch.Tensor, temperature: float, num_samples: int,
              generator: torch.Generator | None = None, normalise_mean: bool = False,
-             weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over samples and rows (rows weighted by ``weights``) of CE(target,
-    softmax(ẑ · keys / τ)), ẑ normalised samples (drawn around the normalised mean with
-    ``normalise_mean``)."""
+             weights: torch.Tensor | None = None,
+             average: Literal["loss", "probability"] = "loss") -> torch.Tensor:
+    """Mean over rows (weighted by ``weights``) of CE(target, softmax(ẑ · keys / τ)), ẑ
+    normalised samples (drawn around the normalised mean with ``normalise_mean``): averaged
+    over the samples (``average: loss``), or of the softmax averaged over the samples
+    (``probability``: CE(target, mean_s softmax), Kendall & Gal's loss attenuation)."""
     centre = F.normalize(mean, dim=-1) if normalise_mean else mean
     z = F.normalize(sample(centre, logvar, num_samples, generator), dim=-1)   # [S, B, D]
-    logits = (z @ keys.t() / temperature).flatten(0, 1)                     # [S*B, K]
-    return soft_target_loss(logits, target.repeat(num_samples, 1), valid[None, :],
-                            weights=None if weights is None else weights.repeat(num_samples))
+    logits = z @ keys.t() / temperature                                      # [S, B, K]
+    if average == "loss":
+        return soft_target_loss(logits.flatten(0, 1), target.repeat(num_samples, 1),
+                                valid[None, :],
+                                weights=None if weights is None else weights.repeat(num_samples))
+    log_p = torch.logsumexp(masked_log_softmax(logits, valid), 0) - math.log(num_samples)
+    log_p = torch.where(valid[None, :], log_p, torch.zeros_like(log_p))  # no -inf * 0
+    return weighted_mean(-(target * log_p).sum(1), weights)
 
 
 class UGMHead(AlignmentHead):
@@ -71,9 +80,10 @@ class UGMHead(AlignmentHead):
                  match_memory: NonNegativeInt = 0,
                  match_estimate: Literal["closed", "sampled"] = "closed",
                  match_samples: PositiveInt = 7,
-                 sigma_prior_weight: NonNegativeFloat = 0.0) -> None:
+                 sigma_prior_weight: NonNegativeFloat = 0.0,
+                 sample_average: Literal["loss", "probability"] = "loss") -> None:
         super().__init__(ctx, weight)
-        self.sigma_prior_weight = sigma_prior_weight
+        self.sigma_prior_weight, self.sample_average = sigma_prior_weight, sample_average
         check_match_estimate("ugm", match_estimate, rank_by)
         if rank_by == "distribution" and match_weight == 0:
             raise ConfigError("heads.ugm.rank_by=distribution ranks by the probabilistic "
@@ -114,10 +124,11 @@ class UGMHead(AlignmentHead):
         y = identity_targets(batch["pid"], mem.keys_pid, mem.keys_valid)
         centred, w = self.sample_around == "normalised", batch.get("pair_weight")
         loss = 0.5 * (ugm_loss(mu_v, lv_v, mem.keys_text, y, mem.keys_valid, self.temperature,
-                               self.num_samples, normalise_mean=centred, weights=w)
+                               self.num_samples, normalise_mean=centred, weights=w,
+                               average=self.sample_average)
                       + ugm_loss(mu_t, lv_t, mem.keys_image, y, mem.keys_valid,
                                  self.temperature, self.num_samples, normalise_mean=centred,
-                                 weights=w))
+                                 weights=w, average=self.sample_average))
         kl = kl_to_standard_normal(mu_v, lv_v) + kl_to_standard_normal(mu_t, lv_t)
         out = {"loss_ugm": self.weight * loss, "loss_ugm_kl": self.kl_weight * kl,
                "ugm_sigma_image": lv_v.detach().mul(0.5).exp().mean(),
