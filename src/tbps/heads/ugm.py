@@ -61,8 +61,10 @@ def ugm_loss(mean: torch.Tensor, logvar: torch.Tensor, keys: torch.Tensor, targe
         return soft_target_loss(logits.flatten(0, 1), target.repeat(num_samples, 1),
                                 valid[None, :],
                                 weights=None if weights is None else weights.repeat(num_samples))
-    log_p = torch.logsumexp(masked_log_softmax(logits, valid), 0) - math.log(num_samples)
-    log_p = torch.where(valid[None, :], log_p, torch.zeros_like(log_p))  # no -inf * 0
+    log_p = masked_log_softmax(logits, valid)
+    # empty keys' -inf out before the log-mean-exp: its gradient there would be 0 · nan
+    log_p = torch.where(valid, log_p, torch.zeros_like(log_p))
+    log_p = torch.logsumexp(log_p, 0) - math.log(num_samples)
     return weighted_mean(-(target * log_p).sum(1), weights)
 
 
