@@ -33,7 +33,7 @@ def test_unknown_experiment_lists_known(monkeypatch, capsys):
 
 
 def test_unknown_head_lists_known():
-    with pytest.raises(ConfigError, match="unknown head 'foo'.*known heads: acsa, cmpc, cmpm, dcl, id, ire, itc, mlm, pcl, rde, sdm, uamlr, ugm"):
+    with pytest.raises(ConfigError, match="unknown head 'foo'.*known heads: acsa, cmpc, cmpm, dcl, id, ire, itc, mlm, pcl, rde, sampled_id, sdm, uamlr, ugm"):
         compose_experiment("synthetic", ["heads=[sdm,foo]"], folder=EXPERIMENTS)
 
 

@@ -36,6 +36,15 @@ other side, while a pair the mean already fits loses from every sample that stra
 the "one-to-many" case UCFA names: a caption that fits several people cannot sit at each
 of them, and its σ is how far it spreads instead. At inference the samples come from a
 fixed seed, so a probability and its order are the same on every call.
+
+``trains_sigma: false`` (ours) makes the match read σ without training it. Why: in the
+closed form σ_t enters caption t's every logit as the same −a·Σσ_t², a per-caption offset,
+so the matching loss sets it wherever that caption's total P(match) equals its true pairs,
+i.e. by how near the caption's mean comes to the images, which follows the caption's
+length, not how many people it fits; its gradient is about 60 times the other terms' on
+σ (``tbps.analysis.sigma_signal``). Left to the terms that sample (UCFA's point contrast,
+which its abstract says "optimizes the learning of distributions", an ID loss averaged over
+samples, CRUE's UGM), σ is what they make of it, and the match still reads it.
 """
 
 from __future__ import annotations
@@ -118,8 +127,10 @@ def check_match_estimate(head: str, estimate: str, rank_by: str, distance: str =
 class ProbabilisticMatch(nn.Module):
     def __init__(self, init_scale: float = 5.0, init_shift: float | str = "auto",
                  distance: str = "csd", memory_size: int = 0, dim: int = 0,
-                 estimate: str = "closed", num_samples: int = 7) -> None:
+                 estimate: str = "closed", num_samples: int = 7,
+                 trains_sigma: bool = True) -> None:
         super().__init__()
+        self.trains_sigma = trains_sigma
         if estimate not in ("closed", "sampled"):
             raise ValueError(f"estimate is 'closed' or 'sampled', not {estimate!r}")
         if estimate == "sampled" and distance != "csd":
@@ -169,6 +180,10 @@ class ProbabilisticMatch(nn.Module):
              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(PCME++'s matching loss over every pair of a batch whose i-th caption and image
         have identity ``pid[i]``, caption rows weighted by ``weights``; the logits [B, B])."""
+        if not self.trains_sigma:
+            # the match reads σ but leaves its learning to the other terms
+            text = Gaussian(text.mean, text.logvar.detach())
+            image = Gaussian(image.mean, image.logvar.detach())
         if self.training and not self._checked:
             self._checked = True
             if bool(self.shift_pending):

@@ -54,7 +54,8 @@ class DCLHead(AlignmentHead):
                  rank_by: Literal["mean", "distribution"] = "mean",
                  match_memory: NonNegativeInt = 0,
                  match_estimate: Literal["closed", "sampled"] = "closed",
-                 match_samples: PositiveInt = 7) -> None:
+                 match_samples: PositiveInt = 7,
+                 match_trains_sigma: bool = True) -> None:
         super().__init__(ctx, weight)
         self.objective, self.rank_by = objective, rank_by
         check_match_estimate("dcl", match_estimate, rank_by, distance)
@@ -70,7 +71,8 @@ class DCLHead(AlignmentHead):
         if objective == "sdm" and init_shift == "auto":
             init_shift = 5.0  # a softmax never moves b: PCME++'s start, as before
         self.match = ProbabilisticMatch(init_scale, init_shift, distance, match_memory,
-                                        ctx.embed_dim, match_estimate, match_samples)
+                                        ctx.embed_dim, match_estimate, match_samples,
+                                        match_trains_sigma)
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         d = batch["distributions"]

@@ -82,6 +82,7 @@ class UGMHead(AlignmentHead):
                  match_memory: NonNegativeInt = 0,
                  match_estimate: Literal["closed", "sampled"] = "closed",
                  match_samples: PositiveInt = 7,
+                 match_trains_sigma: bool = True,
                  sigma_prior_weight: NonNegativeFloat = 0.0,
                  sample_average: Literal["loss", "probability"] = "loss") -> None:
         super().__init__(ctx, weight)
@@ -94,7 +95,8 @@ class UGMHead(AlignmentHead):
         self.sample_around, self.match_weight = sample_around, match_weight
         self.match = ProbabilisticMatch(init_scale, init_shift, memory_size=match_memory,
                                         dim=ctx.embed_dim, estimate=match_estimate,
-                                        num_samples=match_samples)
+                                        num_samples=match_samples,
+                                        trains_sigma=match_trains_sigma)
         self.image_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.text_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.temperature, self.num_samples, self.kl_weight = temperature, num_samples, kl_weight
