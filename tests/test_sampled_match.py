@@ -137,3 +137,24 @@ def test_inference_draws_the_same_samples_every_call_and_training_fresh_ones():
 def test_settings_the_sampled_estimate_cannot_serve_are_refused(kwargs, says):
     with pytest.raises(ConfigError, match=says):
         DCLHead(CTX, match_estimate="sampled", **kwargs)
+
+
+def test_a_match_that_does_not_train_sigma_still_reads_it():
+    g = torch.Generator().manual_seed(4)
+    mean_t = torch.randn(4, 6, generator=g, requires_grad=True)
+    logvar_t = torch.full((4, 6), -2.0, requires_grad=True)
+    image = Gaussian(torch.randn(4, 6, generator=g), torch.full((4, 6), -2.0))
+    pid = torch.tensor([0, 1, 2, 2])
+    losses = []
+    for trains in (True, False):
+        head = DCLHead(CTX, init_shift=1.0, match_trains_sigma=trains)
+        loss, _ = head.match.loss(Gaussian(mean_t, logvar_t), image, pid)
+        logvar_t.grad = None
+        loss.backward()
+        losses.append(float(loss.detach()))
+        assert (logvar_t.grad is not None and logvar_t.grad.abs().sum() > 0) == trains
+        assert mean_t.grad.abs().sum() > 0
+    assert losses[0] == losses[1]  # the same P(match): σ is read either way
+    lower = DCLHead(CTX, init_shift=1.0, match_trains_sigma=False)
+    wider = lower.match.loss(Gaussian(mean_t, logvar_t + 1), image, pid)[0]
+    assert float(wider.detach()) != losses[1]

@@ -39,11 +39,13 @@ fixed seed, so a probability and its order are the same on every call.
 
 ``trains_sigma: false`` (ours) makes the match read σ without training it. Why: in the
 closed form σ_t enters caption t's every logit as the same −a·Σσ_t², a per-caption offset,
-so the matching loss sets it wherever that caption's total P(match) equals its true pairs,
-i.e. by how near the caption's mean comes to the images, which follows the caption's
-length, not how many people it fits; its gradient is about 60 times the other terms' on
-σ (``tbps.analysis.sigma_signal``). Left to the terms that sample (UCFA's point contrast,
-which its abstract says "optimizes the learning of distributions", an ID loss averaged over
+whose gradient is a·(Σ_other P(match) − (1 − P(own image))). In a batch of 64 the few other
+people a caption fits are rarely present, so the miss on its own image dominates, and σ
+falls fastest for the captions furthest from their own image, the brief and vague ones:
+σ then follows the caption's length, the opposite of what it should say (docs/results.md).
+This term's gradient on σ is also about 60 times the other terms' (``python -m
+tbps.analysis.sigma_signal``). Left to the terms that sample (UCFA's point contrast, which
+its abstract says "optimizes the learning of distributions", an ID loss averaged over
 samples, CRUE's UGM), σ is what they make of it, and the match still reads it.
 """
 
