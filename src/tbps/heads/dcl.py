@@ -55,8 +55,10 @@ class DCLHead(AlignmentHead):
                  match_memory: NonNegativeInt = 0,
                  match_estimate: Literal["closed", "sampled"] = "closed",
                  match_samples: PositiveInt = 7,
-                 match_trains_sigma: bool = True) -> None:
+                 match_trains_sigma: bool = True,
+                 match_lr: PositiveFloat | None = None) -> None:
         super().__init__(ctx, weight)
+        self.match_lr = match_lr
         self.objective, self.rank_by = objective, rank_by
         check_match_estimate("dcl", match_estimate, rank_by, distance)
         if match_estimate == "sampled" and objective != "pcme":
@@ -96,6 +98,11 @@ class DCLHead(AlignmentHead):
                 "dcl_match_prob": (prob * positive).sum() / positive.sum().clamp(min=1),
                 "dcl_nonmatch_prob": (prob * (1 - positive)).sum()
                 / (1 - positive).sum().clamp(min=1)}
+
+    def own_lr(self, name: str) -> float | None:
+        """a and b at ``match_lr`` when set (ours): a σ left to other terms moves every
+        distance by Σσ², and b has to follow it faster than the encoder's rate allows."""
+        return self.match_lr if name.startswith("match.") else None
 
     def match_probability(self, text: Gaussian, image: Gaussian) -> torch.Tensor:
         return self.match.probability(text, image)

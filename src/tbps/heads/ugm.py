@@ -83,9 +83,11 @@ class UGMHead(AlignmentHead):
                  match_estimate: Literal["closed", "sampled"] = "closed",
                  match_samples: PositiveInt = 7,
                  match_trains_sigma: bool = True,
+                 match_lr: PositiveFloat | None = None,
                  sigma_prior_weight: NonNegativeFloat = 0.0,
                  sample_average: Literal["loss", "probability"] = "loss") -> None:
         super().__init__(ctx, weight)
+        self.match_lr = match_lr
         self.sigma_prior_weight, self.sample_average = sigma_prior_weight, sample_average
         check_match_estimate("ugm", match_estimate, rank_by)
         if rank_by == "distribution" and match_weight == 0:
@@ -149,6 +151,11 @@ class UGMHead(AlignmentHead):
             out["loss_ugm_match"] = self.match_weight * match
             out["ugm_shift"] = self.match.shift.detach()
         return out
+
+    def own_lr(self, name: str) -> float | None:
+        """a and b at ``match_lr`` when set (ours): a σ left to other terms moves every
+        distance by Σσ², and b has to follow it faster than the encoder's rate allows."""
+        return self.match_lr if name.startswith("match.") else None
 
     def match_probability(self, text, image):
         return self.match.probability(text, image) if self.match_weight > 0 else None
