@@ -158,3 +158,17 @@ def test_a_match_that_does_not_train_sigma_still_reads_it():
     lower = DCLHead(CTX, init_shift=1.0, match_trains_sigma=False)
     wider = lower.match.loss(Gaussian(mean_t, logvar_t + 1), image, pid)[0]
     assert float(wider.detach()) != losses[1]
+
+
+def test_the_match_may_learn_at_a_rate_of_its_own():
+    """``match_lr`` reaches the optimiser through the head contract's ``own_lr``."""
+    from tbps.model.optim import param_groups
+
+    for head in (DCLHead(CTX, match_lr=0.05), UGMHead(CTX, match_lr=0.05)):
+        rates = {name: head.own_lr(name) for name, _ in head.named_parameters()}
+        assert rates["match.shift"] == rates["match.scale"] == 0.05
+        assert all(rate is None for name, rate in rates.items() if not name.startswith("match."))
+        groups = param_groups(head, 1e-3, 0.0, (), 1.0, 1.0, own_lr=head.own_lr)
+        shift = head.match.shift
+        assert [g["lr"] for g in groups if any(p is shift for p in g["params"])] == [0.05]
+    assert DCLHead(CTX).own_lr("match.shift") is None
