@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -91,3 +92,31 @@ def test_averaging_the_probability_lowers_sigma_where_sure_and_raises_it_where_w
     assert abs(_sigma_gradient(spread, 0, "probability")) < 0.1 * push_sure  # hardly pushed
     # averaging the loss instead pushes σ down hardest where the posterior is spread
     assert _sigma_gradient(spread, 0, "loss") > _sigma_gradient(sure, 0, "loss") > 0
+
+
+@pytest.mark.parametrize("experiment, switches, logged", [
+    ("crue_synthetic", ["heads.ugm.sample_average=probability",
+                        "heads.ugm.match_trains_sigma=false", "heads.ugm.match_lr=0.05",
+                        "heads.ugm.sigma_prior_weight=0.1"], "train/loss_ugm_sigma_prior"),
+    ("ucfa_synthetic", ["heads=[sampled_id,dcl,pcl,uamlr]", "heads.dcl.match_trains_sigma=false",
+                        "heads.dcl.match_lr=0.05", "distributions.sigma_prior_weight=0.1",
+                        "heads.uamlr.num_heads=2", "heads.uamlr.depth=1"],
+     "train/loss_sigma_prior"),
+])
+def test_the_sigma_switches_train_end_to_end(tiny_synth, tmp_path, experiment, switches, logged):
+    """`tbps train` with every σ switch of the method on: one epoch, tested, the prior logged."""
+    import csv
+    import json
+    import os
+
+    from conftest import tiny_overrides
+    from tbps.cli import main
+
+    os.environ["TBPS_EXPERIMENTS"] = os.path.join(os.path.dirname(__file__), "..", "experiments")
+    os.environ.pop("TBPS_RUN_DIR", None)
+    args = [o for o in tiny_overrides(tiny_synth, tmp_path) if "mlm" not in o]
+    assert main(["train", f"experiment={experiment}", *args, *switches,
+                 "trainer.max_epochs=1", "trainer.log_every_n_steps=1"]) == 0
+    assert "test/R1" in json.loads((tmp_path / "metrics.json").read_text())
+    rows = list(csv.DictReader((tmp_path / "logs" / "metrics.csv").open()))
+    assert any(row.get(logged) for row in rows)
