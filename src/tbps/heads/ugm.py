@@ -36,12 +36,12 @@ from ..components.gaussian import (GaussianEmbedding, kl_to_standard_normal, sam
                                    variance_prior)
 from ..components.matching import (ProbabilisticMatch, check_match_estimate,
                                    expected_distance_embedding)
+from ..components.pair_weights import weighted_mean
 from ..errors import ConfigError
 from ..types import EncoderOutput, Gaussian
 from ..settings_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from ..distributed import gather_with_grad
 from .base import AlignmentHead, HeadContext
-from ..components.pair_weights import weighted_mean
 from .ire import identity_targets, masked_log_softmax, soft_target_loss
 
 
