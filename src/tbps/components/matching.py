@@ -46,7 +46,11 @@ falls fastest for the captions furthest from their own image, the brief and vagu
 This term's gradient on σ is also about 60 times the other terms' (``python -m
 tbps.analysis.sigma_signal``). Left to the terms that sample (UCFA's point contrast, which
 its abstract says "optimizes the learning of distributions", an ID loss averaged over
-samples, CRUE's UGM), σ is what they make of it, and the match still reads it.
+samples, CRUE's UGM), σ is what they make of it, and the match still reads it. Its level
+then drifts, and with it every distance; ``refit_shift`` (ours) sets b before every training
+step as ``init_shift: auto`` sets it once (the batch's mean P(match) at its share of true
+pairs, detached), so the match stays calibrated whatever σ's level, and keeps the last b for
+inference.
 """
 
 from __future__ import annotations
@@ -130,9 +134,9 @@ class ProbabilisticMatch(nn.Module):
     def __init__(self, init_scale: float = 5.0, init_shift: float | str = "auto",
                  distance: str = "csd", memory_size: int = 0, dim: int = 0,
                  estimate: str = "closed", num_samples: int = 7,
-                 trains_sigma: bool = True) -> None:
+                 trains_sigma: bool = True, refit_shift: bool = False) -> None:
         super().__init__()
-        self.trains_sigma = trains_sigma
+        self.trains_sigma, self.refit_shift = trains_sigma, refit_shift
         if estimate not in ("closed", "sampled"):
             raise ValueError(f"estimate is 'closed' or 'sampled', not {estimate!r}")
         if estimate == "sampled" and distance != "csd":
@@ -186,7 +190,9 @@ class ProbabilisticMatch(nn.Module):
             # the match reads σ but leaves its learning to the other terms
             text = Gaussian(text.mean, text.logvar.detach())
             image = Gaussian(image.mean, image.logvar.detach())
-        if self.training and not self._checked:
+        if self.training and self.refit_shift:
+            self._start_shift(text, image, pid)  # every step: b follows σ's level
+        elif self.training and not self._checked:
             self._checked = True
             if bool(self.shift_pending):
                 self._start_shift(text, image, pid)

@@ -56,7 +56,8 @@ class DCLHead(AlignmentHead):
                  match_estimate: Literal["closed", "sampled"] = "closed",
                  match_samples: PositiveInt = 7,
                  match_trains_sigma: bool = True,
-                 match_lr: PositiveFloat | None = None) -> None:
+                 match_lr: PositiveFloat | None = None,
+                 match_refit_shift: bool = False) -> None:
         super().__init__(ctx, weight)
         self.match_lr = match_lr
         self.objective, self.rank_by = objective, rank_by
@@ -74,7 +75,7 @@ class DCLHead(AlignmentHead):
             init_shift = 5.0  # a softmax never moves b: PCME++'s start, as before
         self.match = ProbabilisticMatch(init_scale, init_shift, distance, match_memory,
                                         ctx.embed_dim, match_estimate, match_samples,
-                                        match_trains_sigma)
+                                        match_trains_sigma, match_refit_shift)
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         d = batch["distributions"]

@@ -84,6 +84,7 @@ class UGMHead(AlignmentHead):
                  match_samples: PositiveInt = 7,
                  match_trains_sigma: bool = True,
                  match_lr: PositiveFloat | None = None,
+                 match_refit_shift: bool = False,
                  sigma_prior_weight: NonNegativeFloat = 0.0,
                  sample_average: Literal["loss", "probability"] = "loss") -> None:
         super().__init__(ctx, weight)
@@ -98,7 +99,8 @@ class UGMHead(AlignmentHead):
         self.match = ProbabilisticMatch(init_scale, init_shift, memory_size=match_memory,
                                         dim=ctx.embed_dim, estimate=match_estimate,
                                         num_samples=match_samples,
-                                        trains_sigma=match_trains_sigma)
+                                        trains_sigma=match_trains_sigma,
+                                        refit_shift=match_refit_shift)
         self.image_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.text_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.temperature, self.num_samples, self.kl_weight = temperature, num_samples, kl_weight
