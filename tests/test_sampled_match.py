@@ -172,3 +172,24 @@ def test_the_match_may_learn_at_a_rate_of_its_own():
         shift = head.match.shift
         assert [g["lr"] for g in groups if any(p is shift for p in g["params"])] == [0.05]
     assert DCLHead(CTX).own_lr("match.shift") is None
+
+
+def test_a_refitted_shift_follows_sigma_level_every_step():
+    """``match_refit_shift``: before each training step b is set where the batch's mean
+    logit is logit(share of true pairs), so a wider σ (larger distances) moves b with it."""
+    g = torch.Generator().manual_seed(5)
+    pid = torch.tensor([0, 0, 1, 2, 3, 3])
+    share = float((pid[:, None] == pid[None, :]).float().mean())
+    head = UGMHead(CTX, match_refit_shift=True, match_trains_sigma=False)
+    shifts = []
+    for logvar in (-4.0, -1.0):
+        text = Gaussian(torch.randn(6, 6, generator=g), torch.full((6, 6), logvar))
+        image = Gaussian(torch.randn(6, 6, generator=g), torch.full((6, 6), logvar))
+        _, logits = head.match.loss(text, image, pid)
+        assert abs(float(logits.detach().mean()) - math.log(share / (1 - share))) < 1e-4
+        shifts.append(float(head.match.shift))
+    assert shifts[1] > shifts[0] + 5  # Σσ² rose by about 5 per side, a = 5
+    head.eval()
+    kept = float(head.match.shift)
+    head.match.loss(text, image, pid)
+    assert float(head.match.shift) == kept  # evaluation reads b, never refits it
