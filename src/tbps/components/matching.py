@@ -34,8 +34,9 @@ miss. Averaging the sigmoid instead rewards spread wherever the mean cannot fit 
 true pair too far apart (or a false one too close) gains from the samples that land on the
 other side, while a pair the mean already fits loses from every sample that strays. That is
 the "one-to-many" case UCFA names: a caption that fits several people cannot sit at each
-of them, and its σ is how far it spreads instead. At inference the samples come from a
-fixed seed, so a probability and its order are the same on every call.
+of them, and its σ could say how far it spreads instead (on brief captions it moved σ
+little: docs/results.md, "σ left to the terms that sample"). At inference the samples come
+from a fixed seed, so a probability and its order are the same on every call.
 
 ``trains_sigma: false`` (ours) makes the match read σ without training it. Why: in the
 closed form σ_t enters caption t's every logit as the same −a·Σσ_t², a per-caption offset,
@@ -139,9 +140,6 @@ class ProbabilisticMatch(nn.Module):
         self.trains_sigma, self.refit_shift = trains_sigma, refit_shift
         if estimate not in ("closed", "sampled"):
             raise ValueError(f"estimate is 'closed' or 'sampled', not {estimate!r}")
-        if estimate == "sampled" and distance != "csd":
-            raise ValueError("the sampled estimate averages over samples the squared "
-                             "distance whose mean is csd's: it needs distance='csd'")
         auto = init_shift == "auto"
         self.distance, self.estimate, self.num_samples = distance, estimate, num_samples
         self.scale = nn.Parameter(torch.tensor(float(init_scale)))               # a
