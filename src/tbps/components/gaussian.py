@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .rng import generator_kwargs
@@ -105,6 +106,24 @@ def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Ten
     """KL(N(mean, σ²) ‖ N(0, I)) averaged over elements, as PCME++ computes it:
     -½ · mean(1 + log σ² − mean² − σ²)."""
     return -0.5 * torch.mean(1 + logvar - mean.pow(2) - logvar.exp())
+
+
+def mutual_likelihood_loss(mean_a: torch.Tensor, logvar_a: torch.Tensor,
+                           mean_b: torch.Tensor, logvar_b: torch.Tensor,
+                           matched: torch.Tensor) -> torch.Tensor:
+    """The negative mutual likelihood score of PFE (Shi & Jain, ICCV 2019) over the pairs
+    ``matched`` [A, B] marks: ½·mean_d[(μ_a − μ_b)² / (σ_a² + σ_b²) + log(σ_a² + σ_b²)] per
+    pair (PFE sums over d and adds ½·D·log 2π; the mean keeps the scale of the other losses),
+    averaged over the matched pairs. The means are l2-normalised and held fixed (PFE trains σ
+    with the embedding frozen): only σ learns, towards the spread of each item's matches
+    around it, (σ_a² + σ_b²) → (μ_a − μ_b)² per dimension. Dense [A, B, D] with a masked
+    mean: no data-dependent shape in a compiled step."""
+    diff = (F.normalize(mean_a.detach().float(), dim=-1)[:, None]
+            - F.normalize(mean_b.detach().float(), dim=-1)[None])
+    var = logvar_a.float().exp()[:, None] + logvar_b.float().exp()[None]
+    nll = 0.5 * (diff.pow(2) / var + var.log()).mean(-1)
+    weight = matched.to(nll.dtype)
+    return (nll * weight).sum() / weight.sum().clamp_min(1)
 
 
 def variance_prior(logvar: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,16 @@ then drifts, and with it every distance; ``refit_shift`` (ours) sets b before ev
 step as ``init_shift: auto`` sets it once (the batch's mean P(match) at its share of true
 pairs, detached), so the match stays calibrated whatever σ's level, and keeps the last b for
 inference.
+
+``mls_weight`` > 0 (ours, after PFE, Shi & Jain, ICCV 2019) gives σ an objective of its
+own: the mutual likelihood score of the same person's pairs, means held fixed, which sets
+σ_t² + σ_i² to the spread of a caption's matches around it in every dimension. Why: the
+closed form cannot tell σ from distance. A caption's σ and its mean's distance to its
+images add up to one per-caption offset, calibrated BCE fixes only the sum, and the means,
+trained by every other term, take it: on brief captions the distance of a caption's mean to
+its own images follows vagueness (partial ρ 0.14–0.23 on the recipes' checkpoints) while σ
+does not. PFE's term asks σ for that spread directly; with ``trains_sigma: false`` and
+``refit_shift`` the match then reads σ, stays calibrated, and no longer pulls it.
 """
 
 from __future__ import annotations
@@ -64,7 +74,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..types import Gaussian
-from .gaussian import LOGVAR_MAX, csd_distance, sample, w2_distance
+from .gaussian import LOGVAR_MAX, csd_distance, mutual_likelihood_loss, sample, w2_distance
 from .momentum import EMPTY
 from .pair_weights import weighted_mean
 
@@ -135,9 +145,11 @@ class ProbabilisticMatch(nn.Module):
     def __init__(self, init_scale: float = 5.0, init_shift: float | str = "auto",
                  distance: str = "csd", memory_size: int = 0, dim: int = 0,
                  estimate: str = "closed", num_samples: int = 7,
-                 trains_sigma: bool = True, refit_shift: bool = False) -> None:
+                 trains_sigma: bool = True, refit_shift: bool = False,
+                 mls_weight: float = 0.0) -> None:
         super().__init__()
         self.trains_sigma, self.refit_shift = trains_sigma, refit_shift
+        self.mls_weight = mls_weight
         if estimate not in ("closed", "sampled"):
             raise ValueError(f"estimate is 'closed' or 'sampled', not {estimate!r}")
         auto = init_shift == "auto"
@@ -183,7 +195,12 @@ class ProbabilisticMatch(nn.Module):
     def loss(self, text: Gaussian, image: Gaussian, pid: torch.Tensor,
              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(PCME++'s matching loss over every pair of a batch whose i-th caption and image
-        have identity ``pid[i]``, caption rows weighted by ``weights``; the logits [B, B])."""
+        have identity ``pid[i]``, caption rows weighted by ``weights``; the logits [B, B]),
+        plus ``mls_weight`` × PFE's σ term over the same person's pairs."""
+        extra = 0.0
+        if self.mls_weight > 0:
+            extra = self.mls_weight * mutual_likelihood_loss(
+                text.mean, text.logvar, image.mean, image.logvar, pid[:, None] == pid[None, :])
         if not self.trains_sigma:
             # the match reads σ but leaves its learning to the other terms
             text = Gaussian(text.mean, text.logvar.detach())
@@ -196,7 +213,7 @@ class ProbabilisticMatch(nn.Module):
                 self._start_shift(text, image, pid)
         logits = self.logits(text, image)
         if self.memory_size == 0:
-            return pcme_matching_loss(logits, pid, pid, weights), logits
+            return pcme_matching_loss(logits, pid, pid, weights) + extra, logits
         remembered_text = Gaussian(self.memory_text_mean, self.memory_text_logvar)
         remembered_image = Gaussian(self.memory_image_mean, self.memory_image_logvar)
         loss = (memory_matching_loss(logits, self.logits(text, remembered_image), pid, pid,
@@ -205,7 +222,7 @@ class ProbabilisticMatch(nn.Module):
                                        pid, pid, self.memory_pid, weights))
         if self.training:
             self._remember(text, image, pid)
-        return loss, logits
+        return loss + extra, logits
 
     @torch.no_grad()
     def _remember(self, text: Gaussian, image: Gaussian, pid: torch.Tensor) -> None:

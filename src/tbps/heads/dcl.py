@@ -38,7 +38,7 @@ from ..components.matching import (ProbabilisticMatch, check_match_estimate,
                                    expected_distance_embedding)
 from ..errors import ConfigError
 from ..distributed import gather_with_grad
-from ..settings_types import NonNegativeInt, PositiveFloat, PositiveInt
+from ..settings_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from ..types import EncoderOutput, Gaussian
 from .base import AlignmentHead, HeadContext
 from .sdm import sdm_from_logits
@@ -57,7 +57,8 @@ class DCLHead(AlignmentHead):
                  match_samples: PositiveInt = 7,
                  match_trains_sigma: bool = True,
                  match_lr: PositiveFloat | None = None,
-                 match_refit_shift: bool = False) -> None:
+                 match_refit_shift: bool = False,
+                 match_mls_weight: NonNegativeFloat = 0.0) -> None:
         super().__init__(ctx, weight)
         self.match_lr = match_lr
         self.objective, self.rank_by = objective, rank_by
@@ -75,7 +76,8 @@ class DCLHead(AlignmentHead):
             init_shift = 5.0  # a softmax never moves b: PCME++'s start, as before
         self.match = ProbabilisticMatch(init_scale, init_shift, distance, match_memory,
                                         ctx.embed_dim, match_estimate, match_samples,
-                                        match_trains_sigma, match_refit_shift)
+                                        match_trains_sigma, match_refit_shift,
+                                        match_mls_weight)
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         d = batch["distributions"]

@@ -85,6 +85,7 @@ class UGMHead(AlignmentHead):
                  match_trains_sigma: bool = True,
                  match_lr: PositiveFloat | None = None,
                  match_refit_shift: bool = False,
+                 match_mls_weight: NonNegativeFloat = 0.0,
                  sigma_prior_weight: NonNegativeFloat = 0.0,
                  sample_average: Literal["loss", "probability"] = "loss") -> None:
         super().__init__(ctx, weight)
@@ -100,7 +101,8 @@ class UGMHead(AlignmentHead):
                                         dim=ctx.embed_dim, estimate=match_estimate,
                                         num_samples=match_samples,
                                         trains_sigma=match_trains_sigma,
-                                        refit_shift=match_refit_shift)
+                                        refit_shift=match_refit_shift,
+                                        mls_weight=match_mls_weight)
         self.image_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.text_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.temperature, self.num_samples, self.kl_weight = temperature, num_samples, kl_weight
