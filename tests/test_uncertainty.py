@@ -212,6 +212,19 @@ def test_tbps_uncertainty_measures_what_it_says(ucfa_run, tmp_path, capsys):
     assert abs(fm["specific"] - float(mass[~vague].mean())) < 1e-3
     assert abs(fm["vs_log_identities_fitted"]["spearman"]
                - spearmanr(mass.numpy(), fitted).statistic) < 2e-3
+    # the means' offset beside σ's: each caption's mean distance to its own person's images
+    from tbps.model.uncertainty import gaussian
+    with torch.inference_mode():
+        text_mean = gaussian(module, "text", test_ids).mean.float()
+        image_mean = gaussian(module, "image", images).mean.float()
+    own = []
+    for t in range(len(text_mean)):
+        mine = [i for i in range(len(image_mean)) if same[t, i]]
+        own.append(sum(float(((text_mean[t] / text_mean[t].norm())
+                              - (image_mean[i] / image_mean[i].norm())).pow(2).sum())
+                       for i in mine) / len(mine))
+    od = got["ambiguity"]["own_image_distance_vs_log_identities_fitted"]
+    assert abs(od["spearman"] - spearmanr(own, fitted).statistic) < 2e-3
 
 
 def test_the_stated_attributes_predictor_recovers_a_count_that_the_stated_keys_decide():

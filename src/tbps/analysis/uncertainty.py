@@ -23,7 +23,11 @@ UCFA's distributions), three measurements, as JSON:
   with a match probability, what PCME++'s loss would raise σ for (``false_match_mass``):
   each caption's P(match) summed over other people's images, for vague and specific
   captions and against log(identities fitted). When the means do not bring a vague caption
-  nearer the people it also fits, this is level, and σ has no signal to follow.
+  nearer the people it also fits, this is level, and σ has no signal to follow. And the
+  same two figures for the squared distance of the caption's mean to its own person's
+  images (``own_image_distance_vs_log_identities_fitted``, means l2-normalised): in PCME++'s
+  closed form that distance and Σσ_t² add up to one per-caption offset, so where σ misses
+  vagueness this says whether the means hold it instead.
 - ``calibration`` (a model with a match probability): the expected calibration error of
   P(match) over every (test caption, test image) pair against "same person" (15 bins), and
   the mean P(match) of true and false pairs.
@@ -35,6 +39,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchmetrics.functional import spearman_corrcoef
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
@@ -147,9 +152,11 @@ def partial_spearman(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> dict[
 
 @torch.inference_mode()
 def ambiguity(module, dm, matched: tuple[torch.Tensor, torch.Tensor] | None,
+              gaussians: tuple[Gaussian, Gaussian, torch.Tensor] | None = None,
               split: str = "test", batch_size: int = 256) -> dict:
     """σ against vagueness on ``split``; ``matched``: ``match_probabilities`` of the same
-    split (None without a match probability), read for the false-match mass."""
+    split (None without a match probability), read for the false-match mass; ``gaussians``:
+    ``split_gaussians`` of it, read for the means' distance to the caption's own images."""
     by_split = _captions_by_split(dm.root / dm.benchmark.folder / dm.benchmark.annotation)
     captions = by_split.get(split)
     if not captions:
@@ -168,6 +175,14 @@ def ambiguity(module, dm, matched: tuple[torch.Tensor, torch.Tensor] | None,
     if train:
         predicted = text_only_prediction(train, captions)
         out["stated_attributes_predictor"] = partial_spearman(predicted, count.log(), length)
+    if gaussians is not None:
+        # PCME++'s closed form adds Σσ_t² and the means' distance into one per-caption
+        # offset; where σ does not follow vagueness, this says whether the means took it
+        text, image, same = gaussians
+        d = torch.cdist(F.normalize(text.mean, dim=-1), F.normalize(image.mean, dim=-1)) ** 2
+        own = (d * same).sum(1) / same.sum(1).clamp_min(1)
+        out["own_image_distance_vs_log_identities_fitted"] = partial_spearman(
+            own, count.log(), length)
     vague = count > count.median()
     out["sigma_vague"] = round(float(sigma[vague].mean()), 5)
     out["sigma_specific"] = round(float(sigma[~vague].mean()), 5)
@@ -185,22 +200,37 @@ def ambiguity(module, dm, matched: tuple[torch.Tensor, torch.Tensor] | None,
 
 
 @torch.inference_mode()
-def match_probabilities(module, dm, split: str = "test", batch_size: int = 256
-                        ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """P(match) of every (caption, image) pair of ``split`` [T, I] and "same person" [T, I],
-    or None for a model without a match probability."""
+def split_gaussians(module, dm, split: str = "test", batch_size: int = 256
+                    ) -> tuple[Gaussian, Gaussian, torch.Tensor]:
+    """The Gaussians of ``split``'s captions and gallery images (float32, on the CPU), and
+    "same person" [T, I]."""
     gallery_loader, _ = dm._eval_loaders(split)
-    rec = dm.records[split]
-    images = [gaussian(module, "image", b["image"]) for b in gallery_loader]
-    image = Gaussian(torch.cat([g.mean for g in images]), torch.cat([g.logvar for g in images]))
     ids = dm._caption_ids[split]
+    images = [gaussian(module, "image", b["image"]) for b in gallery_loader]
+    texts = [gaussian(module, "text", ids[s:s + batch_size]) for s in range(0, len(ids), batch_size)]
+
+    def joined(parts: list[Gaussian]) -> Gaussian:
+        return Gaussian(torch.cat([g.mean.float().cpu() for g in parts]),
+                        torch.cat([g.logvar.float().cpu() for g in parts]))
+
+    rec = dm.records[split]
+    same = torch.tensor(rec.caption_pids)[:, None] == torch.tensor(rec.image_pids)[None, :]
+    return joined(texts), joined(images), same
+
+
+@torch.inference_mode()
+def match_probabilities(module, gaussians: tuple[Gaussian, Gaussian, torch.Tensor],
+                        batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """P(match) of every (caption, image) pair [T, I] of ``split_gaussians``' output and
+    "same person" [T, I], or None for a model without a match probability."""
+    text, image, same = gaussians
     probs = []
-    for s in range(0, len(ids), batch_size):
-        prob = match_probability(module, gaussian(module, "text", ids[s:s + batch_size]), image)
+    for s in range(0, len(text.mean), batch_size):
+        rows = Gaussian(text.mean[s:s + batch_size], text.logvar[s:s + batch_size])
+        prob = match_probability(module, rows, image)
         if prob is None:
             return None
         probs.append(prob.float().cpu())
-    same = torch.tensor(rec.caption_pids)[:, None] == torch.tensor(rec.image_pids)[None, :]
     return torch.cat(probs), same
 
 
@@ -230,9 +260,10 @@ def measure(ckpt: str, batch_size: int = 64) -> dict:
         noise = noise_detection(module, dm, batch_size)
     except NoUncertainty as exc:
         raise NoUncertainty(f"{ckpt}: {exc}") from None
-    matched = match_probabilities(module, dm)  # the test pairs' P(match), read twice below
+    gaussians = split_gaussians(module, dm)
+    matched = match_probabilities(module, gaussians)  # the test pairs' P(match), read twice below
     return {"checkpoint": str(ckpt), "noise_rate": module.cfg["data"].get("noise_rate", 0.0),
-            "noise": noise, "ambiguity": ambiguity(module, dm, matched),
+            "noise": noise, "ambiguity": ambiguity(module, dm, matched, gaussians),
             "calibration": calibration(matched)}
 
 
