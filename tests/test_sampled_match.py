@@ -176,7 +176,8 @@ def test_the_match_may_learn_at_a_rate_of_its_own():
 
 def test_a_refitted_shift_follows_sigma_level_every_step():
     """``match_refit_shift``: before each training step b is set where the batch's mean
-    logit is logit(share of true pairs), so a wider σ (larger distances) moves b with it."""
+    P(match) is its share of true pairs (BCE's optimum for b), so a wider σ (larger
+    distances) moves b with it."""
     g = torch.Generator().manual_seed(5)
     pid = torch.tensor([0, 0, 1, 2, 3, 3])
     share = float((pid[:, None] == pid[None, :]).float().mean())
@@ -186,7 +187,13 @@ def test_a_refitted_shift_follows_sigma_level_every_step():
         text = Gaussian(torch.randn(6, 6, generator=g), torch.full((6, 6), logvar))
         image = Gaussian(torch.randn(6, 6, generator=g), torch.full((6, 6), logvar))
         _, logits = head.match.loss(text, image, pid)
-        assert abs(float(logits.detach().mean()) - math.log(share / (1 - share))) < 1e-4
+        assert abs(float(torch.sigmoid(logits.detach()).mean()) - share) < 1e-5
+        # BCE's gradient on b vanishes there: b is the batch's optimum, not a first guess
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        b = head.match.shift.detach().clone().requires_grad_(True)
+        matched = (pid[:, None] == pid[None, :]).float()
+        bce(logits.detach() - head.match.shift.detach() + b, matched).backward()
+        assert abs(float(b.grad)) < 1e-5
         shifts.append(float(head.match.shift))
     assert shifts[1] > shifts[0] + 5  # Σσ² rose by about 5 per side, a = 5
     head.eval()

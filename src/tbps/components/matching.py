@@ -49,8 +49,9 @@ tbps.analysis.sigma_signal``). Left to the terms that sample (UCFA's point contr
 its abstract says "optimizes the learning of distributions", an ID loss averaged over
 samples, CRUE's UGM), σ is what they make of it, and the match still reads it. Its level
 then drifts, and with it every distance; ``refit_shift`` (ours) sets b before every training
-step as ``init_shift: auto`` sets it once (the batch's mean P(match) at its share of true
-pairs, detached), so the match stays calibrated whatever σ's level, and keeps the last b for
+step where the batch's mean P(match) is its share of true pairs (detached; solved exactly,
+BCE's own optimum for b given a, where ``init_shift: auto`` takes the first-order start
+once), so the match stays calibrated whatever σ's level, and keeps the last b for
 inference.
 
 ``mls_weight`` > 0 (ours, after PFE, Shi & Jain, ICCV 2019) gives σ an objective of its
@@ -240,10 +241,28 @@ class ProbabilisticMatch(nn.Module):
     def _start_shift(self, text: Gaussian, image: Gaussian, pid: torch.Tensor) -> None:
         share = (pid[:, None] == pid[None, :]).float().mean().clamp(1e-4, 1 - 1e-4)
         d = distribution_distance(image.mean, image.logvar, text.mean, text.logvar,
-                                  self.distance)
+                                  self.distance).float()
         # b with mean over pairs of (−a·d + b) = logit(share): a first-order start, then b learns
-        self.shift.fill_(float(math.log(share / (1 - share)) + self.scale * d.float().mean()))
+        self.shift.fill_(float(math.log(share / (1 - share)) + self.scale * d.mean()))
+        if self.refit_shift:
+            # every step: b where the batch's mean P(match) is exactly its share of true
+            # pairs, BCE's own optimum for b given a (the first-order start overshoots once
+            # the logits spread: the mean of a sigmoid is not the sigmoid of the mean)
+            self.shift.copy_(fit_shift(-self.scale.detach() * d, share, self.shift.detach()))
         self.shift_pending.fill_(False)
+
+
+def fit_shift(logits: torch.Tensor, share: torch.Tensor, start: torch.Tensor,
+              steps: int = 30) -> torch.Tensor:
+    """b with mean(sigmoid(logits + b)) = ``share``: Newton's method from ``start``, each step
+    bounded to ±4 (the mean of a sigmoid is increasing in b, so this converges); a fixed
+    number of steps, no data-dependent branch."""
+    b = start.clone()
+    for _ in range(steps):
+        p = torch.sigmoid(logits + b)
+        step = (p.mean() - share) / (p * (1 - p)).mean().clamp_min(1e-12)
+        b = b - step.clamp(-4.0, 4.0)
+    return b
 
 
 def expected_distance_embedding(modality: str, gaussian: Gaussian) -> torch.Tensor:
