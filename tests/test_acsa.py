@@ -3,6 +3,7 @@ utils/metric.py: ``func_attention_MxN`` per caption, ``compute_weiTexts``' loop,
 contrastive loss), the fused ranking against the dense fusion, phrase pooling and phrase
 token sequences against loops, and a short run end to end with its fusion weight."""
 
+import spawned
 import json
 
 import pytest
@@ -323,7 +324,7 @@ def _acsa_rank(rank, world, port, folder):
     torch.save(_acsa_loss(ACSAHead, HeadContext, EncoderOutput, slice(rank * 4, rank * 4 + 4)),
                f"{folder}/rank{rank}.pt")
     dist.barrier()
-    dist.destroy_process_group()
+    spawned.leave()
 
 
 def _acsa_loss(ACSAHead, HeadContext, EncoderOutput, part):

@@ -2,6 +2,7 @@
 the queues (wrap-around, identical on two processes), the EMA update, caption augmentation,
 gradients into the variance head, bf16 with extreme inputs, and a checkpoint round trip."""
 
+import spawned
 import math
 import os
 
@@ -261,7 +262,7 @@ def _two_rank_queue(rank, world, port, out):
         feats = torch.randn(2, 4)
         mem.enqueue(mem.view(feats, -feats, torch.randint(0, 9, (2,))))
     torch.save({k: v.clone() for k, v in mem.state_dict().items()}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    spawned.leave()
 
 
 def test_queues_identical_on_two_processes(tmp_path):

@@ -3,6 +3,7 @@ gradients over two processes equal one process over the whole batch; `tbps eval`
 same metrics with 1 and 2 processes on a gallery that does not divide by 2; training ranks
 see disjoint data that reshuffles per epoch; the multi-node configuration instantiates."""
 
+import spawned
 import json
 import os
 import socket
@@ -65,7 +66,7 @@ def _rank_losses(rank, world, port, out):
     image, text, pid = _inputs()
     part = slice(rank * B // world, (rank + 1) * B // world)
     torch.save(_losses(image[part], text[part], pid[part]), f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    spawned.leave()
 
 
 def test_gathered_losses_and_gradients_equal_one_process(tmp_path):

@@ -5,6 +5,7 @@ them, the weights a training step hands the heads, and a resumed run keeping the
 
 from __future__ import annotations
 
+import spawned
 import numpy as np
 import pytest
 import torch
@@ -155,7 +156,7 @@ def _rank_divide(rank, world, port, root, run_dir, out):
                              *DIVIDE_ALWAYS)
     report = _prepare(module, dm, 0, world, rank)
     torch.save({"clean": module.pair_division.clean, "report": report}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    spawned.leave()
 
 
 def test_two_processes_hold_the_division_of_one_process(tiny_synth, tmp_path):

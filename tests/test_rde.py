@@ -5,6 +5,7 @@ a slow reference written from the paper's and the code's description."""
 
 from __future__ import annotations
 
+import spawned
 import contextlib
 import json
 import math
@@ -402,7 +403,7 @@ def _rank_prepare(rank, world, port, root, run_dir, out):
     module.heads["rde"].image_tse.norm.running_mean.normal_()
     report = _prepare(module, dm, 0, world, rank)
     torch.save({"clean": module.heads["rde"].clean, "report": report}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    spawned.leave()
 
 
 NO_AUGMENT = ("data.augment.flip=0", "data.augment.pad=0", "data.augment.erase=0")

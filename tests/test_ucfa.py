@@ -3,6 +3,7 @@ forms on full covariances and Monte Carlo), DCL and PCL against plain-Python loo
 over two processes, attribute-word masking on SynthPedes and on real-style captions,
 gradients into the variance branch from every head, and a short run end to end."""
 
+import spawned
 import math
 import re
 import socket
@@ -194,7 +195,7 @@ def _rank(rank, world, port, folder):
     torch.save(_ucfa_losses(slice(rank * B // world, (rank + 1) * B // world)),
                f"{folder}/rank{rank}.pt")
     dist.barrier()  # neither rank leaves while the other still gathers
-    dist.destroy_process_group()
+    spawned.leave()
 
 
 def test_dcl_and_pcl_over_two_processes_equal_one_process(tmp_path):
