@@ -152,7 +152,7 @@ def partial_spearman(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> dict[
 
 @torch.inference_mode()
 def ambiguity(module, dm, matched: tuple[torch.Tensor, torch.Tensor] | None,
-              gaussians: tuple[Gaussian, Gaussian, torch.Tensor] | None = None,
+              gaussians: tuple[Gaussian, Gaussian, torch.Tensor],
               split: str = "test", batch_size: int = 256) -> dict:
     """σ against vagueness on ``split``; ``matched``: ``match_probabilities`` of the same
     split (None without a match probability), read for the false-match mass; ``gaussians``:
@@ -175,14 +175,13 @@ def ambiguity(module, dm, matched: tuple[torch.Tensor, torch.Tensor] | None,
     if train:
         predicted = text_only_prediction(train, captions)
         out["stated_attributes_predictor"] = partial_spearman(predicted, count.log(), length)
-    if gaussians is not None:
-        # PCME++'s closed form adds Σσ_t² and the means' distance into one per-caption
-        # offset; where σ does not follow vagueness, this says whether the means took it
-        text, image, same = gaussians
-        d = torch.cdist(F.normalize(text.mean, dim=-1), F.normalize(image.mean, dim=-1)) ** 2
-        own = (d * same).sum(1) / same.sum(1).clamp_min(1)
-        out["own_image_distance_vs_log_identities_fitted"] = partial_spearman(
-            own, count.log(), length)
+    # PCME++'s closed form adds Σσ_t² and the means' distance into one per-caption offset;
+    # where σ does not follow vagueness, this says whether the means took it
+    text, image, same = gaussians
+    d = torch.cdist(F.normalize(text.mean, dim=-1), F.normalize(image.mean, dim=-1)) ** 2
+    own = (d * same).sum(1) / same.sum(1).clamp_min(1)
+    out["own_image_distance_vs_log_identities_fitted"] = partial_spearman(
+        own, count.log(), length)
     vague = count > count.median()
     out["sigma_vague"] = round(float(sigma[vague].mean()), 5)
     out["sigma_specific"] = round(float(sigma[~vague].mean()), 5)
