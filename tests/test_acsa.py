@@ -3,7 +3,6 @@ utils/metric.py: ``func_attention_MxN`` per caption, ``compute_weiTexts``' loop,
 contrastive loss), the fused ranking against the dense fusion, phrase pooling and phrase
 token sequences against loops, and a short run end to end with its fusion weight."""
 
-import spawned
 import json
 
 import pytest
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 
 from tbps.heads.acsa import pairwise, phrase_token_ids, span_pool, stripe_tokens
 from tbps.metrics.retrieval import fused_metrics, ranked_metrics
+import spawned
 
 
 def _l2(x, dim):

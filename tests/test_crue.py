@@ -2,7 +2,6 @@
 the queues (wrap-around, identical on two processes), the EMA update, caption augmentation,
 gradients into the variance head, bf16 with extreme inputs, and a checkpoint round trip."""
 
-import spawned
 import math
 import os
 
@@ -17,6 +16,7 @@ from tbps.heads.base import HeadContext
 from tbps.heads.ire import ire_loss
 from tbps.heads.ugm import UGMHead, ugm_loss
 from tbps.types import EncoderOutput
+import spawned
 
 CTX = HeadContext(embed_dim=8, num_classes=5, vocab_size=50, mask_id=4, pad_id=0,
                   special_ids=(0, 1, 2, 3, 4))

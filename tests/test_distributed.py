@@ -3,7 +3,6 @@ gradients over two processes equal one process over the whole batch; `tbps eval`
 same metrics with 1 and 2 processes on a gallery that does not divide by 2; training ranks
 see disjoint data that reshuffles per epoch; the multi-node configuration instantiates."""
 
-import spawned
 import json
 import os
 import socket
@@ -18,6 +17,7 @@ import torch.multiprocessing as mp
 
 from tbps.heads.base import HeadContext
 from tbps.types import EncoderOutput
+import spawned
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 CTX = HeadContext(embed_dim=16, num_classes=6, vocab_size=50, mask_id=4, pad_id=0,

@@ -5,7 +5,6 @@ them, the weights a training step hands the heads, and a resumed run keeping the
 
 from __future__ import annotations
 
-import spawned
 import numpy as np
 import pytest
 import torch
@@ -15,6 +14,7 @@ from tbps.components.consensus import MixtureFit
 from tbps.components.pair_division import divide
 
 from test_rde import _prepare
+import spawned
 
 
 def _two_populations(n_clean=300, n_noisy=100, seed=0):

@@ -5,7 +5,6 @@ a slow reference written from the paper's and the code's description."""
 
 from __future__ import annotations
 
-import spawned
 import contextlib
 import json
 import math
@@ -26,6 +25,7 @@ from tbps.components.token_selection import TokenSelectionEmbedding
 from tbps.errors import ConfigError
 from tbps.heads.base import HeadContext
 from tbps.heads.rde import RDEHead, tal_per_pair
+import spawned
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 

@@ -3,7 +3,6 @@ forms on full covariances and Monte Carlo), DCL and PCL against plain-Python loo
 over two processes, attribute-word masking on SynthPedes and on real-style captions,
 gradients into the variance branch from every head, and a short run end to end."""
 
-import spawned
 import math
 import re
 import socket
@@ -19,6 +18,7 @@ from tbps.heads.base import HeadContext
 from tbps.heads.dcl import DCLHead
 from tbps.heads.pcl import PCLHead, inter_modal_loss, intra_modal_loss
 from tbps.heads.uamlr import select_attribute_words
+import spawned
 
 CTX = HeadContext(embed_dim=6, num_classes=5, vocab_size=50, mask_id=4, pad_id=0,
                   special_ids=(0, 1, 2, 3, 4))
