@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tbps.heads.acsa import pairwise, phrase_token_ids, span_pool, stripe_tokens
+from tbps.heads.acsa_attention import pairwise
+from tbps.heads.acsa_tokens import phrase_token_ids, span_pool, stripe_tokens
 from tbps.metrics.retrieval import fused_metrics, ranked_metrics
 import spawned
 

@@ -105,7 +105,7 @@ def phrase_scale_attention(module: TBPSModule, image: torch.Tensor, caption: str
     ``part_mode=channel_split`` the part tokens are channel groups, drawn at their nominal
     body regions (head, upper, lower, feet)."""
     from ..data.annotations import phrase_index
-    from ..heads.acsa import region_maps
+    from ..heads.acsa_tokens import region_maps
 
     head = next((h for h in module.heads.values() if hasattr(h, "phrase_token_attention")), None)
     if head is None:

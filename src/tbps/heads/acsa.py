@@ -27,6 +27,9 @@ once, in chunks of ``chunk`` images. Inference: score = w·global cosine + (1 �
 the ``top_k`` = 100 best gallery images of each query by the global cosine; w is
 ``fusion_weight`` if set, else the best of ``fusion_grid`` (the code's scanned values) on
 the validation split.
+
+The attention and its scores are in ``acsa_attention.py``, the image scales and the phrases
+in ``acsa_tokens.py``; this file is the head: its inputs, loss, explanation and re-scoring.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from pydantic import Field
 from torch import nn
@@ -43,197 +45,11 @@ from ..components.pooling import pool_text
 from ..distributed import gather_with_grad
 from ..settings_types import PositiveFloat, PositiveInt, Rate
 from ..types import EncoderOutput
+from .acsa_attention import EPS, i2t_from_products, l2norm, pairwise, t2i_attention
+from .acsa_tokens import (NUM_IMAGE_TOKENS, ChannelParts, phrase_token_ids, region_maps,
+                          scale_basis, span_pool, stripe_tokens)
 from .base import AlignmentHead, HeadContext, Modality
 from .cmpm import cmpm_from_logits
-
-EPS = 1e-8
-NUM_IMAGE_TOKENS = 7
-
-
-def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """SCAN's l2norm: x / (‖x‖ + 1e-8). ``Tensor.norm`` has a finite gradient at a zero
-    vector (a padded phrase), where a hand-written sqrt would give NaN."""
-    return x / (x.norm(dim=dim, keepdim=True) + EPS)
-
-
-def cos_to_unit(dot: torch.Tensor, att_norm: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    """The code's cos(v, l2norm(A)) from v·A, ‖A‖ and ‖v‖: l2norm divides A by ‖A‖ + 1e-8,
-    cos divides by max(‖v‖‖l2norm(A)‖, 1e-8)."""
-    unit = att_norm / (att_norm + EPS)
-    return (dot / (att_norm + EPS)) / (norm * unit).clamp(min=EPS)
-
-
-def quadratic_norm(a: torch.Tensor, equation: str, gram: torch.Tensor) -> torch.Tensor:
-    """‖Σ_j a_j u_j‖ = sqrt(aᵀ G a) with G the Gram matrix of the u_j (``equation`` names
-    the einsum); kept off 0 so that its gradient stays finite."""
-    return torch.einsum(equation, a, gram, a).clamp(min=EPS**2).sqrt()
-
-
-# The two scores from products alone. A pair's attention needs only the P × 7 cosines
-# K̂_T·Q̂_I, and cos(V, l2norm(Σ a V')) needs only the P × 7 products V_T·V_I and the Gram
-# matrix of the attended side: ‖Σ_j a_j u_j‖² = aᵀ G a. So no pair forms attended
-# D-dimensional vectors: every caption's phrases meet every image's tokens in two matrix
-# products, and what follows works on [captions, P, images, 7].
-def i2t_from_products(s: torch.Tensor, sv: torch.Tensor, gram_t: torch.Tensor,
-                      v_norm: torch.Tensor, mask: torch.Tensor, lam: float) -> torch.Tensor:
-    """Image tokens attend to phrases: mean over the 7 tokens of cos(V_I, l2norm(A)).
-    ``s`` = K̂_T·Q̂_I and ``sv`` = V_T·V_I [T, P, I, 7] (T captions, I images), ``gram_t`` =
-    V_T V_Tᵀ [T, P, P], ``v_norm`` = ‖V_I‖ [T or 1, I, 7], ``mask`` [T, P] -> [T, I]."""
-    s = l2norm(F.leaky_relu(s, 0.1), dim=-1) * lam                      # over the 7 queries
-    s = s.masked_fill(~mask[:, :, None, None], float("-inf"))
-    a = s.softmax(dim=1)                                                 # over the phrases
-    att = quadratic_norm(a, "tpir,tpq,tqir->tir", gram_t)
-    return cos_to_unit((a * sv).sum(1), att, v_norm).mean(-1)
-
-
-def t2i_from_products(s: torch.Tensor, sv: torch.Tensor, gram_i: torch.Tensor,
-                      t_norm: torch.Tensor, mask: torch.Tensor, lam: float) -> torch.Tensor:
-    """Phrases attend to image tokens: mean over the real phrases of cos(V_T, l2norm(A)).
-    ``s``, ``sv`` as in ``i2t_from_products``, ``gram_i`` = V_I V_Iᵀ [I, 7, 7], ``t_norm``
-    = ‖V_T‖ [T, P] -> [T, I]. As in the code, the l2-normalisation over the phrases (the
-    queries here) sees the padded slots, whose zero keys add nothing to it."""
-    a = t2i_attention(s, lam)
-    att = quadratic_norm(a, "tpir,irs,tpis->tpi", gram_i)
-    cos = cos_to_unit((a * sv).sum(-1), att, t_norm[..., None])          # [T, P, I]
-    keep = mask[..., None].to(cos.dtype)
-    return (cos * keep).sum(1) / keep.sum(1).clamp(min=1)
-
-
-def t2i_attention(s: torch.Tensor, lam: float) -> torch.Tensor:
-    """Each phrase's attention over the 7 image tokens from the cosines ``s`` [T, P, I, 7]:
-    l2-normalised over the phrases (the queries), softmax over the 7."""
-    return (l2norm(F.leaky_relu(s, 0.1), dim=1) * lam).softmax(dim=-1)
-
-
-def pair_products(text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """Every phrase of every caption against every token of every image: [T, P, D] ×
-    [I, 7, D] -> [T, P, I, 7], one matrix product."""
-    t, p, d = text.shape
-    out = text.reshape(t * p, d) @ image.reshape(-1, d).t()
-    return out.view(t, p, image.shape[0], image.shape[1])
-
-
-def pairwise(img_q: torch.Tensor, img_v: torch.Tensor, txt_k: torch.Tensor,
-             txt_v: torch.Tensor, txt_mask: torch.Tensor, lam: float, chunk: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(i2t, t2i), each [B_img, B_txt]: the scores of every image with every caption,
-    ``chunk`` images at a time (memory O(B_txt × P × chunk × 7))."""
-    k_hat, t_norm = l2norm(txt_k), txt_v.norm(dim=-1)
-    gram_t = txt_v @ txt_v.transpose(-1, -2)
-    i2t, t2i = [], []
-    for start in range(0, img_q.shape[0], chunk):
-        q, v = img_q[start:start + chunk], img_v[start:start + chunk]
-        s, sv = pair_products(k_hat, l2norm(q)), pair_products(txt_v, v)
-        i2t.append(i2t_from_products(s, sv, gram_t, v.norm(dim=-1)[None], txt_mask, lam))
-        t2i.append(t2i_from_products(s, sv, v @ v.transpose(-1, -2), t_norm, txt_mask, lam))
-    return torch.cat(i2t, 1).t(), torch.cat(t2i, 1).t()
-
-
-def scale_basis(part_mode: str, grid: tuple[int, int]) -> tuple[list[int], torch.Tensor]:
-    """Which of the 7 scale tokens span them all, and M [7, b] with tokens = M · those.
-    Stripes: a half is the row-weighted mean of the two stripes it covers when the grid's
-    rows split so (24 rows: 6 + 6 = 12); otherwise all 7 are kept. Channel split: the first
-    token is the mean of the other six."""
-    eye = torch.eye(NUM_IMAGE_TOKENS)
-    if part_mode == "channel_split":
-        mix = eye[:, 1:].clone()
-        mix[0] = 1 / 6
-        return list(range(1, 7)), mix
-    stripes = [len(r) for r in torch.tensor_split(torch.arange(grid[0]), 4)]
-    halves = [len(r) for r in torch.tensor_split(torch.arange(grid[0]), 2)]
-    if stripes[0] + stripes[1] != halves[0]:
-        return list(range(NUM_IMAGE_TOKENS)), eye
-    mix = eye[:, :5].clone()
-    for half, (a, b) in enumerate(((1, 2), (3, 4))):
-        mix[5 + half, a] = stripes[a - 1] / halves[half]
-        mix[5 + half, b] = stripes[b - 1] / halves[half]
-    return list(range(5)), mix
-
-
-def stripe_tokens(tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patch tokens [B, 1 + gh·gw, D] -> (4 horizontal stripes [B, 4, D], 2 halves [B, 2, D]),
-    each the mean of its rows of patches."""
-    gh, gw = grid
-    patches = rearrange(tokens[:, -gh * gw:], "b (h w) d -> b h w d", h=gh, w=gw)
-    rows = patches.mean(2)                                                  # [B, gh, D]
-    stripes = torch.stack([r.mean(1) for r in torch.tensor_split(rows, 4, dim=1)], 1)
-    halves = torch.stack([r.mean(1) for r in torch.tensor_split(rows, 2, dim=1)], 1)
-    return stripes, halves
-
-
-def scale_regions(grid: tuple[int, int]) -> torch.Tensor:
-    """Where each of the 7 image tokens pools from, as rows of the patch grid [7, gh], each
-    row summing to 1: the global token the whole image, the stripes their quarter of the
-    rows, the halves their half. (With ``part_mode=channel_split`` the part tokens are
-    channel groups; they are drawn at these nominal body regions, head to feet.)"""
-    gh = grid[0]
-    regions = torch.zeros(NUM_IMAGE_TOKENS, gh)
-    regions[0] = 1.0
-    for j, rows in enumerate(torch.tensor_split(torch.arange(gh), 4)):
-        regions[1 + j, rows] = 1.0
-    for j, rows in enumerate(torch.tensor_split(torch.arange(gh), 2)):
-        regions[5 + j, rows] = 1.0
-    return regions / regions.sum(1, keepdim=True)
-
-
-def region_maps(weights: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Weights over the 7 image tokens [P, 7] -> maps [P, gh, gw]: each token's weight
-    spread evenly over the rows it pools (``scale_regions``)."""
-    rows = weights @ scale_regions(grid).to(weights.device)                # [P, gh]
-    return rows[:, :, None].expand(-1, *grid)
-
-
-class ChannelParts(nn.Module):
-    """The official code's part tokens: a residual block over the global feature, split into
-    6 channel chunks; head = chunks 0-1, upper = 1-2, lower = 3-4, feet = 5, each through
-    FC + ReLU + Dropout(0.5)."""
-
-    GROUPS = ((0, 1), (1, 2), (3, 4), (5,))
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.block = nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(),
-                                   nn.Linear(dim, dim), nn.BatchNorm1d(dim))
-        sizes = [len(c) for c in torch.tensor_split(torch.arange(dim), 6)]
-        self.fcs = nn.ModuleList(
-            nn.Sequential(nn.Linear(sum(sizes[i] for i in g), dim), nn.ReLU(), nn.Dropout(0.5))
-            for g in self.GROUPS)
-
-    def forward(self, feature: torch.Tensor) -> torch.Tensor:
-        x = F.relu(feature + self.block(feature))
-        chunks = torch.tensor_split(x, 6, dim=-1)
-        return torch.stack([fc(torch.cat([chunks[i] for i in g], -1))
-                            for fc, g in zip(self.fcs, self.GROUPS)], 1)         # [B, 4, D]
-
-
-def span_pool(tokens: torch.Tensor, phrases: torch.Tensor, num_phrases: int
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token features [B, L, D] and the ``phrases`` annotation [B, L] (0, or p ≥ 1 on the
-    p-th phrase's tokens) -> (phrase features [B, P, D], mask [B, P])."""
-    member = F.one_hot(phrases.clamp(max=num_phrases + 1), num_phrases + 2)[..., 1:-1]
-    member = member.to(tokens.dtype)                                          # [B, L, P]
-    count = member.sum(1)                                                     # [B, P]
-    pooled = torch.einsum("blp,bld->bpd", member, tokens) / count.clamp(min=1)[..., None]
-    return pooled, count > 0
-
-
-def phrase_token_ids(ids: torch.Tensor, phrases: torch.Tensor, num_phrases: int,
-                     length: int, sos_id: int, eos_id: int, pad_id: int) -> torch.Tensor:
-    """Each phrase as a caption of its own, for ``phrase_mode: separate``: [B·P, length] ids
-    "start, the phrase's tokens, end", padded (cut to ``length``). Fixed shapes."""
-    b, seq = ids.shape
-    slot = torch.arange(1, num_phrases + 1, device=ids.device)
-    member = phrases[:, None, :] == slot[None, :, None]                      # [B, P, L]
-    rank = member.long().cumsum(-1)                                           # 1-based
-    keep = member & (rank <= length - 2)
-    out = torch.full((b, num_phrases, length + 1), pad_id, dtype=ids.dtype, device=ids.device)
-    where = torch.where(keep, rank, torch.full_like(rank, length))            # dump column
-    out.scatter_(2, where, ids[:, None, :].expand(-1, num_phrases, -1))
-    out = out[..., :length]
-    out[..., 0] = sos_id
-    n = keep.sum(-1, keepdim=True)                                            # [B, P, 1]
-    out.scatter_(2, n + 1, torch.full_like(n, eos_id))
-    return rearrange(out, "b p l -> (b p) l")
 
 
 class ACSAHead(AlignmentHead):
