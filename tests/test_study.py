@@ -81,3 +81,37 @@ def test_record_refuses_a_study_without_finished_runs(tmp_path):
 def test_study_refuses_bad_arguments(capsys):
     assert main(["study", "--epochs", "0", "--dry-run"]) == 2
     assert "--epochs must be at least 1" in capsys.readouterr().err
+
+
+def test_a_run_is_trained_by_one_study_at_a_time(tmp_path, capsys):
+    """Two studies over one folder: a run another live process holds, or one that finished
+    since the study was planned, is skipped, not trained twice into the same checkpoints;
+    the lock of a process that has ended is taken over."""
+    from tbps.study import LOCK, claim, run_study
+
+    folder = tmp_path / "study" / "synthetic" / "noise0-seed0"
+    assert claim(folder) is None
+    assert (folder / LOCK).read_text() == str(os.getpid())
+    assert "another study is training it" in claim(folder)
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    (folder / LOCK).write_text(str(ended.pid))
+    assert claim(folder) is None  # a stopped study's lock
+    (folder / LOCK).write_text("half-writ")
+    assert claim(folder) is None
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (folder / LOCK).write_text(str(holder.pid))
+        run_study(tmp_path / "study", ["synthetic"], [0.0], [0], epochs=1, parallel=1)
+        text = capsys.readouterr().out
+        assert f"skipped {folder}: another study is training it (process {holder.pid}" in text
+        assert "trained 0 runs" in text and "started" not in text
+        assert (folder / LOCK).read_text() == str(holder.pid)  # left to its holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+    (folder / "metrics.json").write_text("{}")
+    assert claim(folder) == "finished meanwhile"

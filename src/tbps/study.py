@@ -3,7 +3,10 @@ several seeds each, on the same per-run budget, then `tbps report` over them.
 
 Runs go to ``<out>/<experiment>/noise<rate>-seed<seed>/``. A run that finished
 (metrics.json) is skipped; one that was stopped continues from its last.ckpt; so the study
-can be stopped and restarted. Trainings run ``parallel`` at a time with one thread each
+can be stopped and restarted. Two studies over one folder share it: each run folder is
+claimed by the process that trains it (``study.lock``, holding that training's process id),
+and a study skips a run another one is training or has finished meanwhile, instead of
+training it a second time into the same checkpoints. Trainings run ``parallel`` at a time with one thread each
 (the 2-core machine: two at a time), each in its own process.
 
 The whole protocol (six methods, clean and noisy, three seeds, 12 epochs) takes about four
@@ -49,6 +52,42 @@ class StudyRun:
         return args
 
 
+LOCK = "study.lock"
+
+
+def _holder(lock: Path) -> int | None:
+    """The process id in ``lock`` if that process is still running, else None."""
+    try:
+        pid = int(lock.read_text().strip())
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except (OSError, ValueError):
+        return None  # gone, or a lock left half-written: stale
+    return pid
+
+
+def claim(folder: Path) -> str | None:
+    """Takes ``folder`` for this process (its id in ``study.lock``); returns why not when the
+    run finished since the study was planned or another study is training it. A lock whose
+    process has ended (a study that was stopped) is taken over."""
+    if (folder / "metrics.json").is_file():
+        return "finished meanwhile"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is not None:
+                return f"another study is training it (process {holder}, {lock})"
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return None
+    return f"could not take {lock}"
+
+
 def plan(out: Path, methods: list[str], noises: list[float], seeds: list[int]) -> list[StudyRun]:
     return [StudyRun(m, r, s, out / m / f"noise{r:g}-seed{s}")
             for r in noises for s in seeds for m in methods]
@@ -74,29 +113,39 @@ def run_study(out: str | Path = "runs/study", methods: list[str] | None = None,
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     running: list[tuple[StudyRun, subprocess.Popen, float, object]] = []
     failed: list[StudyRun] = []
+    skipped = 0
     queue = list(todo)
     began = time.perf_counter()
     while queue or running:
         while queue and len(running) < parallel:
             r = queue.pop(0)
-            r.folder.mkdir(parents=True, exist_ok=True)
+            why = claim(r.folder)
+            if why is not None:
+                skipped += 1
+                print(f"  skipped {r.folder}: {why}", flush=True)
+                continue
             log = open(r.folder / "study.log", "a")
             proc = subprocess.Popen(r.command(epochs, list(extra)), stdout=log,
                                     stderr=subprocess.STDOUT, env=env)
+            # the training holds the run: a study stopped meanwhile leaves it claimed
+            (r.folder / LOCK).write_text(str(proc.pid))
             running.append((r, proc, time.perf_counter(), log))
             print(f"  started {r.folder}", flush=True)
+        if not running:
+            break
         time.sleep(2)
         for item in list(running):
             r, proc, start, log = item
             if proc.poll() is not None:
                 running.remove(item)
                 log.close()
+                (r.folder / LOCK).unlink(missing_ok=True)
                 took = time.perf_counter() - start
                 print(f"  {'done' if proc.returncode == 0 else 'FAILED'} {r.folder} "
                       f"({took:.0f} s)", flush=True)
                 if proc.returncode != 0:
                     failed.append(r)
-    print(f"study: trained {len(todo) - len(failed)} runs in {(time.perf_counter() - began) / 60:.1f} "
+    print(f"study: trained {len(todo) - len(failed) - skipped} runs in {(time.perf_counter() - began) / 60:.1f} "
           f"min of wall clock ({parallel} at a time)", flush=True)
     if failed:
         raise ConfigError(f"{len(failed)} study runs failed; see study.log in "

@@ -207,7 +207,7 @@ class ProbabilisticMatch(nn.Module):
             text = Gaussian(text.mean, text.logvar.detach())
             image = Gaussian(image.mean, image.logvar.detach())
         if self.training and self.refit_shift:
-            self._start_shift(text, image, pid)  # every step: b follows σ's level
+            self._refit_shift(text, image, pid)  # every step: b follows σ's level
         elif self.training and not self._checked:
             self._checked = True
             if bool(self.shift_pending):
@@ -244,11 +244,20 @@ class ProbabilisticMatch(nn.Module):
                                   self.distance).float()
         # b with mean over pairs of (−a·d + b) = logit(share): a first-order start, then b learns
         self.shift.fill_(float(math.log(share / (1 - share)) + self.scale * d.mean()))
-        if self.refit_shift:
-            # every step: b where the batch's mean P(match) is exactly its share of true
-            # pairs, BCE's own optimum for b given a (the first-order start overshoots once
-            # the logits spread: the mean of a sigmoid is not the sigmoid of the mean)
-            self.shift.copy_(fit_shift(-self.scale.detach() * d, share, self.shift.detach()))
+        self.shift_pending.fill_(False)
+
+    @torch.no_grad()
+    def _refit_shift(self, text: Gaussian, image: Gaussian, pid: torch.Tensor) -> None:
+        """b where the batch's mean P(match) is exactly its share of true pairs, BCE's own
+        optimum for b given a (the first-order start above overshoots once the logits
+        spread: the mean of a sigmoid is not the sigmoid of the mean). Every training step,
+        so tensors only: no Python number, no branch, and the compiled step stays one graph."""
+        share = (pid[:, None] == pid[None, :]).float().mean().clamp(1e-4, 1 - 1e-4)
+        d = distribution_distance(image.mean, image.logvar, text.mean, text.logvar,
+                                  self.distance).float()
+        scale = self.scale.detach()
+        start = torch.logit(share) + scale * d.mean()
+        self.shift.copy_(fit_shift(-scale * d, share, start))
         self.shift_pending.fill_(False)
 
 
