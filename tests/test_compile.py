@@ -35,6 +35,11 @@ FAMILIES = {
                                          "encoder.global_bottleneck=true"]),
     # BGE + TSE (attention rows, top-k selection, BatchNorm MLP), TAL over the division
     "rde": ("rde_synthetic", ["heads.rde.tse_dim=32"]),
+    # PCME++'s match reading σ, PFE's term training it, b solved every step (a loop of
+    # Newton steps inside the compiled step)
+    "crue_pfe": ("crue_synthetic", ["memory.size=64", "heads.ugm.match_mls_weight=1",
+                                    "heads.ugm.match_trains_sigma=false",
+                                    "heads.ugm.match_refit_shift=true"]),
     "ucfa_weight": ("ucfa_synthetic", ["heads.uamlr.num_heads=2", "heads.uamlr.uncertainty=weight",
                                        "heads.dcl.distance=csd", "distributions.variance_from=global"]),
 }
