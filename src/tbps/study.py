@@ -6,8 +6,8 @@ Runs go to ``<out>/<experiment>/noise<rate>-seed<seed>/``. A run that finished
 can be stopped and restarted. Two studies over one folder share it: each run folder is
 claimed by the process that trains it (``study.lock``, holding that training's process id),
 and a study skips a run another one is training or has finished meanwhile, instead of
-training it a second time into the same checkpoints. Trainings run ``parallel`` at a time with one thread each
-(the 2-core machine: two at a time), each in its own process.
+training it a second time into the same checkpoints. Trainings run ``parallel`` at a time
+with one thread each (the 2-core machine: two at a time), each in its own process.
 
 The whole protocol (six methods, clean and noisy, three seeds, 12 epochs) takes about four
 and a half hours on the 2-core machine, beyond the 150 minutes a study may take, so `make

@@ -237,11 +237,16 @@ class ProbabilisticMatch(nn.Module):
         self.memory_pid[idx] = pid[-n:]
         self.memory_ptr.copy_((self.memory_ptr + n) % self.memory_size)
 
+    def _share_and_distances(self, text: Gaussian, image: Gaussian, pid: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's share of true pairs (kept off 0 and 1) and its distances [I, T]."""
+        share = (pid[:, None] == pid[None, :]).float().mean().clamp(1e-4, 1 - 1e-4)
+        return share, distribution_distance(image.mean, image.logvar, text.mean, text.logvar,
+                                            self.distance).float()
+
     @torch.no_grad()
     def _start_shift(self, text: Gaussian, image: Gaussian, pid: torch.Tensor) -> None:
-        share = (pid[:, None] == pid[None, :]).float().mean().clamp(1e-4, 1 - 1e-4)
-        d = distribution_distance(image.mean, image.logvar, text.mean, text.logvar,
-                                  self.distance).float()
+        share, d = self._share_and_distances(text, image, pid)
         # b with mean over pairs of (−a·d + b) = logit(share): a first-order start, then b learns
         self.shift.fill_(float(math.log(share / (1 - share)) + self.scale * d.mean()))
         self.shift_pending.fill_(False)
@@ -252,9 +257,7 @@ class ProbabilisticMatch(nn.Module):
         optimum for b given a (the first-order start above overshoots once the logits
         spread: the mean of a sigmoid is not the sigmoid of the mean). Every training step,
         so tensors only: no Python number, no branch, and the compiled step stays one graph."""
-        share = (pid[:, None] == pid[None, :]).float().mean().clamp(1e-4, 1 - 1e-4)
-        d = distribution_distance(image.mean, image.logvar, text.mean, text.logvar,
-                                  self.distance).float()
+        share, d = self._share_and_distances(text, image, pid)
         scale = self.scale.detach()
         start = torch.logit(share) + scale * d.mean()
         self.shift.copy_(fit_shift(-scale * d, share, start))
