@@ -11,7 +11,7 @@ import yaml
 from tbps.cli import main
 
 
-def _run(root, name, experiment, seed, noise, metrics=None):
+def _run(root, name, experiment, seed, noise, metrics=None, machines=None):
     folder = root / experiment / name
     folder.mkdir(parents=True)
     config = {"experiment": experiment, "seed": seed, "run_dir": None, "runs_dir": str(root),
@@ -20,6 +20,9 @@ def _run(root, name, experiment, seed, noise, metrics=None):
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     if metrics is not None:
         (folder / "metrics.json").write_text(json.dumps(metrics))
+    if machines is not None:  # as tbps.machine.record_start writes it, one entry per start
+        (folder / "machine.json").write_text(json.dumps(
+            [{"label": m, "processor": m.split(",")[0]} for m in machines]))
     (folder / "wandb" / "offline-run-x" / "files").mkdir(parents=True)  # W&B's own config
     (folder / "wandb" / "offline-run-x" / "files" / "config.yaml").write_text("a: 1\n")
     return folder
@@ -120,3 +123,39 @@ def test_bad_inputs_are_clear_errors(runs, tmp_path, capsys):
     _run(only_unfinished, "x", "synthetic", 0, 0.0)
     assert main(["report", str(only_unfinished), "--out", str(tmp_path / "o")]) == 2
     assert "none of the 1 runs found has finished" in capsys.readouterr().err
+
+
+def test_the_machine_column_and_a_note_when_machines_differ(tmp_path, capsys):
+    """Each row names the machines its runs trained on, with counts where they differ, and
+    the table warns when its runs come from more than one; runs from before machine.json
+    read as unrecorded."""
+    root = tmp_path / "runs"
+    amd, xeon = "AMD EPYC, 1 thread", "Intel Xeon, 1 thread"
+    for seed, machine in [(0, amd), (1, xeon), (2, amd)]:
+        _run(root, f"c{seed}", "synthetic", seed, 0.0, _metrics(30.0 + seed, 35.0), [machine])
+    _run(root, "n0", "synthetic", 0, 0.3, _metrics(25.0, 30.0), [amd, xeon])  # resumed elsewhere
+    _run(root, "old", "crue_synthetic", 0, 0.3, _metrics(28.0, 31.0))
+    out = tmp_path / "report"
+    assert main(["report", str(root), "--by", "data.noise_rate", "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    rows = {line.split(" | ")[0].strip("| ") + " " + line.split(" | ")[1]: line
+            for line in md.splitlines() if line.startswith("| ") and "experiment" not in line}
+    assert rows["synthetic 0.0"].endswith(f"| {amd} (2) + {xeon} (1) |")
+    assert rows["synthetic 0.3"].endswith(f"| {amd} → {xeon} |")
+    assert rows["crue_synthetic 0.3"].endswith("| unrecorded |")
+    assert f"machines differ: {amd}; {xeon}; 1 run unrecorded." in md
+    data = json.loads((out / "report.json").read_text())
+    assert data["machines_note"].startswith("machines differ")
+
+    one = tmp_path / "one"  # a table from one machine has no note
+    for seed in (0, 1):
+        _run(one, f"c{seed}", "synthetic", seed, 0.0, _metrics(30.0, 35.0), [amd])
+    assert main(["report", str(one), "--out", str(tmp_path / "r1")]) == 0
+    assert "machines differ" not in (tmp_path / "r1" / "report.md").read_text()
+    assert json.loads((tmp_path / "r1" / "report.json").read_text())["machines_note"] is None
+    capsys.readouterr()
+
+    (one / "synthetic" / "c0" / "machine.json").write_text("{not json")
+    assert main(["report", str(one), "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert str(one / "synthetic" / "c0" / "machine.json") in err and "delete it" in err

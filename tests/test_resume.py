@@ -169,3 +169,7 @@ def test_extending_a_finished_run_trains_the_added_steps_and_epochs(tiny_synth, 
     assert done == more + steps and third["train/seconds"] > second["train/seconds"]
     same, _ = step("trainer.max_epochs=3", f"resume={run}")  # nothing left to train
     assert same == done
+    # every start names its machine; a resume never overwrites the first start's entry
+    starts = json.loads((run / "machine.json").read_text())
+    assert len(starts) == 4 and len({e["started"] for e in starts}) >= 1
+    assert all(e["label"] == starts[0]["label"] for e in starts)

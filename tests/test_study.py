@@ -58,7 +58,8 @@ def test_study_trains_skips_and_reports(tiny_synth, tmp_path, capsys, monkeypatc
     copied = record(out, dest)
     assert len(copied) == 4
     for folder in copied:
-        assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "metrics.json"]
+        assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "machine.json",
+                                                            "metrics.json"]
         src = out / folder.relative_to(dest)
         assert json.loads((folder / "metrics.json").read_text()) == \
             json.loads((src / "metrics.json").read_text())

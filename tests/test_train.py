@@ -29,6 +29,22 @@ def test_run_folder_contract(trained_run):
     assert m["test/R1"] <= m["test/R5"] <= m["test/R10"]
 
 
+def test_the_run_records_its_machine(trained_run):
+    """machine.json: one entry for the one start, naming this processor and the threads
+    torch used, so a figure can be traced to what made it."""
+    import torch
+
+    from tbps.machine import processor_name
+
+    (entry,) = json.loads((trained_run / "machine.json").read_text())
+    assert entry["processor"] == processor_name() and entry["processor"]
+    assert entry["gpu"] is None and entry["devices"] == 1
+    assert entry["threads"] == torch.get_num_threads()
+    assert entry["label"] == f"{processor_name()}, {entry['threads']} thread" + \
+        ("s" if entry["threads"] != 1 else "")
+    assert entry["torch"] == torch.__version__
+
+
 def test_samples_per_s_is_the_whole_runs_figure(trained_run):
     """metrics.json's samples/s is the one the last epoch logged (all samples over all
     training seconds), not the best checkpoint's, which testing restores: saved at a

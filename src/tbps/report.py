@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .machine import labels as machine_labels
 
 TEST_METRICS = ("R1", "R5", "R10", "mAP", "mINP", "rSum")
 VAL_PREFIXES = ("val", "val_on_test", "val_holdout")
@@ -31,6 +32,7 @@ class Run:
     path: Path
     config: dict[str, object]          # flattened, dotted keys
     metrics: dict[str, float] | None   # None: the run did not finish
+    machines: list[str] = field(default_factory=list)  # machine.json's labels; [] unrecorded
 
 
 @dataclass
@@ -59,15 +61,16 @@ def _read_run(folder: Path) -> Run:
     except Exception as exc:  # noqa: BLE001 - YAML and OmegaConf raise several kinds
         raise ConfigError(f"{folder / 'config.yaml'} cannot be read ({exc}); is {folder} a "
                           "run folder written by `tbps train`?") from exc
+    machines = machine_labels(folder)
     metrics_file = folder / "metrics.json"
     if not metrics_file.is_file():
-        return Run(folder, config, None)
+        return Run(folder, config, None, machines)
     try:
         metrics = json.loads(metrics_file.read_text())
     except ValueError as exc:
         raise ConfigError(f"{metrics_file} is not valid JSON ({exc}); delete it or rerun "
                           "`tbps eval` for that run") from exc
-    return Run(folder, config, {k: float(v) for k, v in metrics.items()})
+    return Run(folder, config, {k: float(v) for k, v in metrics.items()}, machines)
 
 
 def find_runs(paths: list[str | Path], runs_dir: str | Path = "runs") -> list[Run]:
@@ -143,8 +146,37 @@ def summarise(groups: list[Group], by: list[str]) -> list[dict]:
         row["val"] = _mean_std(finished.values(f"{prefix}/R1")) if prefix else (None, None)
         row["train/seconds"] = _mean_std(finished.values("train/seconds"))
         row["train/samples_per_s"] = _mean_std(finished.values("train/samples_per_s"))
+        row["machine"] = _machines(done)
         rows.append(row)
     return rows
+
+
+UNRECORDED = "unrecorded"
+
+
+def _machines(runs: list[Run]) -> str:
+    """The machines a group's runs trained on, with how many runs each where they differ:
+    "AMD EPYC, 1 thread" or "AMD EPYC, 1 thread (2) + Intel Xeon, 1 thread (1)"."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        key = " → ".join(run.machines) or UNRECORDED  # a resumed run can change machine
+        counts[key] = counts.get(key, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return " + ".join(f"{k} ({n})" for k, n in counts.items())
+
+
+def machines_note(runs: list[Run]) -> str | None:
+    """A warning when the finished runs come from more than one machine: the same seed can
+    train several points apart on two processors, so rows are comparable only within one."""
+    seen = list(dict.fromkeys(m for r in runs if r.metrics is not None for m in r.machines))
+    unrecorded = sum(1 for r in runs if r.metrics is not None and not r.machines)
+    if len(seen) + (unrecorded > 0) <= 1:
+        return None
+    parts = seen + ([f"{unrecorded} run{'s' if unrecorded != 1 else ''} unrecorded"]
+                    if unrecorded else [])
+    return ("machines differ: " + "; ".join(parts) + ". The same seed can train several "
+            "points apart on two processors: compare rows trained on one machine")
 
 
 def _pm(value: tuple[float | None, float | None], digits: int = 2) -> str:
@@ -161,18 +193,21 @@ def _last(row: dict) -> str:
     return _pm(row["test_last/R1"]) + (f" ({n} of {row['seeds']})" if 0 < n < row["seeds"] else "")
 
 
-def to_markdown(rows: list[dict], by: list[str], unfinished: list[Run]) -> str:
+def to_markdown(rows: list[dict], by: list[str], unfinished: list[Run],
+                note: str | None = None) -> str:
     last = any(r["test_last/R1"][0] is not None for r in rows)
     head = ["experiment", *by, "seeds", *TEST_METRICS, *(["R1 (last epoch)"] if last else []),
-            "val (chose the checkpoint)", "train s", "samples/s"]
+            "val (chose the checkpoint)", "train s", "samples/s", "machine"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["experiment"], *(str(r[k]) for k in by), str(r["seeds"]),
                  *(_pm(r[f"test/{m}"]) for m in TEST_METRICS),
                  *([_last(r)] if last else []),
                  f"{r['val_metric']} {_pm(r['val'])}" if r["val_metric"] else "–",
-                 _pm(r["train/seconds"], 0), _pm(r["train/samples_per_s"], 0)]
+                 _pm(r["train/seconds"], 0), _pm(r["train/samples_per_s"], 0), r["machine"]]
         lines.append("| " + " | ".join(cells) + " |")
+    if note:
+        lines += ["", note]
     if unfinished:
         lines.append("")
         lines.append("unfinished (no metrics.json, not averaged): "
@@ -199,9 +234,10 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def to_json(rows: list[dict], unfinished: list[Run]) -> str:
+def to_json(rows: list[dict], unfinished: list[Run], note: str | None = None) -> str:
     return json.dumps({"groups": [_flat_row(r) for r in rows],
-                       "unfinished": [str(r.path) for r in unfinished]}, indent=1)
+                       "unfinished": [str(r.path) for r in unfinished], "machines_note": note},
+                      indent=1)
 
 
 def plot(rows: list[dict], key: str, out: Path) -> Path:
@@ -252,8 +288,9 @@ def report(paths: list[str], by: list[str], out: str | Path = "runs/report",
                           "in any); wait for them, or resume them with resume=true")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    texts = {"md": to_markdown(rows, by, unfinished), "csv": to_csv(rows),
-             "json": to_json(rows, unfinished)}
+    note = machines_note(runs)
+    texts = {"md": to_markdown(rows, by, unfinished, note), "csv": to_csv(rows),
+             "json": to_json(rows, unfinished, note)}
     for name, text in texts.items():
         (out / f"report.{name}").write_text(text + "\n")
     if by:

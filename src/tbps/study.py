@@ -154,11 +154,12 @@ def run_study(out: str | Path = "runs/study", methods: list[str] | None = None,
 
 
 RECORD_FILES = ("config.yaml", "metrics.json")
+OPTIONAL_RECORD_FILES = ("machine.json",)  # runs trained before machines were recorded lack it
 
 
 def record(out: str | Path, dest: str | Path) -> list[Path]:
-    """Copies each finished run's config.yaml and metrics.json from ``out`` into ``dest``
-    (same layout), keeping what ``dest`` already holds; returns the copied run folders.
+    """Copies each finished run's config.yaml, metrics.json and machine.json from ``out``
+    into ``dest`` (same layout), keeping what ``dest`` already holds; returns the copied run folders.
     Checkpoints and logs stay behind: the record is what `tbps report` reads."""
     out, dest = Path(out), Path(dest)
     if not out.is_dir():
@@ -172,6 +173,9 @@ def record(out: str | Path, dest: str | Path) -> list[Path]:
         target.mkdir(parents=True, exist_ok=True)
         for name in RECORD_FILES:
             shutil.copy2(folder / name, target / name)
+        for name in OPTIONAL_RECORD_FILES:
+            if (folder / name).is_file():
+                shutil.copy2(folder / name, target / name)
         copied.append(target)
     if not copied:
         raise ConfigError(f"{out} holds no finished run (no metrics.json beside a config.yaml)")

@@ -16,6 +16,7 @@ from . import STARTED
 from .data.datamodule import TBPSDataModule
 from .data.tokenizer import CaptionTokenizer
 from .errors import ConfigError, TBPSError
+from .machine import record_start
 from .model.encoder import DualEncoder
 from .model.checkpoint import load_checkpoint
 from .model.checkpoint_io import AtomicCheckpointIO, partial_writes
@@ -177,6 +178,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cbs.append(LearningRateMonitor(logging_interval="step"))
     trainer = L.Trainer(**cfg.trainer, default_root_dir=run_dir, callbacks=cbs, logger=loggers,
                         plugins=[AtomicCheckpointIO()])
+    if trainer.is_global_zero:  # what this start trains on, beside the figures it makes
+        record_start(run_dir, trainer.strategy.root_device.type,
+                     trainer.num_devices * trainer.num_nodes)
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     # read before testing: trainer.test(ckpt_path=best) restores the callbacks' state as the
     # best checkpoint saved it, at a validation, which counts that epoch's samples but not

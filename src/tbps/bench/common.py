@@ -24,9 +24,9 @@ def progress(line: str) -> None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
+    from ..machine import processor_name
 
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({processor_name()}, {torch.get_num_threads()} threads)"
 
 
 def peak_tflops(name: str) -> float | None:
