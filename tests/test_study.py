@@ -42,9 +42,15 @@ def test_study_trains_skips_and_reports(tiny_synth, tmp_path, capsys, monkeypatc
     assert "acsa_synthetic" in report and "clip_synthetic" in report
     assert "R1 (last epoch)" in report
     assert (out / "report" / "report.png").is_file()
-    # a second call trains nothing
+    # a second call trains nothing, and says when finished runs came from another processor
+    moved = plan(out, ["acsa_synthetic"], [0.3], [0])[0].folder / "machine.json"
+    entries = json.loads(moved.read_text())
+    moved.write_text(json.dumps([{**entries[0], "processor": "Other CPU 9000"}]))
     assert main(args) == 0
-    assert "4 finished, 0 to train" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "4 finished, 0 to train" in text
+    assert "note: 1 finished run here trained on Other CPU 9000" in text
+    moved.write_text(json.dumps(entries))
 
     # the published record (make docs-study): configs and metrics, no checkpoints; a seed
     # recorded on another day stays, and the report over the record sees all of them

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .machine import processor_name, read as read_machine
 
 # The methods of the study: IRRA's heads, CLIP's ITC baseline, CRUE, ACSA, UCFA, and RDE, the
 # noise-robust anchor (a clean-sample selection to measure the distributions against)
@@ -93,6 +94,19 @@ def plan(out: Path, methods: list[str], noises: list[float], seeds: list[int]) -
             for r in noises for s in seeds for m in methods]
 
 
+def other_processors(runs: list[StudyRun]) -> dict[str, int]:
+    """Finished runs of the plan trained on a processor other than this one, by processor:
+    the same seed trains several points apart on two kinds, so adding to such a study mixes
+    machines in its table."""
+    here, counts = processor_name(), {}
+    for r in runs:
+        if (r.folder / "metrics.json").is_file():
+            for name in dict.fromkeys(str(e.get("processor")) for e in read_machine(r.folder)):
+                if name != here:
+                    counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def run_study(out: str | Path = "runs/study", methods: list[str] | None = None,
               noises: list[float] = (0.0, 0.3), seeds: list[int] = (0, 1, 2),
               epochs: int = 12, parallel: int = 2, extra: list[str] = (),
@@ -105,7 +119,12 @@ def run_study(out: str | Path = "runs/study", methods: list[str] | None = None,
     runs = plan(Path(out), methods, list(noises), list(seeds))
     todo = [r for r in runs if not (r.folder / "metrics.json").is_file()]
     print(f"study: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to train "
-          f"({parallel} at a time, {epochs} epochs each) under {out}", flush=True)
+          f"({parallel} at a time, {epochs} epochs each, one thread each on {processor_name()}) "
+          f"under {out}", flush=True)
+    for name, n in other_processors(runs).items():
+        print(f"  note: {n} finished run{'s' if n != 1 else ''} here trained on {name}; the "
+              "same seed trains several points apart on two processors, so the report will "
+              "mix machines (it says which row ran where)", flush=True)
     if dry_run:
         for r in todo:
             print(" ".join(r.command(epochs, list(extra))[2:]))
