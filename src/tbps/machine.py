@@ -1,8 +1,8 @@
 """What a run was trained on, kept in its folder as ``machine.json``.
 
-The same seed and config can train several points apart on two kinds of processor (CPU
-kernels take other vector paths: UCFA's seed 1 reached test R@1 27.8 on an Intel Xeon and
-33.9 on an AMD EPYC, docs/results.md), so a figure means little without its machine, and a
+The same seed and config can train several points apart on two kinds of processor (their
+floating-point kernels round differently, and training amplifies the difference: UCFA's
+seed 1 reached test R@1 27.8 on an Intel Xeon and 33.9 on an AMD EPYC, docs/results.md), so a figure means little without its machine, and a
 table that averages runs from different machines should say so. Each start of a run (the
 first and every resume) appends one entry; `tbps report` reads them.
 """
