@@ -26,11 +26,12 @@ def processor_name() -> str:
     """The processor's model name as the kernel reports it ("AMD EPYC", "Intel(R) Xeon(R)
     ..."): ``platform.processor()`` is empty on most Linux machines."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: what the platform module knows
+        cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
