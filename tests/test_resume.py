@@ -171,5 +171,5 @@ def test_extending_a_finished_run_trains_the_added_steps_and_epochs(tiny_synth, 
     assert same == done
     # every start names its machine; a resume never overwrites the first start's entry
     starts = json.loads((run / "machine.json").read_text())
-    assert len(starts) == 4 and len({e["started"] for e in starts}) >= 1
+    assert len(starts) == 4
     assert all(e["label"] == starts[0]["label"] for e in starts)
