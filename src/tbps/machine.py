@@ -2,8 +2,9 @@
 
 The same seed and config can train several points apart on two kinds of processor (their
 floating-point kernels round differently, and training amplifies the difference: UCFA's
-seed 1 reached test R@1 27.8 on an Intel Xeon and 33.9 on an AMD EPYC, docs/results.md), so a figure means little without its machine, and a
-table that averages runs from different machines should say so. Each start of a run (the
+seed 1 reached test R@1 27.8 on an Intel Xeon and 33.9 on an AMD EPYC, docs/results.md),
+so a figure means little without its machine, and a table that averages runs from
+different machines should say so. Each start of a run (the
 first and every resume) appends one entry; `tbps report` reads them.
 """
 
@@ -39,22 +40,19 @@ def describe(accelerator: str = "cpu", devices: int = 1) -> dict[str, object]:
     """One start's machine: the processor, the threads torch uses, and the GPU when the run
     trains on one. ``label`` is the short form the report prints."""
     gpu = torch.cuda.get_device_name(0) if accelerator == "cuda" else None
-    threads = torch.get_num_threads()
+    threads, processor = torch.get_num_threads(), processor_name()
     label = (f"{gpu} ×{devices}" if devices > 1 else gpu) if gpu else \
-        f"{processor_name()}, {threads} thread{'s' if threads != 1 else ''}"
-    return {"label": label, "processor": processor_name(), "cpu_count": os.cpu_count(),
+        f"{processor}, {threads} thread{'s' if threads != 1 else ''}"
+    return {"label": label, "processor": processor, "cpu_count": os.cpu_count(),
             "threads": threads, "gpu": gpu, "devices": devices, "torch": torch.__version__,
             "python": platform.python_version(),
             "started": datetime.now().isoformat(timespec="seconds")}
 
 
-def record_start(run_dir: Path, accelerator: str = "cpu", devices: int = 1) -> dict[str, object]:
+def record_start(run_dir: Path, accelerator: str = "cpu", devices: int = 1) -> None:
     """Appends this start's machine to ``run_dir/machine.json`` (a list, oldest first)."""
-    path = Path(run_dir) / FILE
-    entries = read(path.parent)
-    entry = describe(accelerator, devices)
-    path.write_text(json.dumps([*entries, entry], indent=1) + "\n")
-    return entry
+    entries = [*read(run_dir), describe(accelerator, devices)]
+    (Path(run_dir) / FILE).write_text(json.dumps(entries, indent=1) + "\n")
 
 
 def read(run_dir: Path) -> list[dict[str, object]]:
