@@ -48,3 +48,24 @@ def test_irra_reference_in_blocks_equals_the_whole():
     whole, blocks = irra_rank(sim, qp, gp), irra_rank_in_blocks(sim, qp, gp, block=64)
     assert torch.allclose(whole[0], blocks[0], atol=1e-4)
     assert abs(whole[1] - blocks[1]) < 1e-4 and abs(whole[2] - blocks[2]) < 1e-4
+
+
+def test_gpu_configuration_has_irras_heads_exactly():
+    """The GPU benchmark measures IRRA's model: its heads' settings equal the irra_cuhk
+    recipe's, the default experiment's CPU economies (MLM on a quarter of the batch, a
+    one-layer cross-former, tau 0.2) undone."""
+    from tbps.bench.train_step import IRRA_GPU, IRRA_HEADS
+
+    bench = compose_experiment_for_bench(IRRA_GPU + IRRA_HEADS)
+    irra = compose_experiment_for_bench([], "irra_cuhk")
+    assert bench.heads == irra.heads
+    assert list(bench.data.image_size) == list(irra.data.image_size) == [384, 128]
+
+
+def compose_experiment_for_bench(overrides, name="synthetic"):
+    from pathlib import Path
+
+    from tbps.config import compose_experiment
+
+    folder = Path(__file__).resolve().parent.parent / "experiments"
+    return compose_experiment(name, overrides, folder=folder)
