@@ -387,6 +387,13 @@ def test_rescore_keeps_only_real_phrases_and_equals_the_padded_scores():
     head.slab_values = 2 * k * 7 * 2 * p     # slabs of a few captions, gathered one by one
     head.gather_floats = 1
     torch.testing.assert_close(head.rescore(kept_q, kept_g, cand), got)
+    # a GPU's blocks are larger, the scores the same
+    assert head.block_sizes(torch.device("cuda")) == (
+        head.slab_values * head.accelerator_block_scale,
+        head.gather_floats * head.accelerator_block_scale)
+    assert head.block_sizes(torch.device("cpu")) == (head.slab_values, head.gather_floats)
+    head.slab_values, head.gather_floats = 2**30, 2**30   # every caption of a count at once
+    torch.testing.assert_close(head.rescore(kept_q, kept_g, cand), got)
 
 
 def test_rescoring_inputs_are_float32_under_autocast():
