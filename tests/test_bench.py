@@ -69,3 +69,10 @@ def compose_experiment_for_bench(overrides, name="synthetic"):
 
     folder = Path(__file__).resolve().parent.parent / "experiments"
     return compose_experiment(name, overrides, folder=folder)
+
+
+def test_bench_measures_the_checkpointed_step(capsys):
+    assert main(["bench", "--device", "cpu", "--only", "train", "--steps", "1",
+                 "--batch-size", "2", "--grad-checkpointing"]) == 0
+    train = json.loads(capsys.readouterr().out)["train"]
+    assert train["grad_checkpointing"] is True and train["samples_per_s"] > 0

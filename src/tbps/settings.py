@@ -65,6 +65,9 @@ class Encoder(_Strict):
     bert_weights: str | None = None
     pos_interpolation: Literal["nearest", "bilinear", "bicubic", "area"] = "bilinear"
     act: Literal["gelu", "quick_gelu"] | None = None
+    # recompute each block's activations in the backward pass: much less memory for about
+    # a third more compute (DualEncoder.set_grad_checkpointing; docs/speed.md)
+    grad_checkpointing: bool = False
 
 
 class Memory(_Strict):

@@ -28,12 +28,14 @@ def run_benchmarks(device: str = "auto", batch_size: int | None = None, steps: i
                    loader_images: int | None = None, workers: int | None = None,
                    experiment: str = "synthetic", only: str | None = None,
                    search_sizes: list[int] | None = None, fit: str | None = None,
-                   ckpt: str | None = None, serve_images: int = 10_000) -> dict:
+                   ckpt: str | None = None, serve_images: int = 10_000,
+                   grad_checkpointing: bool = False) -> dict:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     gpu = dev.type == "cuda"
     name = device_name(dev)
     overrides = (IRRA_GPU + (IRRA_HEADS if experiment == "synthetic" else [])) if gpu else TINY_CPU
+    overrides = [*overrides, f"encoder.grad_checkpointing={str(grad_checkpointing).lower()}"]
     batch_size = batch_size or (128 if gpu else 8)
     precision = "bf16" if gpu else "fp32"
     out = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda if gpu else None,

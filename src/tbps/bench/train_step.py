@@ -98,6 +98,7 @@ def bench_train(device: torch.device, batch_size: int, steps: int, overrides: li
     peak = peak or peak_tflops(name)
     return {"experiment": experiment, "batch_size": batch_size, "image_size": list(image_size), "context_length": 77,
             "heads": sorted(module.heads), "precision": precision, "compile": compile,
+            "grad_checkpointing": bool(module.cfg["encoder"].get("grad_checkpointing", False)),
             "fused_optimizer": fused, "steps": steps, "samples_per_s": round(samples_per_s, 1),
             "gflop_per_sample": round(flops_per_sample / 1e9, 2),
             "mfu": round(flops_per_sample * samples_per_s / (peak * 1e12), 4) if peak else None,

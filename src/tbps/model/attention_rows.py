@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 
@@ -24,8 +25,11 @@ def vit_tokens_with_cls_attention(vit: nn.Module, images: torch.Tensor
                           "token, so it has no [CLS] attention row to select tokens by "
                           "(RDE's TSE): use a ViT encoder (encoder=tiny, vit_b16, clip_vit_b16)")
     x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
+    # activation checkpointing as the tower's own forward_features does it when set
+    # (encoder.grad_checkpointing)
+    recompute = getattr(vit, "grad_checkpointing", False) and torch.is_grad_enabled()
     for blk in blocks[:-1]:
-        x = blk(x)
+        x = checkpoint(blk, x, use_reentrant=False) if recompute else blk(x)
     last = blocks[-1]
     attn = last.attn
     h = last.norm1(x)

@@ -100,6 +100,30 @@ class DualEncoder(nn.Module):
         hidden, rows = clip_text_tokens_with_eos_attention(self.text, ids, eos)
         return self.text_proj(hidden), rows
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing in both towers, with each library's own switch (timm's
+        ``set_grad_checkpointing``, transformers' activation checkpointing, non-reentrant):
+        a transformer block keeps only its input for the backward pass and recomputes the
+        rest there, so a step needs far less memory (``encoder.grad_checkpointing``) for
+        about one more forward pass of compute. The values are the same (tested). A
+        frozen text tower keeps no activations and is left alone."""
+        self.vision.set_grad_checkpointing(enable)
+        if not any(p.requires_grad for p in self.text.parameters()):
+            return
+        # transformers >= 5.24 names it activation checkpointing; earlier, gradient
+        on = getattr(self.text, "activation_checkpointing_enable", None)
+        off = getattr(self.text, "activation_checkpointing_disable", None)
+        if not enable:
+            (off or self.text.gradient_checkpointing_disable)()
+            return
+        (on or self.text.gradient_checkpointing_enable)({"use_reentrant": False})
+        # the hook transformers adds for frozen embeddings (adapters) is not wanted here:
+        # ours train, and a forward hook that sets requires_grad only costs a compiled step
+        try:
+            self.text.disable_input_require_grads()
+        except AttributeError:   # older transformers: no hook was added
+            pass
+
     @property
     def grid_size(self) -> tuple[int, int]:
         """The vision tower's token grid (rows, columns) behind the non-global tokens."""
@@ -198,7 +222,8 @@ def _bottleneck(dim: int) -> nn.BatchNorm1d:
 def build_dual_encoder(vision: dict, text: dict, embed_dim: int, vocab_size: int,
                        context_length: int, eos_id: int, pad_id: int = 0,
                        bos_id: int = 2, text_pool: str = "eos",
-                       global_bottleneck: bool = False) -> DualEncoder:
+                       global_bottleneck: bool = False,
+                       grad_checkpointing: bool = False) -> DualEncoder:
     """Builds a randomly initialised dual encoder of any size.
 
     ``vision`` is ``{"model": <timm name>, **timm kwargs}`` (e.g. ``img_size``, ``patch_size``,
@@ -218,9 +243,13 @@ def build_dual_encoder(vision: dict, text: dict, embed_dim: int, vocab_size: int
     if text.get("model") == "bert":  # a BERT text tower: ACSA's, or MiniLM (encoder=tiny_minilm)
         from .swin_bert import build_bert
 
-        return DualEncoder(tower, build_bert(text, vocab_size, context_length, pad_id),
-                           embed_dim, eos_id, text_pool, global_bottleneck)
-    cfg = CLIPTextConfig(vocab_size=vocab_size, max_position_embeddings=context_length,
-                         eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=bos_id, **text)
-    txt = CLIPTextModel._from_config(cfg, attn_implementation="sdpa")
-    return DualEncoder(tower, txt, embed_dim, eos_id, text_pool, global_bottleneck)
+        txt = build_bert(text, vocab_size, context_length, pad_id)
+    else:
+        cfg = CLIPTextConfig(vocab_size=vocab_size, max_position_embeddings=context_length,
+                             eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=bos_id,
+                             **text)
+        txt = CLIPTextModel._from_config(cfg, attn_implementation="sdpa")
+    encoder = DualEncoder(tower, txt, embed_dim, eos_id, text_pool, global_bottleneck)
+    if grad_checkpointing:
+        encoder.set_grad_checkpointing()
+    return encoder

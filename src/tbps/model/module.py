@@ -51,7 +51,8 @@ class TBPSModule(InferencePath, L.LightningModule):
         self.encoder = build_dual_encoder(enc["vision"], enc["text"], enc["embed_dim"],
                                           tok.vocab_size, tok.context_length, tok.eos_id,
                                           tok.pad_id, tok.sos_id, enc.get("text_pool", "eos"),
-                                          enc.get("global_bottleneck", False))
+                                          enc.get("global_bottleneck", False),
+                                          enc.get("grad_checkpointing", False))
         self.encoder.tokenizer = tok  # encode_text(list of str) works on a loaded checkpoint
         ctx = HeadContext(embed_dim=enc["embed_dim"], num_classes=num_classes,
                           vocab_size=tok.vocab_size, mask_id=tok.mask_id, pad_id=tok.pad_id,

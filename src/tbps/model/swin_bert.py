@@ -34,6 +34,9 @@ class SwinTokens(nn.Module):
         stages = len(self.swin.layers)
         self.token_grid = (h // 2 ** (stages - 1), w // 2 ** (stages - 1))
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.swin.set_grad_checkpointing(enable)
+
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         x = self.swin.forward_features(images)            # [B, h, w, C] (timm's NHWC)
         tokens = x.flatten(1, 2)
