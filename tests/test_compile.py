@@ -23,6 +23,9 @@ TINY = ["data.image_size=[96,32]", "encoder.embed_dim=32", "encoder.vision.embed
 FAMILIES = {
     "irra": ("synthetic", ["heads.mlm.depth=1", "heads.mlm.num_heads=2"]),  # SDM + ID + MLM
     "crue": ("crue_synthetic", ["memory.size=64"]),  # ID + CMPM + IRE + UGM, memory, augment
+    # the same, P(match) deciding which pairs enter the memory
+    "crue_memory_gate": ("crue_synthetic", ["memory.size=64",
+                                            "pair_weights={from_epoch:0,apply_to:memory}"]),
     # the same with activation checkpointing in both towers (the MLM's text pass too)
     "irra_checkpointed": ("synthetic", ["heads.mlm.depth=1", "heads.mlm.num_heads=2",
                                         "encoder.grad_checkpointing=true"]),

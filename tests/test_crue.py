@@ -258,9 +258,11 @@ def _two_rank_queue(rank, world, port, out):
                             world_size=world)
     torch.manual_seed(rank)
     mem = FeatureMemory(7, 4)
-    for _ in range(3):  # 3 steps x 2 ranks x 2 = 12 features through 7 slots
+    for step in range(3):  # 3 steps x 2 ranks x 2 = 12 features through 7 slots
         feats = torch.randn(2, 4)
-        mem.enqueue(mem.view(feats, -feats, torch.randint(0, 9, (2,))))
+        # the last step admits each rank's pairs differently (pair weights on the memory)
+        admitted = torch.tensor([rank == 0, rank == 1]) if step == 2 else None
+        mem.enqueue(mem.view(feats, -feats, torch.randint(0, 9, (2,))), admitted)
     torch.save({k: v.clone() for k, v in mem.state_dict().items()}, f"{out}/rank{rank}.pt")
     spawned.leave()
 
@@ -277,4 +279,6 @@ def test_queues_identical_on_two_processes(tmp_path):
     a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     for k in a:
         torch.testing.assert_close(a[k], b[k])
-    assert a["ptr"].item() == 12 % 7 and (a["pid"] != EMPTY).all()
+    # the last step wrote slots 1-4 as rank 0's two pairs, then rank 1's: admitted T F F T
+    assert a["ptr"].item() == 12 % 7
+    assert (a["pid"] == EMPTY).nonzero().flatten().tolist() == [2, 3]

@@ -156,3 +156,60 @@ def test_pair_weights_without_a_probabilistic_match_is_a_clear_error(tiny_synth,
     batch = next(iter(dm.train_dataloader()))
     with pytest.raises(ConfigError, match="no head of this experiment has a probabilistic match"):
         module.compute_losses(batch)
+
+
+def test_memory_admits_only_the_pairs_the_weights_trust():
+    """``enqueue(view, admitted)``: the refused pairs are written as empty slots, the
+    others as before, and the pointer moves by the whole batch either way."""
+    from tbps.components.momentum import EMPTY, FeatureMemory
+
+    memory = FeatureMemory(8, 4)
+    pid = torch.tensor([3, 4, 5])
+    view = memory.view(torch.randn(3, 4), torch.randn(3, 4), pid)
+    memory.enqueue(view, torch.tensor([True, False, True]))
+    assert memory.pid[:3].tolist() == [3, EMPTY, 5] and memory.pid[3:].eq(EMPTY).all()
+    assert int(memory.ptr) == 3
+    torch.testing.assert_close(memory.image[:3], view.keys_image[:3])
+    memory.enqueue(memory.view(torch.randn(3, 4), torch.randn(3, 4), pid))
+    assert memory.pid[3:6].tolist() == [3, 4, 5]
+
+
+def test_pair_weights_on_the_memory_leave_the_losses_alone(tiny_synth, tmp_path):
+    """``apply_to: memory``: no head sees a weight, the memory gets the trusted pairs only
+    (the pairs under ratio × the batch's median P(match)), and its share is logged."""
+    from conftest import tiny_module
+
+    from tbps.components.momentum import EMPTY
+
+    module, dm = tiny_module(tiny_synth, tmp_path, "crue_synthetic",
+                             "pair_weights={from_epoch:0,ratio:0.5,apply_to:memory}")
+    module.train()
+    dm.set_tokenizer(module.tokenizer, module.caption_annotations)
+    batch = next(iter(dm.train_dataloader()))
+    pids = batch["pid"].clone()
+    _, terms = module.compute_losses(batch, progress=0.5)
+    assert "pair_weight" not in batch and "pair_weight_mean" not in terms
+    written = module.memory.pid[:len(pids)]
+    kept = written != EMPTY
+    assert 0 < int(kept.sum()) < len(pids)
+    assert float(terms["memory_admitted"]) == pytest.approx(float(kept.float().mean()))
+    assert torch.equal(written[kept], pids[kept])
+    # before from_epoch every pair enters
+    module, dm = tiny_module(tiny_synth, tmp_path, "crue_synthetic",
+                             "pair_weights={from_epoch:5,ratio:0.5,apply_to:memory}")
+    module.train()
+    dm.set_tokenizer(module.tokenizer, module.caption_annotations)
+    batch = next(iter(dm.train_dataloader()))
+    _, terms = module.compute_losses(batch, progress=0.5)
+    assert float(terms["memory_admitted"]) == 1.0
+    assert module.memory.pid[:len(batch["pid"])].ne(EMPTY).all()
+
+
+def test_pair_weights_on_the_memory_need_a_memory(tiny_synth, tmp_path):
+    from conftest import tiny_module
+
+    from tbps.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="apply_to=memory needs by: batch and a feature memory"):
+        tiny_module(tiny_synth, tmp_path, "ucfa_synthetic", "heads.uamlr.num_heads=2",
+                    "pair_weights={from_epoch:0,ratio:0.5,apply_to:memory}")

@@ -95,6 +95,10 @@ class PairWeights(_Strict):
     ramp_epochs: NonNegativeFloat = 0.0  # batch: fade the weights in
     min_separation: NonNegativeFloat = 0.0  # division: the mixture's D below which all are clean
     min_clean_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5  # division: else all clean
+    # batch: what the weights act on: the pairs' loss terms, which pairs enter the feature
+    # memory (a doubted pair is queued as an empty slot, not as a key of its labelled
+    # identity), or both
+    apply_to: Literal["losses", "memory", "both"] = "losses"
 
 
 class Logger(_Strict):

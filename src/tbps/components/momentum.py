@@ -97,11 +97,16 @@ class FeatureMemory(nn.Module):
                           torch.cat([g_txt, self.text]), keys_pid, keys_pid != EMPTY)
 
     @torch.no_grad()
-    def enqueue(self, view: MemoryView) -> None:
+    def enqueue(self, view: MemoryView, admitted: torch.Tensor | None = None) -> None:
         """Writes the global batch's momentum features (the first keys of ``view``) at the
-        pointer, wrapping around; every rank writes the same, so queues stay identical."""
+        pointer, wrapping around; every rank writes the same, so queues stay identical.
+        ``admitted`` [B] (this rank's pairs): the others are written as empty slots, so no
+        head reads them as a key of their labelled identity."""
         n = view.keys_pid.shape[0] - self.size
         image, text, pid = view.keys_image[:n], view.keys_text[:n], view.keys_pid[:n]
+        if admitted is not None:
+            every = all_gather_no_grad(admitted.to(torch.uint8)).bool()  # gloo: no bool
+            pid = torch.where(every, pid, torch.full_like(pid, EMPTY))
         n = min(n, self.size)
         idx = (self.ptr + torch.arange(n, device=self.ptr.device)) % self.size
         self.image[idx] = image[-n:].to(self.image.dtype)

@@ -84,6 +84,11 @@ class TBPSModule(InferencePath, L.LightningModule):
                                               weights.min_separation, weights.min_clean_share)
         elif weights is not None:
             self.pair_weights = weights.model_dump(include={"from_epoch", "ratio", "ramp_epochs"})
+        self.weigh_losses = weights is None or weights.apply_to in ("losses", "both")
+        self.gate_memory = weights is not None and weights.apply_to in ("memory", "both")
+        if self.gate_memory and (weights.by != "batch" or not mem):
+            raise ConfigError("pair_weights.apply_to=memory needs by: batch and a feature memory "
+                              "(memory.size, memory.momentum; see experiments/crue_*.yaml)")
         # UCFA's shared part: a Gaussian per modality that several heads read
         dist = cfg.get("distributions")
         self.distributions = ModalityDistributions(enc["embed_dim"], **dist) if dist else None
@@ -223,9 +228,15 @@ class TBPSModule(InferencePath, L.LightningModule):
         if self.distributions is not None:
             batch["distributions"] = self.distributions(encoded)
             terms.update(self.distributions.regularisers(batch["distributions"]))
+        admitted = None
         if self.pair_weights is not None:
-            batch["pair_weight"] = confidence_weights(self.pair_confidence(encoded, batch),
-                                                      batch.get("progress"), **self.pair_weights)
+            weights = confidence_weights(self.pair_confidence(encoded, batch),
+                                         batch.get("progress"), **self.pair_weights)
+            if self.weigh_losses:
+                batch["pair_weight"] = weights
+            if self.gate_memory:   # a pair the weights doubt at all stays out of the memory
+                admitted = weights >= 1.0
+                terms["memory_admitted"] = admitted.float().mean()
         elif self.pair_division is not None:
             if check:  # fail at the first step, not at the first division's pass
                 self.pair_confidence(encoded, batch)
@@ -240,7 +251,7 @@ class TBPSModule(InferencePath, L.LightningModule):
                                   "that starts with 'loss_', or remove it from heads=[...]")
             terms.update(out)
         if self.memory is not None:
-            self.memory.enqueue(view)
+            self.memory.enqueue(view, admitted)
         loss = sum(v for k, v in terms.items() if k.startswith("loss_"))
         return loss, terms
 
