@@ -303,9 +303,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=POSITIVE_INT, help="default 128 on a GPU, 8 on the CPU")
     b.add_argument("--steps", type=POSITIVE_INT, help="timed training steps")
     b.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    b.add_argument("--grad-checkpointing", action="store_true",
-                   help="the training step with encoder.grad_checkpointing (less memory, "
-                        "more compute)")
+    b.add_argument("--grad-checkpointing", action="store_true", help="the training step with encoder.grad_checkpointing")
     b.add_argument("--peak-tflops", type=_number(float, 0.0, low_open=True), help="bf16 peak for MFU if the GPU is not known")
     b.add_argument("--loader-images", type=POSITIVE_INT, help="JPEG files for the loader benchmark")
     b.add_argument("--workers", type=NON_NEGATIVE_INT, help="loader worker processes (default: all cores)")

@@ -3,6 +3,7 @@ each followed by a linear projection into the joint space (as CLIP and IRRA do).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import timm
@@ -119,10 +120,9 @@ class DualEncoder(nn.Module):
         (on or self.text.gradient_checkpointing_enable)({"use_reentrant": False})
         # the hook transformers adds for frozen embeddings (adapters) is not wanted here:
         # ours train, and a forward hook that sets requires_grad only costs a compiled step
-        try:
+        # (older transformers add none, and raise AttributeError removing it)
+        with contextlib.suppress(AttributeError):
             self.text.disable_input_require_grads()
-        except AttributeError:   # older transformers: no hook was added
-            pass
 
     @property
     def grid_size(self) -> tuple[int, int]:
