@@ -76,3 +76,16 @@ def test_bench_measures_the_checkpointed_step(capsys):
                  "--batch-size", "2", "--grad-checkpointing"]) == 0
     train = json.loads(capsys.readouterr().out)["train"]
     assert train["grad_checkpointing"] is True and train["samples_per_s"] > 0
+
+
+def test_bench_profiles_the_step(capsys):
+    """--profile: the step's wall time, the operators' own time and the heaviest ones,
+    ranked (on the CPU no kernel launches to count)."""
+    assert main(["bench", "--device", "cpu", "--only", "train", "--steps", "1",
+                 "--batch-size", "2", "--profile"]) == 0
+    p = json.loads(capsys.readouterr().out)["train"]["profile"]
+    assert p["steps"] == 3 and p["wall_ms_per_step"] > 0 and p["busy_ms_per_step"] > 0
+    assert p["kernel_launches_per_step"] is None and p["busy_on"] == "cpu operators"
+    times = [t["ms_per_step"] for t in p["top"]]
+    assert len(times) == 15 and times == sorted(times, reverse=True)
+    assert any(t["op"] in ("aten::mm", "aten::addmm", "aten::bmm") for t in p["top"])

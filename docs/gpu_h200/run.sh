@@ -1,8 +1,8 @@
 #!/bin/bash
 # The GPU benchmarks of docs/speed.md, in the order they were run (2026-12-04, one NVIDIA
 # H200, torch 2.11.0+cu130): each `tbps bench` call's JSON appended to $OUT/results.jsonl
-# with the step's name. About 9 minutes on that machine (the last two steps, added later, about
-# 4 more). Usage: bash docs/gpu_h200/run.sh OUT
+# with the step's name. About 9 minutes on that machine (the last three steps, added later, about
+# 5 more). Usage: bash docs/gpu_h200/run.sh OUT
 set -u
 OUT=${1:-gpu-bench}; mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
@@ -28,3 +28,4 @@ step train_b256 --only train --steps 10 --batch-size 256
 # operating points, and ACSA's re-scoring with a GPU's larger blocks (the eval step above)
 step train_b128_ckpt --only train --steps 20 --grad-checkpointing
 step train_b128_ckpt_compile --only train --steps 20 --grad-checkpointing --compile
+step train_b128_profile --only train --steps 10 --profile   # where the eager step's time goes

@@ -178,7 +178,7 @@ def _bench(args: argparse.Namespace) -> None:
     result = run_benchmarks(args.device, args.batch_size, args.steps, args.compile,
                             args.peak_tflops, args.loader_images, args.workers,
                             args.experiment, args.only, args.search_sizes, args.fit,
-                            args.ckpt, args.serve_images, args.grad_checkpointing)
+                            args.ckpt, args.serve_images, args.grad_checkpointing, args.profile)
     text = json.dumps(result, indent=1)
     if args.out:
         from pathlib import Path
@@ -304,6 +304,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=POSITIVE_INT, help="timed training steps")
     b.add_argument("--compile", action="store_true", help="torch.compile the training step")
     b.add_argument("--grad-checkpointing", action="store_true", help="the training step with encoder.grad_checkpointing")
+    b.add_argument("--profile", action="store_true", help="where the training step's time goes (torch.profiler, 3 steps)")
     b.add_argument("--peak-tflops", type=_number(float, 0.0, low_open=True), help="bf16 peak for MFU if the GPU is not known")
     b.add_argument("--loader-images", type=POSITIVE_INT, help="JPEG files for the loader benchmark")
     b.add_argument("--workers", type=NON_NEGATIVE_INT, help="loader worker processes (default: all cores)")

@@ -29,7 +29,7 @@ def run_benchmarks(device: str = "auto", batch_size: int | None = None, steps: i
                    experiment: str = "synthetic", only: str | None = None,
                    search_sizes: list[int] | None = None, fit: str | None = None,
                    ckpt: str | None = None, serve_images: int = 10_000,
-                   grad_checkpointing: bool = False) -> dict:
+                   grad_checkpointing: bool = False, profile: bool = False) -> dict:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     gpu = dev.type == "cuda"
@@ -74,7 +74,7 @@ def run_benchmarks(device: str = "auto", batch_size: int | None = None, steps: i
         return out
     out["train"] = bench_train(dev, batch_size, steps or (20 if gpu else 3), overrides,
                                precision=precision, compile=compile, peak=peak or peak_tflops(name),
-                               name=name, experiment=experiment)
+                               name=name, experiment=experiment, profile=profile)
     if only == "train":
         return out
     module = build_module(overrides, 11003, dev)

@@ -60,7 +60,8 @@ def build_module(overrides: list[str], num_classes: int, device: torch.device,
 
 def bench_train(device: torch.device, batch_size: int, steps: int, overrides: list[str],
                 num_classes: int = 11003, precision: str = "bf16", compile: bool = False,
-                peak: float | None = None, name: str = "", experiment: str = "synthetic") -> dict:
+                peak: float | None = None, name: str = "", experiment: str = "synthetic",
+                profile: bool = False) -> dict:
     # --compile takes the module's own path (compile: true), as `tbps train` would
     module = build_module([*overrides, f"compile={str(compile).lower()}"], num_classes, device,
                           experiment)
@@ -96,11 +97,17 @@ def bench_train(device: torch.device, batch_size: int, steps: int, overrides: li
     seconds = timed(lambda: [step() for _ in range(steps)], device, repeats=1, warmup=1)
     samples_per_s = batch_size * steps / seconds
     peak = peak or peak_tflops(name)
-    return {"experiment": experiment, "batch_size": batch_size, "image_size": list(image_size), "context_length": 77,
-            "heads": sorted(module.heads), "precision": precision, "compile": compile,
-            "grad_checkpointing": bool(module.cfg["encoder"].get("grad_checkpointing", False)),
-            "fused_optimizer": fused, "steps": steps, "samples_per_s": round(samples_per_s, 1),
-            "gflop_per_sample": round(flops_per_sample / 1e9, 2),
-            "mfu": round(flops_per_sample * samples_per_s / (peak * 1e12), 4) if peak else None,
-            "peak_tflops_used": peak, "peak_memory_gib": round(peak_gib(device), 2),
-            "params_m": round(sum(p.numel() for p in module.parameters()) / 1e6, 1)}
+    out = {"experiment": experiment, "batch_size": batch_size, "image_size": list(image_size),
+           "context_length": 77,
+           "heads": sorted(module.heads), "precision": precision, "compile": compile,
+           "grad_checkpointing": bool(module.cfg["encoder"].get("grad_checkpointing", False)),
+           "fused_optimizer": fused, "steps": steps, "samples_per_s": round(samples_per_s, 1),
+           "gflop_per_sample": round(flops_per_sample / 1e9, 2),
+           "mfu": round(flops_per_sample * samples_per_s / (peak * 1e12), 4) if peak else None,
+           "peak_tflops_used": peak, "peak_memory_gib": round(peak_gib(device), 2),
+           "params_m": round(sum(p.numel() for p in module.parameters()) / 1e6, 1)}
+    if profile:   # after the timing, which the profiler would slow
+        from .profile import profile_steps
+
+        out["profile"] = profile_steps(step, device)
+    return out

@@ -1,0 +1,46 @@
+"""Where a training step's time goes, for ``tbps bench --only train --profile``: a few steps
+under ``torch.profiler``, summarised as the step's wall time beside the time the device is
+busy (on a GPU: its kernels' own time; a step far longer than that waits on the host
+launching kernels), the kernel launches a step, and the operators that take the most."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from .common import sync
+
+LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+
+
+def profile_steps(step: Callable[[], None], device: torch.device, steps: int = 3,
+                  top: int = 15) -> dict:
+    """Runs ``step`` ``steps`` times under the profiler. Busy time is the sum of every
+    operator's self time (each kernel once): the device's on a GPU, the operators' own CPU
+    time on the CPU (summed over threads, so it may exceed the wall time there)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    sync(device)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    wall = (time.perf_counter() - start) / steps
+    events = prof.key_averages()
+
+    def own_us(e) -> float:
+        return e.self_device_time_total if gpu else e.self_cpu_time_total
+
+    ranked = sorted((e for e in events if own_us(e) > 0), key=own_us, reverse=True)
+    return {"steps": steps, "wall_ms_per_step": round(wall * 1e3, 2),
+            "busy_ms_per_step": round(sum(own_us(e) for e in events) / steps / 1e3, 2),
+            "busy_on": "device" if gpu else "cpu operators",
+            "kernel_launches_per_step": (round(sum(e.count for e in events if e.key in LAUNCHES)
+                                               / steps) if gpu else None),
+            "top": [{"op": e.key, "ms_per_step": round(own_us(e) / steps / 1e3, 3),
+                     "calls_per_step": round(e.count / steps, 1)} for e in ranked[:top]]}
