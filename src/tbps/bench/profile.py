@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch.autograd import DeviceType
 
 from .common import sync
 
@@ -17,9 +18,9 @@ LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaun
 
 def profile_steps(step: Callable[[], None], device: torch.device, steps: int = 3,
                   top: int = 15) -> dict:
-    """Runs ``step`` ``steps`` times under the profiler. Busy time is the sum of every
-    operator's self time (each kernel once): the device's on a GPU, the operators' own CPU
-    time on the CPU (summed over threads, so it may exceed the wall time there)."""
+    """Runs ``step`` ``steps`` times under the profiler. Busy time: on a GPU the sum of its
+    kernels' time (what the table of ``torch.profiler`` totals as self CUDA time), on the CPU
+    the operators' own time (summed over threads, so it may exceed the wall time there)."""
     from torch.profiler import ProfilerActivity, profile
 
     gpu = device.type == "cuda"
@@ -36,9 +37,15 @@ def profile_steps(step: Callable[[], None], device: torch.device, steps: int = 3
     def own_us(e) -> float:
         return e.self_device_time_total if gpu else e.self_cpu_time_total
 
-    ranked = sorted((e for e in events if own_us(e) > 0), key=own_us, reverse=True)
+    # on a GPU each kernel appears twice: as a device event, and inside the time of the
+    # operator that launched it; the busy time adds the kernels, the ranking the operators
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA
+               and not getattr(e, "is_user_annotation", False)]
+    ops = [e for e in events if e.device_type == DeviceType.CPU and own_us(e) > 0]
+    busy = sum(own_us(e) for e in (kernels if gpu else ops))
+    ranked = sorted(ops, key=own_us, reverse=True)
     return {"steps": steps, "wall_ms_per_step": round(wall * 1e3, 2),
-            "busy_ms_per_step": round(sum(own_us(e) for e in events) / steps / 1e3, 2),
+            "busy_ms_per_step": round(busy / steps / 1e3, 2),
             "busy_on": "device" if gpu else "cpu operators",
             "kernel_launches_per_step": (round(sum(e.count for e in events if e.key in LAUNCHES)
                                                / steps) if gpu else None),
