@@ -5,6 +5,7 @@ text pass, and in RDE's pass that reads the last layers' attention rows."""
 import pytest
 import torch
 
+from tbps.bench.profile import kept_for_backward
 from tbps.bench.train_step import TINY_CPU, build_module, synthetic_batch
 
 
@@ -22,16 +23,8 @@ def _step(module, batch):
     """Loss, gradients and the bytes of activations kept for backward (tensors saved
     outside checkpointed blocks, parameters aside; inside a block checkpointing's own hooks
     take the saved tensors, which is the point)."""
-    params = {p.data_ptr() for p in module.parameters()}
-    kept: dict[int, int] = {}
-
-    def pack(t):
-        if t.data_ptr() not in params:
-            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     torch.manual_seed(1)   # the MLM's masking and share draw the same
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with kept_for_backward(module) as kept:
         loss = module.compute_losses(dict(batch), progress=1.0)[0]
     loss.backward()
     grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}

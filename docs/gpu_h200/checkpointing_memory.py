@@ -2,15 +2,14 @@
 for a GPU) keeps for the backward pass, per sample, without and with
 ``encoder.grad_checkpointing``, and the step's time, on whatever device runs it (the CPU
 by default: `python docs/gpu_h200/checkpointing_memory.py`, about 2 minutes on 2 cores).
-Counted with ``torch.autograd.graph.saved_tensors_hooks``: every tensor saved for backward
-outside a checkpointed block (inside one, checkpointing's own hooks take them), parameters
-aside, each storage once."""
+Counted with ``tbps.bench.profile.kept_for_backward`` (saved-tensor hooks)."""
 
 import sys
 import time
 
 import torch
 
+from tbps.bench.profile import kept_for_backward
 from tbps.bench.train_step import IRRA_GPU, IRRA_HEADS, build_module, synthetic_batch
 
 device = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cpu")
@@ -23,21 +22,11 @@ def measure(checkpointing: bool) -> None:
                            f"encoder.grad_checkpointing={str(checkpointing).lower()}"], 11003, device)
     batch = synthetic_batch(batch_size, (384, 128), module.tokenizer, 11003, device,
                             torch.Generator().manual_seed(0), module.caption_annotations)
-    params = {p.data_ptr() for p in module.parameters()}
-    kept: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.data_ptr() not in params:
-            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     times = []
     for _ in range(3):   # the first a warm-up
-        kept.clear()
         torch.manual_seed(1)
         start = time.perf_counter()
-        with (torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
-              torch.autocast(device.type, dtype=torch.bfloat16)):
+        with kept_for_backward(module) as kept, torch.autocast(device.type, dtype=torch.bfloat16):
             loss = module.compute_losses(dict(batch), progress=1.0)[0]
         loss.backward()
         if device.type == "cuda":
@@ -47,7 +36,6 @@ def measure(checkpointing: bool) -> None:
     print(f"grad_checkpointing={checkpointing}: {sum(kept.values()) / batch_size / 2**20:.1f} MiB "
           f"kept per sample, step {min(times[1:]):.2f} s at batch {batch_size} on {device}, "
           f"loss {float(loss):.5f}", flush=True)
-
 
 
 for checkpointing in (False, True):

@@ -6,12 +6,32 @@ launching kernels), the kernel launches a step, and the operators that take the 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch.autograd import DeviceType
 
 from .common import sync
+
+
+@contextmanager
+def kept_for_backward(module: torch.nn.Module) -> Iterator[dict[int, int]]:
+    """The bytes of activations the forward passes inside the block keep for backward, as
+    {storage address: bytes}: every tensor saved for backward, the module's parameters
+    aside, each storage once. Inside an activation-checkpointed block checkpointing's own
+    hooks take the saved tensors, so only what the blocks keep between them is counted."""
+    params = {p.data_ptr() for p in module.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in params:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield kept
+
 
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
 
