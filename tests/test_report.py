@@ -78,7 +78,8 @@ def test_by_key_groups_and_plots(runs, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", str(runs), "--by", "data.noise_rate", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    lines = [line for line in text.splitlines() if line.startswith("| synthetic")]
+    main_table = text.split("\n\n")[0]  # the share-kept table follows
+    lines = [line for line in main_table.splitlines() if line.startswith("| synthetic")]
     assert [line.split(" | ")[1] for line in lines] == ["0.0", "0.3"]
     assert "| crue_synthetic | 0.3 | 1 | 28.00 |" in text
     from PIL import Image
@@ -139,7 +140,8 @@ def test_the_machine_column_and_a_note_when_machines_differ(tmp_path, capsys):
     assert main(["report", str(root), "--by", "data.noise_rate", "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
     rows = {line.split(" | ")[0].strip("| ") + " " + line.split(" | ")[1]: line
-            for line in md.splitlines() if line.startswith("| ") and "experiment" not in line}
+            for line in md.split("\n\n")[0].splitlines()
+            if line.startswith("| ") and "experiment" not in line}
     assert rows["synthetic 0.0"].endswith(f"| {amd} (2) + {xeon} (1) |")
     assert rows["synthetic 0.3"].endswith(f"| {amd} → {xeon} |")
     assert rows["crue_synthetic 0.3"].endswith("| unrecorded |")
@@ -159,3 +161,45 @@ def test_the_machine_column_and_a_note_when_machines_differ(tmp_path, capsys):
     assert main(["report", str(one), "--out", str(tmp_path / "r2")]) == 2
     err = capsys.readouterr().err
     assert str(one / "synthetic" / "c0" / "machine.json") in err and "delete it" in err
+
+
+def test_noise_rate_gives_the_share_kept_with_its_standard_error(runs, tmp_path, capsys):
+    # clean seeds 30/32/34, noisy seeds 25/27 (tbps study's layout); crue has no clean row
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--by", "data.noise_rate", "--out", str(out),
+                 "--format", "json"]) == 0
+    table = json.loads(capsys.readouterr().out)["robustness"]
+    assert [t["experiment"] for t in table] == ["synthetic"]
+    t = table[0]
+    import statistics
+    clean, noisy = [30.0, 32.0, 34.0], [25.0, 27.0]
+    kept = 100 * statistics.mean(noisy) / statistics.mean(clean)
+    # the standard error of a ratio of two independent means, first order
+    se = kept * math.sqrt(statistics.variance(noisy) / len(noisy) / statistics.mean(noisy) ** 2
+                          + statistics.variance(clean) / len(clean) / statistics.mean(clean) ** 2)
+    assert t["kept mean"] == pytest.approx(kept) and t["kept std"] == pytest.approx(se)
+    assert t["lost"] == pytest.approx(32.0 - 26.0)
+    assert (t["clean_seeds"], t["seeds"]) == (3, 2) and t["kept_last mean"] is None  # no last-epoch figures here
+    md = (out / "report.md").read_text()
+    assert "| synthetic | 0.3 | 3, 2 | 32.00 ± 2.00 | 26.00 ± 1.41 | 81.2 ± 4.3 | 6.00 | – |" in md
+
+
+def test_the_share_kept_by_the_last_epochs_model_needs_it_on_every_seed(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for seed, r1 in [(0, 30.0), (1, 34.0)]:
+        _run(root, f"c{seed}", "synthetic", seed, 0.0, {**_metrics(r1, 35.0), "test_last/R1": r1 + 1})
+    for seed, r1 in [(0, 24.0), (1, 26.0)]:
+        _run(root, f"n{seed}", "synthetic", seed, 0.3, {**_metrics(r1, 30.0), "test_last/R1": r1 + 2})
+    assert main(["report", str(root), "--by", "data.noise_rate", "--out", str(tmp_path / "r"),
+                 "--format", "json"]) == 0
+    t = json.loads(capsys.readouterr().out)["robustness"][0]
+    assert t["kept_last mean"] == pytest.approx(100 * 27.0 / 33.0)
+    (root / "synthetic" / "n1" / "metrics.json").write_text(json.dumps(_metrics(26.0, 30.0)))
+    assert main(["report", str(root), "--by", "data.noise_rate", "--out", str(tmp_path / "r"),
+                 "--format", "json"]) == 0  # one noisy seed without it: no last-epoch share
+    assert json.loads(capsys.readouterr().out)["robustness"][0]["kept_last mean"] is None
+
+
+def test_without_noise_rate_there_is_no_kept_table(runs, tmp_path, capsys):
+    assert main(["report", str(runs), "--out", str(tmp_path / "r"), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["robustness"] == []

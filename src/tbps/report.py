@@ -5,7 +5,10 @@ A run folder is what `tbps train` writes: ``config.yaml`` and, once it finished,
 ``data.noise_rate``); without ``--by``, runs whose configs differ only in the seed form a
 group. Each group gives the number of seeds, every test metric as mean ± sample standard
 deviation, the validation metric that chose the checkpoint, training time and samples/s.
-Runs without ``metrics.json`` are listed apart and never averaged in.
+Runs without ``metrics.json`` are listed apart and never averaged in. With ``--by
+data.noise_rate`` a second table gives, per experiment, the share of its clean test R@1 each
+noise rate keeps, with a standard error from both rows' seed spreads, so that a gap between
+two methods can be read against what three seeds can tell apart.
 """
 
 from __future__ import annotations
@@ -151,6 +154,63 @@ def summarise(groups: list[Group], by: list[str]) -> list[dict]:
     return rows
 
 
+NOISE_KEY = "data.noise_rate"
+
+
+def _kept(noisy: tuple, n_noisy: int, clean: tuple, n_clean: int) -> tuple[float | None, float | None]:
+    """100 * mean(noisy) / mean(clean), and its standard error by the delta method: the
+    relative variances of the two means add (seeds trained apart, so independent)."""
+    (mn, sn), (mc, sc) = noisy, clean
+    if mn is None or mc is None or mc == 0:
+        return None, None
+    kept = 100.0 * mn / mc
+    if sn is None or sc is None:  # one seed on a side: no spread to read
+        return kept, None
+    rel = (sn / mn) ** 2 / n_noisy + (sc / mc) ** 2 / n_clean if mn else math.inf
+    return kept, kept * math.sqrt(rel)
+
+
+def robustness(rows: list[dict], by: list[str]) -> list[dict]:
+    """For ``--by data.noise_rate``: each noisy row against the clean row (noise rate 0) of
+    the same experiment and other --by values: clean and noisy R@1, the share kept (± its
+    standard error), the points lost, and the same share for the last epoch's model."""
+    if NOISE_KEY not in by:
+        return []
+    others = [k for k in by if k != NOISE_KEY]
+
+    def setting(r: dict) -> tuple:
+        return (r["experiment"], *(repr(r[k]) for k in others))
+
+    clean = {setting(r): r for r in rows if r[NOISE_KEY] in (0, 0.0)}
+    out = []
+    for r in rows:
+        c = clean.get(setting(r))
+        if c is None or r is c or r[NOISE_KEY] is None:
+            continue
+        last_both = (r["test_last_runs"] == r["seeds"] and c["test_last_runs"] == c["seeds"])
+        out.append({"experiment": r["experiment"], **{k: r[k] for k in others},
+                    NOISE_KEY: r[NOISE_KEY], "clean_seeds": c["seeds"], "seeds": r["seeds"],
+                    "clean R1": c["test/R1"], "R1": r["test/R1"],
+                    "kept": _kept(r["test/R1"], r["seeds"], c["test/R1"], c["seeds"]),
+                    "lost": c["test/R1"][0] - r["test/R1"][0],
+                    "kept_last": (_kept(r["test_last/R1"], r["seeds"], c["test_last/R1"],
+                                        c["seeds"]) if last_both else (None, None))})
+    return out
+
+
+def robustness_markdown(table: list[dict], by: list[str]) -> str:
+    others = [k for k in by if k != NOISE_KEY]
+    head = ["experiment", *others, NOISE_KEY, "seeds (clean, noisy)", "clean R1", "R1",
+            "kept (% of clean R1, ± s.e.)", "points lost", "kept, last epoch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t in table:
+        cells = [t["experiment"], *(str(t[k]) for k in others), str(t[NOISE_KEY]),
+                 f"{t['clean_seeds']}, {t['seeds']}", _pm(t["clean R1"]), _pm(t["R1"]),
+                 _pm(t["kept"], 1), f"{t['lost']:.2f}", _pm(t["kept_last"], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 UNRECORDED = "unrecorded"
 
 
@@ -234,8 +294,10 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def to_json(rows: list[dict], unfinished: list[Run], note: str | None = None) -> str:
+def to_json(rows: list[dict], unfinished: list[Run], note: str | None = None,
+            kept: list[dict] = ()) -> str:
     return json.dumps({"groups": [_flat_row(r) for r in rows],
+                       "robustness": [_flat_row(t) for t in kept],
                        "unfinished": [str(r.path) for r in unfinished], "machines_note": note},
                       indent=1)
 
@@ -289,8 +351,13 @@ def report(paths: list[str], by: list[str], out: str | Path = "runs/report",
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     note = machines_note(runs)
-    texts = {"md": to_markdown(rows, by, unfinished, note), "csv": to_csv(rows),
-             "json": to_json(rows, unfinished, note)}
+    kept = robustness(rows, by)
+    md = to_markdown(rows, by, unfinished, note)
+    if kept:
+        md += ("\n\nThe share of the clean test R@1 each noise rate keeps (ratio of the seeds' "
+               "means; ± its standard error from both rows' spreads):\n\n"
+               + robustness_markdown(kept, by))
+    texts = {"md": md, "csv": to_csv(rows), "json": to_json(rows, unfinished, note, kept)}
     for name, text in texts.items():
         (out / f"report.{name}").write_text(text + "\n")
     if by:
