@@ -4,6 +4,7 @@ bad inputs."""
 
 import json
 import math
+import statistics
 
 import pytest
 import yaml
@@ -171,7 +172,6 @@ def test_noise_rate_gives_the_share_kept_with_its_standard_error(runs, tmp_path,
     table = json.loads(capsys.readouterr().out)["robustness"]
     assert [t["experiment"] for t in table] == ["synthetic"]
     t = table[0]
-    import statistics
     clean, noisy = [30.0, 32.0, 34.0], [25.0, 27.0]
     kept = 100 * statistics.mean(noisy) / statistics.mean(clean)
     # the standard error of a ratio of two independent means, first order

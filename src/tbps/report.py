@@ -164,10 +164,9 @@ def _kept(noisy: tuple, n_noisy: int, clean: tuple, n_clean: int) -> tuple[float
     if mn is None or mc is None or mc == 0:
         return None, None
     kept = 100.0 * mn / mc
-    if sn is None or sc is None:  # one seed on a side: no spread to read
+    if sn is None or sc is None or mn == 0:  # one seed on a side: no spread to read
         return kept, None
-    rel = (sn / mn) ** 2 / n_noisy + (sc / mc) ** 2 / n_clean if mn else math.inf
-    return kept, kept * math.sqrt(rel)
+    return kept, kept * math.sqrt((sn / mn) ** 2 / n_noisy + (sc / mc) ** 2 / n_clean)
 
 
 def robustness(rows: list[dict], by: list[str]) -> list[dict]:
