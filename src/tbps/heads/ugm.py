@@ -10,7 +10,9 @@ Our choices where the paper is silent (all config keys): μ is the feature itsel
 log σ² a linear layer (so inference is unchanged); ``num_samples`` = 7 (PCME); samples are
 L2-normalised; τ = 0.07; hard identity targets over the keys (current batch's momentum
 features, then the queue); a KL(N(μ, σ²) ‖ N(0, I)) term with ``kl_weight`` = 1e-4
-(PCME++'s vib_beta) keeps σ from collapsing or exploding.
+(PCME++'s vib_beta) keeps σ from collapsing or exploding. ``distill_alpha`` hands a share
+of those targets to the momentum model's own cross-modal prediction (ALBEF's momentum
+distillation, as in IRE; off by default).
 
 σ on the mean's scale (``sample_around: normalised``, the default): samples are drawn
 around the l2-normalised mean, so σ is measured against a unit-length feature. Drawn around
@@ -39,10 +41,11 @@ from ..components.matching import (ProbabilisticMatch, check_match_estimate,
 from ..components.pair_weights import weighted_mean
 from ..errors import ConfigError
 from ..types import EncoderOutput, Gaussian
-from ..settings_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from ..settings_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Rate
 from ..distributed import gather_with_grad
 from .base import AlignmentHead, HeadContext
-from .ire import identity_targets, masked_log_softmax, soft_target_loss
+from .ire import (distilled, identity_targets, key_softmax, masked_log_softmax, ramped,
+                  soft_target_loss)
 
 
 def ugm_loss(mean: torch.Tensor, logvar: torch.Tensor, keys: torch.Tensor, target: torch.Tensor,
@@ -87,8 +90,10 @@ class UGMHead(AlignmentHead):
                  match_refit_shift: bool = False,
                  match_mls_weight: NonNegativeFloat = 0.0,
                  sigma_prior_weight: NonNegativeFloat = 0.0,
-                 sample_average: Literal["loss", "probability"] = "loss") -> None:
+                 sample_average: Literal["loss", "probability"] = "loss",
+                 distill_alpha: Rate = 0.0, distill_ramp_epochs: NonNegativeFloat = 2.0) -> None:
         super().__init__(ctx, weight)
+        self.distill_alpha, self.distill_ramp_epochs = distill_alpha, distill_ramp_epochs
         self.match_lr = match_lr
         self.sigma_prior_weight, self.sample_average = sigma_prior_weight, sample_average
         check_match_estimate("ugm", match_estimate, rank_by)
@@ -132,17 +137,26 @@ class UGMHead(AlignmentHead):
         mu_v, lv_v = self.image_gauss(encoded.image_global)
         mu_t, lv_t = self.text_gauss(encoded.text_global)
         y = identity_targets(batch["pid"], mem.keys_pid, mem.keys_valid)
+        y_v = y_t = y   # the image's samples against the text keys, the caption's against the images'
+        out = {}
+        if self.distill_alpha:
+            share = ramped(self.distill_alpha, self.distill_ramp_epochs, batch.get("progress"))
+            y_v = distilled(y, y, key_softmax(mem.image, mem.keys_text, mem.keys_valid,
+                                              self.temperature), share)
+            y_t = distilled(y, y, key_softmax(mem.text, mem.keys_image, mem.keys_valid,
+                                              self.temperature), share)
+            out["ugm_distill_alpha"] = share.float()
         centred, w = self.sample_around == "normalised", batch.get("pair_weight")
-        loss = 0.5 * (ugm_loss(mu_v, lv_v, mem.keys_text, y, mem.keys_valid, self.temperature,
+        loss = 0.5 * (ugm_loss(mu_v, lv_v, mem.keys_text, y_v, mem.keys_valid, self.temperature,
                                self.num_samples, normalise_mean=centred, weights=w,
                                average=self.sample_average)
-                      + ugm_loss(mu_t, lv_t, mem.keys_image, y, mem.keys_valid,
+                      + ugm_loss(mu_t, lv_t, mem.keys_image, y_t, mem.keys_valid,
                                  self.temperature, self.num_samples, normalise_mean=centred,
                                  weights=w, average=self.sample_average))
         kl = kl_to_standard_normal(mu_v, lv_v) + kl_to_standard_normal(mu_t, lv_t)
-        out = {"loss_ugm": self.weight * loss, "loss_ugm_kl": self.kl_weight * kl,
-               "ugm_sigma_image": lv_v.detach().mul(0.5).exp().mean(),
-               "ugm_sigma_text": lv_t.detach().mul(0.5).exp().mean()}
+        out |= {"loss_ugm": self.weight * loss, "loss_ugm_kl": self.kl_weight * kl,
+                "ugm_sigma_image": lv_v.detach().mul(0.5).exp().mean(),
+                "ugm_sigma_text": lv_t.detach().mul(0.5).exp().mean()}
         if self.sigma_prior_weight > 0:
             out["loss_ugm_sigma_prior"] = self.sigma_prior_weight * (
                 variance_prior(lv_v) + variance_prior(lv_t))
