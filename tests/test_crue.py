@@ -13,7 +13,8 @@ from tbps.components.gaussian import GaussianEmbedding, kl_to_standard_normal
 from tbps.components.momentum import EMPTY, FeatureMemory, MomentumEncoder
 from tbps.components.text_augment import augment_caption_ids
 from tbps.heads.base import HeadContext
-from tbps.heads.ire import ire_loss
+from tbps.errors import ConfigError
+from tbps.heads.ire import IREHead, ire_loss
 from tbps.heads.ugm import UGMHead, ugm_loss
 from tbps.types import EncoderOutput
 import spawned
@@ -39,8 +40,9 @@ def _softmax(xs):
     return [v / sum(e) for v in e]
 
 
-def _ire_reference(image, text, pid, view, tau, alpha):
-    """Row by row, key by key, with plain Python floats."""
+def _ire_reference(image, text, pid, view, tau, alpha, distill=0.0):
+    """Row by row, key by key, with plain Python floats; ``distill``: ALBEF's share of the
+    target taken from the label and given to the momentum model's cross-modal softmax."""
     keys = [j for j in range(len(view.keys_pid)) if view.keys_pid[j] != EMPTY]
     v, t = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
     total = 0.0
@@ -51,8 +53,11 @@ def _ire_reference(image, text, pid, view, tau, alpha):
         rel_t = _softmax([float(view.text[k] @ view.keys_text[j]) / tau for j in keys])
         p_t2i = _softmax([float(t[k] @ view.keys_image[j]) / tau for j in keys])
         p_i2t = _softmax([float(v[k] @ view.keys_text[j]) / tau for j in keys])
-        for target_rel, pred in ((rel_i, p_t2i), (rel_t, p_i2t)):
-            q = [(1 - alpha) * a + alpha * b for a, b in zip(y, target_rel)]
+        m_t2i = _softmax([float(view.text[k] @ view.keys_image[j]) / tau for j in keys])
+        m_i2t = _softmax([float(view.image[k] @ view.keys_text[j]) / tau for j in keys])
+        for target_rel, momentum, pred in ((rel_i, m_t2i, p_t2i), (rel_t, m_i2t, p_i2t)):
+            q = [(1 - alpha - distill) * a + alpha * b + distill * m
+                 for a, b, m in zip(y, target_rel, momentum)]
             total += -sum(qi * math.log(pi) for qi, pi in zip(q, pred)) / len(pid) / 2
     return total
 
@@ -62,6 +67,51 @@ def test_ire_loss_matches_reference():
     got = ire_loss(image, text, pid, view, temperature=0.1, alpha=0.4)
     assert got.item() == pytest.approx(_ire_reference(image, text, pid, view, 0.1, 0.4), rel=1e-5)
     assert view.keys_pid.tolist()[:4] == pid.tolist()  # the batch leads the keys
+
+
+def test_ire_momentum_distillation_matches_reference_and_moves_the_loss():
+    image, text, pid, view, _ = _toy(3)
+    got = ire_loss(image, text, pid, view, temperature=0.1, alpha=0.4, distill_alpha=0.3)
+    assert got.item() == pytest.approx(
+        _ire_reference(image, text, pid, view, 0.1, 0.4, distill=0.3), rel=1e-5)
+    assert abs(got.item() - ire_loss(image, text, pid, view, 0.1, 0.4).item()) > 1e-3
+    with pytest.raises(ConfigError, match="distill_alpha"):
+        IREHead(CTX, alpha=0.8, distill_alpha=0.3)
+
+
+def test_ugm_momentum_distillation_matches_reference_and_ramps_in():
+    """UGM's targets with ALBEF's share: per row, (1 - β)·label + β·softmax of the momentum
+    feature over the other modality's keys; β ramps in with the fractional epoch."""
+    image, text, pid, view, _ = _toy(4)
+    head = UGMHead(CTX, temperature=0.1, num_samples=2, match_weight=0.0,
+                   init_logvar=-12.0, distill_alpha=0.4, distill_ramp_epochs=2.0)
+    with torch.no_grad():   # σ at its floor (log σ² = -12): every sample within 0.0025 of the mean
+        head.image_gauss.logvar.weight.zero_()
+        head.text_gauss.logvar.weight.zero_()
+    enc = EncoderOutput(image_tokens=None, text_tokens=None, image_global=image,
+                        text_global=text, text_mask=None, extra_text={})
+    keys = [j for j in range(len(view.keys_pid)) if view.keys_pid[j] != EMPTY]
+
+    def reference(share):
+        total = 0.0
+        for k in range(len(pid)):
+            pos = [j for j in keys if view.keys_pid[j] == pid[k]]
+            y = [1 / len(pos) if j in pos else 0.0 for j in keys]
+            for own, momentum, other_keys in ((image[k], view.image[k], view.keys_text),
+                                              (text[k], view.text[k], view.keys_image)):
+                m = _softmax([float(momentum @ other_keys[j]) / 0.1 for j in keys])
+                p = _softmax([float(F.normalize(own, dim=0) @ other_keys[j]) / 0.1 for j in keys])
+                q = [(1 - share) * a + share * b for a, b in zip(y, m)]
+                total += -sum(qi * math.log(pi) for qi, pi in zip(q, p)) / len(pid) / 2
+        return total
+
+    for progress, share in ((0.5, 0.1), (3.0, 0.4)):
+        out = head(enc, {"pid": pid, "memory": view,
+                         "progress": torch.tensor(progress, dtype=torch.float64)})
+        assert float(out["ugm_distill_alpha"]) == pytest.approx(share)
+        assert float(out["loss_ugm"]) == pytest.approx(reference(share), rel=2e-3)
+    # the tolerance above tells the two apart: without the share the loss is 1% higher
+    assert reference(0.4) != pytest.approx(reference(0.0), rel=5e-3)
 
 
 def test_ugm_loss_matches_reference():
