@@ -77,3 +77,34 @@ def test_it_trains_sigma_through_a_match_that_does_not():
             loss.backward()
             grads.append(None if logvar.grad is None else float(logvar.grad.abs().sum()))
         assert grads[0] in (None, 0.0) and grads[1] > 0
+
+
+def test_soft_pairs_weigh_every_other_image_by_its_detached_match_probability():
+    """``match_mls_pairs: soft``: the term over a caption's own person's images (weight 1)
+    and every other image (weight P(match), detached), against the per-pair loop above; and
+    P(match) itself gets no gradient from it (only σ learns from PFE's term)."""
+    g = torch.Generator().manual_seed(3)
+    pid = torch.tensor([0, 1, 1, 2])
+    text = Gaussian(torch.randn(4, 6, generator=g), 0.3 * torch.randn(4, 6, generator=g) - 4)
+    image = Gaussian(torch.randn(4, 6, generator=g), 0.3 * torch.randn(4, 6, generator=g) - 4)
+    soft = DCLHead(CTX, init_shift=10.0, match_mls_weight=1.0, match_mls_pairs="soft").match
+    hard = DCLHead(CTX, init_shift=10.0, match_mls_weight=1.0).match
+    plain = DCLHead(CTX, init_shift=10.0).match
+    prob = plain.probability(text, image)
+    assert 0.05 < float(prob[pid[:, None] != pid[None, :]].mean()) < 0.95  # weights that matter
+    total = weight_sum = 0.0
+    for t in range(4):
+        for i in range(4):
+            w = 1.0 if pid[t] == pid[i] else float(prob[t, i])
+            term = float(mutual_likelihood_loss(text.mean[t:t + 1], text.logvar[t:t + 1],
+                                                image.mean[i:i + 1], image.logvar[i:i + 1],
+                                                torch.ones(1, 1, dtype=torch.bool)))
+            total, weight_sum = total + w * term, weight_sum + w
+    base = float(plain.loss(text, image, pid)[0])
+    assert abs(float(soft.loss(text, image, pid)[0]) - base - total / weight_sum) < 1e-5
+    # the identity pairs alone give a different figure: the soft weights are used
+    assert abs(float(hard.loss(text, image, pid)[0]) - float(soft.loss(text, image, pid)[0])) > 1e-3
+    scale = soft.scale
+    grad_soft = torch.autograd.grad(soft.loss(text, image, pid)[0], scale)[0]
+    grad_plain = torch.autograd.grad(plain.loss(text, image, pid)[0], plain.scale)[0]
+    assert torch.allclose(grad_soft, grad_plain, atol=1e-6)

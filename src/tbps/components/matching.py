@@ -63,6 +63,10 @@ trained by every other term, take it: on brief captions the distance of a captio
 its own images follows vagueness (partial ρ 0.14–0.23 on the recipes' checkpoints) while σ
 does not. PFE's term asks σ for that spread directly; with ``trains_sigma: false`` and
 ``refit_shift`` the match then reads σ, stays calibrated, and no longer pulls it.
+``mls_pairs: soft`` (ours) takes "the images a caption fits" as PCME++ does: its own
+person's, and each other image with the match's own P(match) (detached), so that σ is the
+spread of every match the model believes in, the other people a vague caption also fits
+included, not only of its labelled ones.
 """
 
 from __future__ import annotations
@@ -147,10 +151,12 @@ class ProbabilisticMatch(nn.Module):
                  distance: str = "csd", memory_size: int = 0, dim: int = 0,
                  estimate: str = "closed", num_samples: int = 7,
                  trains_sigma: bool = True, refit_shift: bool = False,
-                 mls_weight: float = 0.0) -> None:
+                 mls_weight: float = 0.0, mls_pairs: str = "identity") -> None:
         super().__init__()
         self.trains_sigma, self.refit_shift = trains_sigma, refit_shift
-        self.mls_weight = mls_weight
+        if mls_pairs not in ("identity", "soft"):
+            raise ValueError(f"mls_pairs is 'identity' or 'soft', not {mls_pairs!r}")
+        self.mls_weight, self.mls_pairs = mls_weight, mls_pairs
         if estimate not in ("closed", "sampled"):
             raise ValueError(f"estimate is 'closed' or 'sampled', not {estimate!r}")
         auto = init_shift == "auto"
@@ -197,11 +203,9 @@ class ProbabilisticMatch(nn.Module):
              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(PCME++'s matching loss over every pair of a batch whose i-th caption and image
         have identity ``pid[i]``, caption rows weighted by ``weights``; the logits [B, B]),
-        plus ``mls_weight`` × PFE's σ term over the same person's pairs."""
-        extra = 0.0
-        if self.mls_weight > 0:
-            extra = self.mls_weight * mutual_likelihood_loss(
-                text.mean, text.logvar, image.mean, image.logvar, pid[:, None] == pid[None, :])
+        plus ``mls_weight`` × PFE's σ term over the same person's pairs (``mls_pairs:
+        soft``: and every other pair, weighted by its detached P(match))."""
+        own = (text, image)  # PFE's term trains σ even where the match only reads it
         if not self.trains_sigma:
             # the match reads σ but leaves its learning to the other terms
             text = Gaussian(text.mean, text.logvar.detach())
@@ -213,6 +217,7 @@ class ProbabilisticMatch(nn.Module):
             if bool(self.shift_pending):
                 self._start_shift(text, image, pid)
         logits = self.logits(text, image)
+        extra = self._mls(*own, pid, logits) if self.mls_weight > 0 else 0.0
         if self.memory_size == 0:
             return pcme_matching_loss(logits, pid, pid, weights) + extra, logits
         remembered_text = Gaussian(self.memory_text_mean, self.memory_text_logvar)
@@ -224,6 +229,17 @@ class ProbabilisticMatch(nn.Module):
         if self.training:
             self._remember(text, image, pid)
         return loss + extra, logits
+
+    def _mls(self, text: Gaussian, image: Gaussian, pid: torch.Tensor,
+             logits: torch.Tensor) -> torch.Tensor:
+        """``mls_weight`` × PFE's term over the pairs a caption is taken to fit: its own
+        person's images, and with ``mls_pairs: soft`` every other image too, weighted by the
+        pair's P(match) (detached: the match's own belief that the caption also fits it)."""
+        pairs = (pid[:, None] == pid[None, :]).float()
+        if self.mls_pairs == "soft":
+            pairs = pairs + (1 - pairs) * torch.sigmoid(logits.detach().float())
+        return self.mls_weight * mutual_likelihood_loss(text.mean, text.logvar, image.mean,
+                                                        image.logvar, pairs)
 
     @torch.no_grad()
     def _remember(self, text: Gaussian, image: Gaussian, pid: torch.Tensor) -> None:

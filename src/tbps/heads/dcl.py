@@ -58,7 +58,8 @@ class DCLHead(AlignmentHead):
                  match_trains_sigma: bool = True,
                  match_lr: PositiveFloat | None = None,
                  match_refit_shift: bool = False,
-                 match_mls_weight: NonNegativeFloat = 0.0) -> None:
+                 match_mls_weight: NonNegativeFloat = 0.0,
+                 match_mls_pairs: Literal["identity", "soft"] = "identity") -> None:
         super().__init__(ctx, weight)
         self.match_lr = match_lr
         self.objective, self.rank_by = objective, rank_by
@@ -77,7 +78,7 @@ class DCLHead(AlignmentHead):
         self.match = ProbabilisticMatch(init_scale, init_shift, distance, match_memory,
                                         ctx.embed_dim, match_estimate, match_samples,
                                         match_trains_sigma, match_refit_shift,
-                                        match_mls_weight)
+                                        match_mls_weight, match_mls_pairs)
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         d = batch["distributions"]

@@ -89,6 +89,7 @@ class UGMHead(AlignmentHead):
                  match_lr: PositiveFloat | None = None,
                  match_refit_shift: bool = False,
                  match_mls_weight: NonNegativeFloat = 0.0,
+                 match_mls_pairs: Literal["identity", "soft"] = "identity",
                  sigma_prior_weight: NonNegativeFloat = 0.0,
                  sample_average: Literal["loss", "probability"] = "loss",
                  distill_alpha: Rate = 0.0, distill_ramp_epochs: NonNegativeFloat = 2.0) -> None:
@@ -107,7 +108,8 @@ class UGMHead(AlignmentHead):
                                         num_samples=match_samples,
                                         trains_sigma=match_trains_sigma,
                                         refit_shift=match_refit_shift,
-                                        mls_weight=match_mls_weight)
+                                        mls_weight=match_mls_weight,
+                                        mls_pairs=match_mls_pairs)
         self.image_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.text_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.temperature, self.num_samples, self.kl_weight = temperature, num_samples, kl_weight
