@@ -92,8 +92,15 @@ class UGMHead(AlignmentHead):
                  match_mls_pairs: Literal["identity", "soft"] = "identity",
                  sigma_prior_weight: NonNegativeFloat = 0.0,
                  sample_average: Literal["loss", "probability"] = "loss",
-                 distill_alpha: Rate = 0.0, distill_ramp_epochs: NonNegativeFloat = 2.0) -> None:
+                 distill_alpha: Rate = 0.0, distill_ramp_epochs: NonNegativeFloat = 2.0,
+                 sigma_on_sphere: bool = False) -> None:
         super().__init__(ctx, weight)
+        if sigma_on_sphere and sample_around != "raw":
+            raise ConfigError("heads.ugm.sigma_on_sphere carries σ of samples drawn around the "
+                              "raw feature onto the unit sphere; around the normalised mean "
+                              "σ is on it already: set heads.ugm.sample_around=raw or "
+                              "heads.ugm.sigma_on_sphere=false")
+        self.sigma_on_sphere = sigma_on_sphere
         self.distill_alpha, self.distill_ramp_epochs = distill_alpha, distill_ramp_epochs
         self.match_lr = match_lr
         self.sigma_prior_weight, self.sample_average = sigma_prior_weight, sample_average
@@ -124,7 +131,7 @@ class UGMHead(AlignmentHead):
     def retrieval_embedding(self, modality, inputs):
         gauss = self.image_gauss if modality == "image" else self.text_gauss
         if self.rank_by == "distribution":
-            return expected_distance_embedding(modality, Gaussian(*gauss(inputs.global_feature)))
+            return expected_distance_embedding(modality, self._gaussian(gauss, inputs.global_feature))
         return gauss.mean_projection(inputs.global_feature)
 
     def retrieval_parts(self):
@@ -132,7 +139,22 @@ class UGMHead(AlignmentHead):
 
     def distribution(self, modality, inputs):
         gauss = self.image_gauss if modality == "image" else self.text_gauss
-        return Gaussian(*gauss(inputs.global_feature))
+        return self._gaussian(gauss, inputs.global_feature)
+
+    def _gaussian(self, gauss, feature: torch.Tensor) -> Gaussian:
+        return self._shown(*gauss(feature))
+
+    def _shown(self, mean: torch.Tensor, logvar: torch.Tensor) -> Gaussian:
+        """The Gaussian UGM shows its match, ranking and uncertainty: (μ, log σ²), or with
+        ``sigma_on_sphere`` (ours) the spread its normalised samples have, σ/‖μ‖: a sample
+        μ + σε drawn around the raw feature and l2-normalised moves on the unit sphere by
+        σ/‖μ‖ to first order, so that is the uncertainty the sampled loss acts on, and on
+        the scale of the unit means the match compares (σ alone can be cancelled by the
+        norm). The norm is detached: the match reads it, the sampled loss trains it."""
+        if self.sigma_on_sphere:
+            logvar = logvar - mean.detach().float().pow(2).sum(-1, keepdim=True).clamp_min(
+                1e-12).log()
+        return Gaussian(mean, logvar)
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         mem = batch["memory"]
@@ -165,8 +187,8 @@ class UGMHead(AlignmentHead):
         if self.match_weight > 0:
             pid = gather_with_grad(batch["pid"])
             match, _ = self.match.loss(
-                Gaussian(gather_with_grad(mu_t), gather_with_grad(lv_t)),
-                Gaussian(gather_with_grad(mu_v), gather_with_grad(lv_v)), pid,
+                self._shown(gather_with_grad(mu_t), gather_with_grad(lv_t)),
+                self._shown(gather_with_grad(mu_v), gather_with_grad(lv_v)), pid,
                 None if w is None else gather_with_grad(w))
             out["loss_ugm_match"] = self.match_weight * match
             out["ugm_shift"] = self.match.shift.detach()
@@ -184,8 +206,8 @@ class UGMHead(AlignmentHead):
     def pair_confidence(self, encoded, batch):
         if self.match_weight == 0:
             return None
-        text = Gaussian(*self.text_gauss(encoded.text_global))
-        image = Gaussian(*self.image_gauss(encoded.image_global))
+        text = self._gaussian(self.text_gauss, encoded.text_global)
+        image = self._gaussian(self.image_gauss, encoded.image_global)
         return self.match.probability(text, image).diagonal()
 
     def _load_from_state_dict(self, state, prefix, *args, **kwargs):
