@@ -225,6 +225,13 @@ def test_tbps_uncertainty_measures_what_it_says(ucfa_run, tmp_path, capsys):
                        for i in mine) / len(mine))
     od = got["ambiguity"]["own_image_distance_vs_log_identities_fitted"]
     assert abs(od["spearman"] - spearmanr(own, fitted).statistic) < 2e-3
+    # σ over the mean's norm, caption by caption with Python's own arithmetic
+    with torch.inference_mode():
+        text_gauss = gaussian(module, "text", test_ids)
+    relative = [sum(math.exp(0.5 * float(v)) for v in text_gauss.logvar[t]) / text_gauss.logvar.shape[1]
+                / float(text_gauss.mean[t].norm()) for t in range(len(text_mean))]
+    sn = got["ambiguity"]["sigma_over_mean_norm_vs_log_identities_fitted"]
+    assert abs(sn["spearman"] - spearmanr(relative, fitted).statistic) < 2e-3
 
 
 def test_the_stated_attributes_predictor_recovers_a_count_that_the_stated_keys_decide():

@@ -27,7 +27,9 @@ UCFA's distributions), three measurements, as JSON:
   same two figures for the squared distance of the caption's mean to its own person's
   images (``own_image_distance_vs_log_identities_fitted``, means l2-normalised): in PCME++'s
   closed form that distance and Σσ_t² add up to one per-caption offset, so where σ misses
-  vagueness this says whether the means hold it instead.
+  vagueness this says whether the means hold it instead. And the same for σ/‖μ‖
+  (``sigma_over_mean_norm_vs_log_identities_fitted``): the spread a sample drawn around
+  the raw feature has once l2-normalised (UGM's ``sample_around: raw``).
 - ``calibration`` (a model with a match probability): the expected calibration error of
   P(match) over every (test caption, test image) pair against "same person" (15 bins), and
   the mean P(match) of true and false pairs.
@@ -178,6 +180,10 @@ def ambiguity(module, dm, matched: tuple[torch.Tensor, torch.Tensor] | None,
     # PCME++'s closed form adds Σσ_t² and the means' distance into one per-caption offset;
     # where σ does not follow vagueness, this says whether the means took it
     text, image, same = gaussians
+    # σ against the mean's norm: how far a sample drawn around the raw feature moves once
+    # l2-normalised (UGM's `sample_around: raw`), where the norm can say what σ does not
+    out["sigma_over_mean_norm_vs_log_identities_fitted"] = partial_spearman(
+        text.sigma / text.mean.norm(dim=-1).clamp_min(1e-12), count.log(), length)
     d = torch.cdist(F.normalize(text.mean, dim=-1), F.normalize(image.mean, dim=-1)) ** 2
     own = (d * same).sum(1) / same.sum(1).clamp_min(1)
     out["own_image_distance_vs_log_identities_fitted"] = partial_spearman(
