@@ -18,6 +18,8 @@ distillation, as in IRE; off by default).
 around the l2-normalised mean, so σ is measured against a unit-length feature. Drawn around
 the raw feature (``raw``, the earlier behaviour), the encoder can cancel any σ by growing
 the feature's norm, and σ stops meaning anything.
+``sigma_on_sphere`` (with ``raw``) shows the match, ranking and uncertainty σ/‖μ‖ instead,
+the spread those samples have once normalised (``_shown``).
 
 A probabilistic match (PCME++, ``match_weight`` > 0, the default 1): the batch's image and
 caption Gaussians, compared with PCME++'s closed-form sampled distance d, give every pair
