@@ -67,6 +67,10 @@ does not. PFE's term asks σ for that spread directly; with ``trains_sigma: fals
 person's, and each other image with the match's own P(match) (detached), so that σ is the
 spread of every match the model believes in, the other people a vague caption also fits
 included, not only of its labelled ones.
+
+``entropy_weight`` > 0 (ours) orders the captions' σ like the entropy of their softmax over
+the batch's images, the "one-to-many" count itself (``components.match_entropy``): without
+level or scale, so it adds to whatever else trains σ.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..types import Gaussian
+from .match_entropy import ImageQueue, entropy_order_loss
 from .gaussian import LOGVAR_MAX, csd_distance, mutual_likelihood_loss, sample, w2_distance
 from .momentum import EMPTY
 from .pair_weights import weighted_mean
@@ -151,8 +156,13 @@ class ProbabilisticMatch(nn.Module):
                  distance: str = "csd", memory_size: int = 0, dim: int = 0,
                  estimate: str = "closed", num_samples: int = 7,
                  trains_sigma: bool = True, refit_shift: bool = False,
-                 mls_weight: float = 0.0, mls_pairs: str = "identity") -> None:
+                 mls_weight: float = 0.0, mls_pairs: str = "identity",
+                 entropy_weight: float = 0.0, entropy_temperature: float = 0.1,
+                 entropy_memory: int = 0) -> None:
         super().__init__()
+        self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
+        self.entropy_queue = (ImageQueue(entropy_memory, dim) if entropy_memory > 0
+                              and entropy_weight > 0 else None)
         self.trains_sigma, self.refit_shift = trains_sigma, refit_shift
         if mls_pairs not in ("identity", "soft"):
             raise ValueError(f"mls_pairs is 'identity' or 'soft', not {mls_pairs!r}")
@@ -204,7 +214,9 @@ class ProbabilisticMatch(nn.Module):
         """(PCME++'s matching loss over every pair of a batch whose i-th caption and image
         have identity ``pid[i]``, caption rows weighted by ``weights``; the logits [B, B]),
         plus ``mls_weight`` × PFE's σ term over the same person's pairs (``mls_pairs:
-        soft``: and every other pair, weighted by its detached P(match))."""
+        soft``: and every other pair, weighted by its detached P(match)), plus
+        ``entropy_weight`` × the term that orders captions' σ like their match entropy
+        (``components.match_entropy``)."""
         own = (text, image)  # PFE's term trains σ even where the match only reads it
         if not self.trains_sigma:
             # the match reads σ but leaves its learning to the other terms
@@ -218,6 +230,10 @@ class ProbabilisticMatch(nn.Module):
                 self._start_shift(text, image, pid)
         logits = self.logits(text, image)
         extra = self._mls(*own, pid, logits) if self.mls_weight > 0 else 0.0
+        if self.entropy_weight > 0:
+            extra = extra + self.entropy_weight * entropy_order_loss(
+                own[0], own[1].mean, self.entropy_temperature, self.entropy_queue,
+                remember=self.training)
         if self.memory_size == 0:
             return pcme_matching_loss(logits, pid, pid, weights) + extra, logits
         remembered_text = Gaussian(self.memory_text_mean, self.memory_text_logvar)

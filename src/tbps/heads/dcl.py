@@ -59,7 +59,10 @@ class DCLHead(AlignmentHead):
                  match_lr: PositiveFloat | None = None,
                  match_refit_shift: bool = False,
                  match_mls_weight: NonNegativeFloat = 0.0,
-                 match_mls_pairs: Literal["identity", "soft"] = "identity") -> None:
+                 match_mls_pairs: Literal["identity", "soft"] = "identity",
+                 match_entropy_weight: NonNegativeFloat = 0.0,
+                 match_entropy_temperature: PositiveFloat = 0.1,
+                 match_entropy_memory: NonNegativeInt = 0) -> None:
         super().__init__(ctx, weight)
         self.match_lr = match_lr
         self.objective, self.rank_by = objective, rank_by
@@ -78,7 +81,9 @@ class DCLHead(AlignmentHead):
         self.match = ProbabilisticMatch(init_scale, init_shift, distance, match_memory,
                                         ctx.embed_dim, match_estimate, match_samples,
                                         match_trains_sigma, match_refit_shift,
-                                        match_mls_weight, match_mls_pairs)
+                                        match_mls_weight, match_mls_pairs,
+                                        match_entropy_weight, match_entropy_temperature,
+                                        match_entropy_memory)
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         d = batch["distributions"]

@@ -92,6 +92,9 @@ class UGMHead(AlignmentHead):
                  match_refit_shift: bool = False,
                  match_mls_weight: NonNegativeFloat = 0.0,
                  match_mls_pairs: Literal["identity", "soft"] = "identity",
+                 match_entropy_weight: NonNegativeFloat = 0.0,
+                 match_entropy_temperature: PositiveFloat = 0.1,
+                 match_entropy_memory: NonNegativeInt = 0,
                  sigma_prior_weight: NonNegativeFloat = 0.0,
                  sample_average: Literal["loss", "probability"] = "loss",
                  distill_alpha: Rate = 0.0, distill_ramp_epochs: NonNegativeFloat = 2.0,
@@ -118,7 +121,10 @@ class UGMHead(AlignmentHead):
                                         trains_sigma=match_trains_sigma,
                                         refit_shift=match_refit_shift,
                                         mls_weight=match_mls_weight,
-                                        mls_pairs=match_mls_pairs)
+                                        mls_pairs=match_mls_pairs,
+                                        entropy_weight=match_entropy_weight,
+                                        entropy_temperature=match_entropy_temperature,
+                                        entropy_memory=match_entropy_memory)
         self.image_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.text_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.temperature, self.num_samples, self.kl_weight = temperature, num_samples, kl_weight
