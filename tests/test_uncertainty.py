@@ -232,6 +232,15 @@ def test_tbps_uncertainty_measures_what_it_says(ucfa_run, tmp_path, capsys):
                 / float(text_gauss.mean[t].norm()) for t in range(len(text_mean))]
     sn = got["ambiguity"]["sigma_over_mean_norm_vs_log_identities_fitted"]
     assert abs(sn["spearman"] - spearmanr(relative, fitted).statistic) < 2e-3
+    # the entropy of each caption's softmax over the gallery by the means' cosine / 0.1
+    entropy = []
+    for t in range(len(text_mean)):
+        cos = [float(text_mean[t] @ image_mean[i] / (text_mean[t].norm() * image_mean[i].norm()))
+               for i in range(len(image_mean))]
+        z = [math.exp(c / 0.1) for c in cos]
+        entropy.append(-sum(v / sum(z) * math.log(v / sum(z)) for v in z))
+    me = got["ambiguity"]["match_entropy_vs_log_identities_fitted"]
+    assert abs(me["spearman"] - spearmanr(entropy, fitted).statistic) < 2e-3
 
 
 def test_the_stated_attributes_predictor_recovers_a_count_that_the_stated_keys_decide():

@@ -29,7 +29,10 @@ UCFA's distributions), three measurements, as JSON:
   closed form that distance and Σσ_t² add up to one per-caption offset, so where σ misses
   vagueness this says whether the means hold it instead. And the same for σ/‖μ‖
   (``sigma_over_mean_norm_vs_log_identities_fitted``): the spread a sample drawn around
-  the raw feature has once l2-normalised (UGM's ``sample_around: raw``).
+  the raw feature has once l2-normalised (UGM's ``sample_around: raw``). And the same for
+  the entropy of each caption's softmax over the test gallery by the means' cosine / 0.1
+  (``match_entropy_vs_log_identities_fitted``): the one-to-many count as the means hold it,
+  what ``match_entropy_weight`` asks σ to follow.
 - ``calibration`` (a model with a match probability): the expected calibration error of
   P(match) over every (test caption, test image) pair against "same person" (15 bins), and
   the mean P(match) of true and false pairs.
@@ -47,6 +50,7 @@ from torchmetrics.functional import spearman_corrcoef
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
 from ..data.datamodule import collate_trimmed
+from ..components.match_entropy import match_entropy
 from ..heads.rde import tal_per_pair
 from ..data.transforms import eval_transform
 from ..errors import TBPSError
@@ -184,6 +188,10 @@ def ambiguity(module, dm, matched: tuple[torch.Tensor, torch.Tensor] | None,
     # l2-normalised (UGM's `sample_around: raw`), where the norm can say what σ does not
     out["sigma_over_mean_norm_vs_log_identities_fitted"] = partial_spearman(
         text.sigma / text.mean.norm(dim=-1).clamp_min(1e-12), count.log(), length)
+    # what `match_entropy_weight` asks σ to follow: the entropy of each caption's softmax over
+    # the gallery by the means (τ 0.1), the one-to-many count as the means hold it
+    out["match_entropy_vs_log_identities_fitted"] = partial_spearman(
+        match_entropy(text.mean, image.mean, 0.1), count.log(), length)
     d = torch.cdist(F.normalize(text.mean, dim=-1), F.normalize(image.mean, dim=-1)) ** 2
     own = (d * same).sum(1) / same.sum(1).clamp_min(1)
     out["own_image_distance_vs_log_identities_fitted"] = partial_spearman(
