@@ -15,9 +15,9 @@ correlation: it has no level and no scale, so the other terms keep setting how l
 (and the match stays calibrated), and this one only orders the captions. Its best answer
 among functions of the caption is log σ_t affine in E[H | caption]: the average over the
 batches a caption meets, which washes out what one batch's images happen to be. On the
-recipes' brief-caption checkpoints that average (a linear reading of the stated attributes)
-follows vagueness at a partial ρ of 0.25–0.32, where the batch's H itself gives 0.29–0.36 on
-the training captions (``tbps uncertainty``'s reference: 0.34).
+recipes' brief-caption checkpoints the test captions' entropy over the gallery follows
+vagueness at a partial ρ of 0.19–0.29 where their σ gives −0.31 to 0.12 (``tbps
+uncertainty``, ``match_entropy_vs_log_identities_fitted``; docs/results.md).
 """
 
 from __future__ import annotations
