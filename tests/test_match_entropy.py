@@ -121,3 +121,50 @@ def test_the_remembered_images_join_the_softmax_and_empty_slots_do_not():
     # five slots: the second batch wrapped round onto the first's oldest
     assert bool(queue.filled.all()) and int(queue.ptr) == 1
     assert torch.allclose(queue.mean[0], F.normalize(second[2], dim=0))
+
+
+def _slow_own_rank(text_mean, image_mean, text_pid, image_pid):
+    out = []
+    for t, p in zip(text_mean.tolist(), text_pid.tolist()):
+        cos = [sum(a * b for a, b in zip(t, i)) / math.sqrt(sum(a * a for a in t) * sum(b * b for b in i))
+               for i in image_mean.tolist()]
+        own = [c for c, q in zip(cos, image_pid.tolist()) if q == p]
+        mean_own = sum(own) / len(own)
+        out.append(math.log(1 + sum(c > mean_own for c, q in zip(cos, image_pid.tolist()) if q != p)))
+    return out
+
+
+def test_own_rank_counts_other_peoples_images_nearer_than_the_captions_own():
+    from tbps.components.match_entropy import own_rank
+    g = torch.Generator().manual_seed(6)
+    text, image = torch.randn(6, 5, generator=g), torch.randn(9, 5, generator=g)
+    text_pid, image_pid = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 1, 2] * 3)
+    got = own_rank(text, image, text_pid[:, None] == image_pid[None, :])
+    assert torch.allclose(got, torch.tensor(_slow_own_rank(text, image, text_pid, image_pid)))
+    # an image left out (an empty memory slot) is not counted
+    valid = torch.ones(9, dtype=torch.bool)
+    valid[4:] = False
+    got = own_rank(text, image, text_pid[:, None] == image_pid[None, :], valid)
+    assert torch.allclose(got, torch.tensor(_slow_own_rank(text, image[:4], text_pid, image_pid[:4])))
+
+
+def test_the_own_rank_target_orders_sigma_and_reads_the_remembered_identities():
+    """With ``target: own_rank`` the term is 1 − corr(log σ, own_rank) over the batch's and
+    the queue's images, the queue's identities deciding which are the caption's own."""
+    from tbps.components.match_entropy import ImageQueue, own_rank
+    g = torch.Generator().manual_seed(7)
+    pid = torch.tensor([0, 1, 2, 3, 0, 1])
+    text = Gaussian(torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g))
+    first, second = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    queue = ImageQueue(8, 4)
+    entropy_order_loss(text, first, 0.1, queue, remember=True, target="own_rank", pid=pid + 4)
+    got = entropy_order_loss(text, second, 0.1, queue, target="own_rank", pid=pid)
+    images = torch.cat([second, first])
+    pids = torch.cat([pid, pid + 4])
+    h = own_rank(text.mean, images, pid[:, None] == pids[None, :])
+    log_sigma = text.logvar.mul(0.5).exp().mean(-1).log()
+    x, y = log_sigma - log_sigma.mean(), h - h.mean()
+    want = 1 - (x * y).mean() / ((x.pow(2).mean() + 1e-4).sqrt() * y.pow(2).mean().sqrt())
+    assert abs(float(got) - float(want)) < 1e-5
+    # the first batch's people are not this batch's: its images count as other people's
+    assert int(queue.filled.sum()) == 6 and queue.pid[:6].tolist() == (pid + 4).tolist()

@@ -61,11 +61,15 @@ def test_study_trains_skips_and_reports(tiny_synth, tmp_path, capsys, monkeypatc
     (earlier / "config.yaml").write_text((first / "config.yaml").read_text()
                                          .replace("seed: 0", "seed: 7"))
     (earlier / "metrics.json").write_text((first / "metrics.json").read_text())
+    # `tbps uncertainty --out RUN/uncertainty.json` beside one run: it travels with that run
+    measured = plan(out, ["clip_synthetic"], [0.3], [0])[0].folder
+    (measured / "uncertainty.json").write_text('{"noise": {}}\n')
     copied = record(out, dest)
     assert len(copied) == 4
     for folder in copied:
+        extra = ["uncertainty.json"] if out / folder.relative_to(dest) == measured else []
         assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "machine.json",
-                                                            "metrics.json"]
+                                                            "metrics.json", *extra]
         src = out / folder.relative_to(dest)
         assert json.loads((folder / "metrics.json").read_text()) == \
             json.loads((src / "metrics.json").read_text())

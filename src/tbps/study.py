@@ -173,7 +173,9 @@ def run_study(out: str | Path = "runs/study", methods: list[str] | None = None,
 
 
 RECORD_FILES = ("config.yaml", "metrics.json")
-OPTIONAL_RECORD_FILES = ("machine.json",)  # runs trained before machines were recorded lack it
+# runs trained before machines were recorded lack machine.json; `tbps uncertainty --out
+# RUN/uncertainty.json` writes the other beside a run that predicts uncertainty
+OPTIONAL_RECORD_FILES = ("machine.json", "uncertainty.json")
 
 
 def record(out: str | Path, dest: str | Path) -> list[Path]:

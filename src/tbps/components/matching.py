@@ -158,9 +158,10 @@ class ProbabilisticMatch(nn.Module):
                  trains_sigma: bool = True, refit_shift: bool = False,
                  mls_weight: float = 0.0, mls_pairs: str = "identity",
                  entropy_weight: float = 0.0, entropy_temperature: float = 0.1,
-                 entropy_memory: int = 0) -> None:
+                 entropy_memory: int = 0, entropy_target: str = "entropy") -> None:
         super().__init__()
         self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
+        self.entropy_target = entropy_target
         self.entropy_queue = (ImageQueue(entropy_memory, dim) if entropy_memory > 0
                               and entropy_weight > 0 else None)
         self.trains_sigma, self.refit_shift = trains_sigma, refit_shift
@@ -233,7 +234,7 @@ class ProbabilisticMatch(nn.Module):
         if self.entropy_weight > 0:
             extra = extra + self.entropy_weight * entropy_order_loss(
                 own[0], own[1].mean, self.entropy_temperature, self.entropy_queue,
-                remember=self.training)
+                remember=self.training, target=self.entropy_target, pid=pid)
         if self.memory_size == 0:
             return pcme_matching_loss(logits, pid, pid, weights) + extra, logits
         remembered_text = Gaussian(self.memory_text_mean, self.memory_text_logvar)

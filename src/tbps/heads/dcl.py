@@ -62,7 +62,8 @@ class DCLHead(AlignmentHead):
                  match_mls_pairs: Literal["identity", "soft"] = "identity",
                  match_entropy_weight: NonNegativeFloat = 0.0,
                  match_entropy_temperature: PositiveFloat = 0.1,
-                 match_entropy_memory: NonNegativeInt = 0) -> None:
+                 match_entropy_memory: NonNegativeInt = 0,
+                 match_entropy_target: Literal["entropy", "own_rank"] = "entropy") -> None:
         super().__init__(ctx, weight)
         self.match_lr = match_lr
         self.objective, self.rank_by = objective, rank_by
@@ -83,7 +84,7 @@ class DCLHead(AlignmentHead):
                                         match_trains_sigma, match_refit_shift,
                                         match_mls_weight, match_mls_pairs,
                                         match_entropy_weight, match_entropy_temperature,
-                                        match_entropy_memory)
+                                        match_entropy_memory, match_entropy_target)
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         d = batch["distributions"]

@@ -95,6 +95,7 @@ class UGMHead(AlignmentHead):
                  match_entropy_weight: NonNegativeFloat = 0.0,
                  match_entropy_temperature: PositiveFloat = 0.1,
                  match_entropy_memory: NonNegativeInt = 0,
+                 match_entropy_target: Literal["entropy", "own_rank"] = "entropy",
                  sigma_prior_weight: NonNegativeFloat = 0.0,
                  sample_average: Literal["loss", "probability"] = "loss",
                  distill_alpha: Rate = 0.0, distill_ramp_epochs: NonNegativeFloat = 2.0,
@@ -124,7 +125,8 @@ class UGMHead(AlignmentHead):
                                         mls_pairs=match_mls_pairs,
                                         entropy_weight=match_entropy_weight,
                                         entropy_temperature=match_entropy_temperature,
-                                        entropy_memory=match_entropy_memory)
+                                        entropy_memory=match_entropy_memory,
+                                        entropy_target=match_entropy_target)
         self.image_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.text_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar)
         self.temperature, self.num_samples, self.kl_weight = temperature, num_samples, kl_weight
