@@ -20,7 +20,7 @@ EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 def _cmd(root, runs, extra=()):
     args = [o for o in tiny_overrides(root, "x") if not o.startswith("run_dir")]
     return [sys.executable, "-m", "tbps.cli", "train", "experiment=synthetic", *args,
-            "data.batch_size=4", "trainer.max_epochs=4", "seed=7", f"runs_dir={runs}", *extra]
+            "data.batch_size=4", "trainer.max_epochs=8", "seed=7", f"runs_dir={runs}", *extra]
 
 
 def _env():
@@ -57,7 +57,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_synth, tmp_path, uni
     while not list(broken.glob("synthetic/*/checkpoints/last.ckpt")):
         assert proc.poll() is None and time.time() < deadline, "run ended before a checkpoint"
         time.sleep(0.05)
-    time.sleep(1.0)  # into the next epoch
+    # into the next epoch: an epoch takes ~0.3 s on an idle 2-core machine, and the seven
+    # after the first checkpoint ~2 s, so a kill a second later could find the run done
+    time.sleep(0.2)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
