@@ -79,10 +79,10 @@ def own_rank(text_mean: torch.Tensor, image_mean: torch.Tensor, same: torch.Tens
     own about N/2 images down whatever its scale, where the entropy also reads how sharp the
     caption's similarities are (``match_entropy_target: own_rank``)."""
     cos = F.normalize(text_mean.float(), dim=-1) @ F.normalize(image_mean.float(), dim=-1).t()
+    others = ~same
     if valid is not None:
-        same = same & valid[None, :]
+        same, others = same & valid[None, :], others & valid[None, :]
     own = (cos * same).sum(-1) / same.sum(-1).clamp_min(1)
-    others = ~same if valid is None else ~same & valid[None, :]
     return ((cos > own[:, None]) & others).sum(-1).float().log1p()
 
 
@@ -109,7 +109,7 @@ def entropy_order_loss(text: Gaussian, image_mean: torch.Tensor, temperature: fl
             valid = torch.cat([queue.filled.new_ones(len(image_mean)), queue.filled])
         if target == "own_rank":
             pids = pid if queue is None else torch.cat([pid.to(queue.pid), queue.pid])
-            h = own_rank(text.mean, images, pid.to(pids)[:, None] == pids[None, :], valid)
+            h = own_rank(text.mean, images, pid[:, None] == pids[None, :], valid)
         else:
             h = match_entropy(text.mean, images, temperature, valid)
         if queue is not None and remember:
