@@ -86,6 +86,7 @@ class Distributions(_Strict):
     init_logvar: float = -4.0
     kl_weight: NonNegativeFloat = 1e-4
     sigma_prior_weight: NonNegativeFloat = 0.0
+    sigma_detached: bool = False
 
 
 class PairWeights(_Strict):

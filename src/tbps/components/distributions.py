@@ -9,7 +9,8 @@ on the means ranks on the features and costs nothing extra. The variance reads t
 token sequence (``variance_from: tokens``, UCFA's PROPOSAL: attention pooling + a residual
 from the global token) or the global feature alone (``global``). The KL regulariser to
 N(0, I) (β = ``kl_weight``, PCME++'s vib_beta 1e-4) belongs here, not to any one head, so
-that it stays when a head is ablated.
+that it stays when a head is ablated. ``sigma_detached`` (ours): σ reads the features
+without passing gradient to the encoder (``components/gaussian.py``).
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ class Distributions:
 class ModalityDistributions(nn.Module):
     def __init__(self, dim: int, variance_from: Literal["tokens", "global"] = "tokens",
                  init_logvar: float = -4.0, kl_weight: float = 1e-4,
-                 sigma_prior_weight: float = 0.0) -> None:
+                 sigma_prior_weight: float = 0.0, sigma_detached: bool = False) -> None:
         super().__init__()
         self.variance_from, self.kl_weight = variance_from, kl_weight
         self.sigma_prior_weight = sigma_prior_weight
-        self.image = GaussianEmbedding(dim, init_logvar=init_logvar, variance_from=variance_from)
-        self.text = GaussianEmbedding(dim, init_logvar=init_logvar, variance_from=variance_from)
+        self.image, self.text = (GaussianEmbedding(dim, init_logvar=init_logvar,
+                                                   variance_from=variance_from,
+                                                   sigma_detached=sigma_detached)
+                                 for _ in range(2))
 
     def forward(self, encoded: EncoderOutput) -> Distributions:
         if self.variance_from == "tokens":

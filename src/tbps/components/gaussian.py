@@ -7,7 +7,9 @@ default (so inference, which uses the mean, is unchanged and costs nothing extra
 log-variance comes from a linear layer; log σ² is predicted for stability and clamped so
 that bf16 training cannot overflow ``exp``. With ``variance_from="tokens"`` (UCFA, §4) the
 log-variance reads the whole token sequence: attention pooling (one learned query) over
-the tokens, plus the global feature as a residual, then the linear layer.
+the tokens, plus the global feature as a residual, then the linear layer. With
+``sigma_detached`` (ours) the variance reads the features detached: what trains σ reaches the
+σ layers only, never the encoder, so an objective on σ cannot cost the means' retrieval.
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ class AttentionPool(nn.Module):
 class GaussianEmbedding(nn.Module):
     def __init__(self, dim: int, learned_mean: bool = False, init_logvar: float = -4.0,
                  logvar_range: tuple[float, float] = (-12.0, LOGVAR_MAX),
-                 variance_from: Literal["global", "tokens"] = "global") -> None:
+                 variance_from: Literal["global", "tokens"] = "global",
+                 sigma_detached: bool = False) -> None:
         super().__init__()
+        self.sigma_detached = sigma_detached
         self.mean = nn.Linear(dim, dim) if learned_mean else nn.Identity()
         self.logvar = nn.Linear(dim, dim)
         nn.init.normal_(self.logvar.weight, std=dim ** -0.5 * 0.1)
@@ -63,12 +67,15 @@ class GaussianEmbedding(nn.Module):
         ``variance_from="tokens"``, ``tokens`` [B, N, D] (and ``mask`` [B, N], True at real
         tokens) feed the variance."""
         x = x.float()
-        v = x
+        # sigma_detached: σ's layers read the features without passing gradient back, so the
+        # terms that train σ shape σ and never the encoder (the means keep their gradient)
+        v = x.detach() if self.sigma_detached else x
         if self.pool is not None:
             if tokens is None:
                 raise ValueError("this Gaussian embedding reads its variance from the tokens: "
                                  "pass tokens")
-            v = x + self.pool(tokens.float(), mask)
+            tokens = tokens.detach() if self.sigma_detached else tokens
+            v = v + self.pool(tokens.float(), mask)
         return self.mean(x), self.logvar(v).clamp(*self.logvar_range)
 
 

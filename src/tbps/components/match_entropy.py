@@ -58,6 +58,14 @@ class ImageQueue(nn.Module):
         self.filled[idx] = True
         self.ptr.copy_((self.ptr + n) % len(self.mean))
 
+    def _load_from_state_dict(self, state, prefix, *args, **kwargs):
+        # checkpoints written before the queue kept identities (2026-12-05): their images
+        # are remembered as of no known person, which own_rank leaves out
+        if prefix + "mean" in state and prefix + "pid" not in state:
+            state[prefix + "pid"] = torch.full((len(state[prefix + "mean"]),), -1,
+                                               dtype=torch.long)
+        super()._load_from_state_dict(state, prefix, *args, **kwargs)
+
 
 def match_entropy(text_mean: torch.Tensor, image_mean: torch.Tensor, temperature: float,
                   valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -109,6 +117,8 @@ def entropy_order_loss(text: Gaussian, image_mean: torch.Tensor, temperature: fl
             valid = torch.cat([queue.filled.new_ones(len(image_mean)), queue.filled])
         if target == "own_rank":
             pids = pid if queue is None else torch.cat([pid.to(queue.pid), queue.pid])
+            if valid is not None:  # remembered images of no known person (pid −1) left out
+                valid = valid & (pids >= 0)
             h = own_rank(text.mean, images, pid[:, None] == pids[None, :], valid)
         else:
             h = match_entropy(text.mean, images, temperature, valid)
