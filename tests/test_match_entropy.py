@@ -168,3 +168,27 @@ def test_the_own_rank_target_orders_sigma_and_reads_the_remembered_identities():
     assert abs(float(got) - float(want)) < 1e-5
     # the first batch's people are not this batch's: its images count as other people's
     assert int(queue.filled.sum()) == 6 and queue.pid[:6].tolist() == (pid + 4).tolist()
+
+
+def test_a_queue_saved_before_it_kept_identities_loads_and_own_rank_leaves_its_images_out():
+    """Checkpoints of 2026-12-05 hold the queue's means without ``pid``: they load, their
+    images count as of no known person, and ``own_rank`` reads only the batch's images (an
+    unknown image may be the caption's own person: counting it as another's would bias the
+    rank)."""
+    from tbps.components.match_entropy import ImageQueue, own_rank
+    g = torch.Generator().manual_seed(8)
+    old = ImageQueue(4, 5)
+    old.push(torch.randn(4, 5, generator=g), torch.tensor([0, 1, 2, 3]))
+    state = {k: v for k, v in old.state_dict().items() if k != "pid"}
+    queue = ImageQueue(4, 5)
+    queue.load_state_dict(state)
+    assert queue.pid.tolist() == [-1] * 4 and bool(queue.filled.all())
+    torch.testing.assert_close(queue.mean, old.mean)
+    pid = torch.tensor([0, 1, 2, 0])
+    text = Gaussian(torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g))
+    images = torch.randn(4, 5, generator=g)
+    got = entropy_order_loss(text, images, 0.1, queue, target="own_rank", pid=pid)
+    assert torch.allclose(got, entropy_order_loss(text, images, 0.1, target="own_rank", pid=pid))
+    # with the identities kept, the same remembered images do count
+    assert not torch.allclose(entropy_order_loss(text, images, 0.1, old, target="own_rank",
+                                                 pid=pid + 10), got)

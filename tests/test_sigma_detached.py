@@ -1,0 +1,74 @@
+"""``sigma_detached``: σ's layers read the features without passing gradient back, so what
+trains σ trains those layers and never the encoder, while the means keep their gradient.
+Checked by autograd on both Gaussian embeddings (the global feature and the token-pooled
+variance), through UCFA's shared distributions and CRUE's UGM as the configs build them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tbps.components.distributions import ModalityDistributions
+from tbps.components.gaussian import GaussianEmbedding
+from tbps.types import EncoderOutput
+from conftest import tiny_module
+
+
+def _inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 8, generator=g, requires_grad=True)
+    tokens = torch.randn(3, 5, 8, generator=g, requires_grad=True)
+    return x, tokens
+
+
+@pytest.mark.parametrize("variance_from", ["global", "tokens"])
+@pytest.mark.parametrize("detached", [False, True])
+def test_what_trains_sigma_reaches_the_features_only_when_not_detached(variance_from, detached):
+    x, tokens = _inputs()
+    emb = GaussianEmbedding(8, variance_from=variance_from, sigma_detached=detached)
+    mean, logvar = emb(x, tokens if variance_from == "tokens" else None)
+    logvar.sum().backward()
+    # the σ layers learn either way
+    assert emb.logvar.weight.grad.abs().sum() > 0
+    if variance_from == "tokens":
+        assert emb.pool.query.grad is not None
+    reached = x.grad is not None and x.grad.abs().sum() > 0
+    assert reached != detached
+    if variance_from == "tokens":
+        assert (tokens.grad is not None and tokens.grad.abs().sum() > 0) != detached
+
+
+def test_detaching_changes_no_value_and_leaves_the_means_gradient():
+    x, tokens = _inputs(1)
+    plain = GaussianEmbedding(8, variance_from="tokens")
+    detached = GaussianEmbedding(8, variance_from="tokens", sigma_detached=True)
+    detached.load_state_dict(plain.state_dict())
+    for a, b in zip(plain(x, tokens), detached(x, tokens)):
+        torch.testing.assert_close(a, b)
+    mean, _ = detached(x, tokens)
+    mean.pow(2).sum().backward()
+    torch.testing.assert_close(x.grad, 2 * x.detach())
+
+
+def test_ucfa_distributions_pass_the_switch_to_both_modalities():
+    x, tokens = _inputs(2)
+    dist = ModalityDistributions(8, "tokens", sigma_detached=True)
+    enc = EncoderOutput(image_tokens=tokens, text_tokens=tokens, image_global=x, text_global=x,
+                        text_mask=torch.ones(3, 5, dtype=torch.bool))
+    d = dist(enc)
+    (d.image_logvar.sum() + d.text_logvar.sum()).backward()
+    assert x.grad is None and tokens.grad is None
+    assert dist.image.logvar.weight.grad is not None and dist.text.logvar.weight.grad is not None
+
+
+@pytest.mark.parametrize("experiment,override,embeddings", [
+    ("ucfa_synthetic", "distributions.sigma_detached=true",
+     lambda m: (m.distributions.image, m.distributions.text)),
+    ("crue_synthetic", "heads.ugm.sigma_detached=true",
+     lambda m: (m.heads["ugm"].image_gauss, m.heads["ugm"].text_gauss)),
+])
+def test_the_configs_switch_it_on(tiny_synth, tmp_path, experiment, override, embeddings):
+    on, _ = tiny_module(tiny_synth, tmp_path / "on", experiment, override)
+    off, _ = tiny_module(tiny_synth, tmp_path / "off", experiment)
+    assert all(e.sigma_detached for e in embeddings(on))
+    assert not any(e.sigma_detached for e in embeddings(off))
