@@ -72,3 +72,17 @@ def test_the_configs_switch_it_on(tiny_synth, tmp_path, experiment, override, em
     off, _ = tiny_module(tiny_synth, tmp_path / "off", experiment)
     assert all(e.sigma_detached for e in embeddings(on))
     assert not any(e.sigma_detached for e in embeddings(off))
+
+
+def test_a_hidden_layer_before_log_sigma_starts_where_the_linear_one_does():
+    """``sigma_hidden`` (PFE's uncertainty module has two layers): log σ² from a hidden layer,
+    starting near ``init_logvar`` as the linear head does, and learning in both layers."""
+    x, _ = _inputs(3)
+    emb = GaussianEmbedding(8, init_logvar=-4.0, sigma_hidden=16, sigma_detached=True)
+    assert emb.logvar.in_features == 16 and isinstance(emb.hidden[0], torch.nn.Linear)
+    _, logvar = emb(x)
+    assert logvar.shape == (3, 8) and (logvar + 4.0).abs().max() < 0.5
+    logvar.sum().backward()
+    assert emb.hidden[0].weight.grad.abs().sum() > 0 and x.grad is None
+    # 0 keeps the linear head and its checkpoint keys
+    assert set(GaussianEmbedding(8).state_dict()) == {"logvar.weight", "logvar.bias"}

@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import ConfigError
-from .settings_types import Momentum, NonNegativeFloat, OpenRate, PositiveFloat, PositiveInt, Rate
+from .settings_types import (Momentum, NonNegativeFloat, NonNegativeInt, OpenRate, PositiveFloat,
+                             PositiveInt, Rate)
 
 
 class _Strict(BaseModel):
@@ -87,6 +88,7 @@ class Distributions(_Strict):
     kl_weight: NonNegativeFloat = 1e-4
     sigma_prior_weight: NonNegativeFloat = 0.0
     sigma_detached: bool = False
+    sigma_hidden: NonNegativeInt = 0
 
 
 class PairWeights(_Strict):

@@ -38,13 +38,15 @@ class Distributions:
 class ModalityDistributions(nn.Module):
     def __init__(self, dim: int, variance_from: Literal["tokens", "global"] = "tokens",
                  init_logvar: float = -4.0, kl_weight: float = 1e-4,
-                 sigma_prior_weight: float = 0.0, sigma_detached: bool = False) -> None:
+                 sigma_prior_weight: float = 0.0, sigma_detached: bool = False,
+                 sigma_hidden: int = 0) -> None:
         super().__init__()
         self.variance_from, self.kl_weight = variance_from, kl_weight
         self.sigma_prior_weight = sigma_prior_weight
         self.image, self.text = (GaussianEmbedding(dim, init_logvar=init_logvar,
                                                    variance_from=variance_from,
-                                                   sigma_detached=sigma_detached)
+                                                   sigma_detached=sigma_detached,
+                                                   sigma_hidden=sigma_hidden)
                                  for _ in range(2))
 
     def forward(self, encoded: EncoderOutput) -> Distributions:

@@ -46,12 +46,16 @@ class GaussianEmbedding(nn.Module):
     def __init__(self, dim: int, learned_mean: bool = False, init_logvar: float = -4.0,
                  logvar_range: tuple[float, float] = (-12.0, LOGVAR_MAX),
                  variance_from: Literal["global", "tokens"] = "global",
-                 sigma_detached: bool = False) -> None:
+                 sigma_detached: bool = False, sigma_hidden: int = 0) -> None:
         super().__init__()
         self.sigma_detached = sigma_detached
         self.mean = nn.Linear(dim, dim) if learned_mean else nn.Identity()
-        self.logvar = nn.Linear(dim, dim)
-        nn.init.normal_(self.logvar.weight, std=dim ** -0.5 * 0.1)
+        # sigma_hidden > 0: one hidden layer before log σ² (PFE's uncertainty module is two
+        # layers): how vague a caption is need not be linear in its feature
+        self.hidden = (nn.Sequential(nn.Linear(dim, sigma_hidden), nn.GELU())
+                       if sigma_hidden else nn.Identity())
+        self.logvar = nn.Linear(sigma_hidden or dim, dim)
+        nn.init.normal_(self.logvar.weight, std=(sigma_hidden or dim) ** -0.5 * 0.1)
         nn.init.constant_(self.logvar.bias, init_logvar)  # start nearly deterministic
         self.logvar_range = logvar_range
         self.pool = AttentionPool(dim) if variance_from == "tokens" else None
@@ -76,7 +80,7 @@ class GaussianEmbedding(nn.Module):
                                  "pass tokens")
             tokens = tokens.detach() if self.sigma_detached else tokens
             v = v + self.pool(tokens.float(), mask)
-        return self.mean(x), self.logvar(v).clamp(*self.logvar_range)
+        return self.mean(x), self.logvar(self.hidden(v)).clamp(*self.logvar_range)
 
 
 def sample(mean: torch.Tensor, logvar: torch.Tensor, num_samples: int,

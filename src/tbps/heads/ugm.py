@@ -99,7 +99,8 @@ class UGMHead(AlignmentHead):
                  sigma_prior_weight: NonNegativeFloat = 0.0,
                  sample_average: Literal["loss", "probability"] = "loss",
                  distill_alpha: Rate = 0.0, distill_ramp_epochs: NonNegativeFloat = 2.0,
-                 sigma_on_sphere: bool = False, sigma_detached: bool = False) -> None:
+                 sigma_on_sphere: bool = False, sigma_detached: bool = False,
+                 sigma_hidden: NonNegativeInt = 0) -> None:
         super().__init__(ctx, weight)
         if sigma_on_sphere and sample_around != "raw":
             raise ConfigError("heads.ugm.sigma_on_sphere carries σ of samples drawn around the "
@@ -128,9 +129,11 @@ class UGMHead(AlignmentHead):
                                         entropy_memory=match_entropy_memory,
                                         entropy_target=match_entropy_target)
         self.image_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar,
-                                             sigma_detached=sigma_detached)
+                                             sigma_detached=sigma_detached,
+                                             sigma_hidden=sigma_hidden)
         self.text_gauss = GaussianEmbedding(ctx.embed_dim, learned_mean, init_logvar,
-                                            sigma_detached=sigma_detached)
+                                            sigma_detached=sigma_detached,
+                                            sigma_hidden=sigma_hidden)
         self.temperature, self.num_samples, self.kl_weight = temperature, num_samples, kl_weight
         self.learned_mean = learned_mean
 
