@@ -193,6 +193,21 @@ def test_tbps_uncertainty_measures_what_it_says(ucfa_run, tmp_path, capsys):
     assert abs(ref["spearman"] - spearmanr(pred, fitted).statistic) < 2e-3
     assert abs(ref["partial_given_length"]
                - np.corrcoef(resid(rankdata(pred)), resid(rf))[0, 1]) < 2e-3
+    # what the caption embedding holds: scikit-learn's ridge (α 1) from the training captions'
+    # retrieval embeddings, standardised, to their log(identities fitted), read on the test's
+    from sklearn.linear_model import Ridge
+
+    with torch.inference_mode():
+        emb = {split: module.embed_texts(dm.tokenizer.encode(
+            [c for r in recs if r["split"] == split for c in r["captions"]])).double().numpy()
+            for split in ("train", "test")}
+    mu, sd = emb["train"].mean(0), np.maximum(emb["train"].std(0, ddof=1), 1e-6)
+    ridge = Ridge(alpha=1.0).fit((emb["train"] - mu) / sd, np.log([n for _, n, _ in rows["train"]]))
+    probe = ridge.predict((emb["test"] - mu) / sd)
+    cp = got["ambiguity"]["caption_embedding_probe"]
+    assert abs(cp["spearman"] - spearmanr(probe, fitted).statistic) < 2e-3
+    assert abs(cp["partial_given_length"]
+               - np.corrcoef(resid(rankdata(probe)), resid(rf))[0, 1]) < 2e-3
 
     # calibration: P(match) of every test caption with every test image, binned by hand
     rec = dm.records["test"]

@@ -19,7 +19,12 @@ UCFA's distributions), three measurements, as JSON:
   log(identities fitted) from which attributes each caption states (SynthPedes' record)
   and its word count, fitted on the training captions. A caption's σ sees only the caption,
   and test people are new families, so that is about what the text can tell; on the default
-  SynthPedes it is ≈ 0.3 with the length held fixed (docs/results.md). And, for a model
+  SynthPedes it is ≈ 0.3 with the length held fixed (docs/results.md). And what the
+  model's own caption embedding holds of vagueness (``caption_embedding_probe``): the same
+  figures for a ridge regression (λ 1, standardised) from the retrieval embeddings of the
+  training captions to their log(identities fitted), read on the test captions, an oracle
+  taught the count σ never sees: where it is near 0 the encoder has not kept what a caption
+  leaves unsaid, and σ, read from the same features, has little to follow. And, for a model
   with a match probability, what PCME++'s loss would raise σ for (``false_match_mass``):
   each caption's P(match) summed over other people's images, for vague and specific
   captions and against log(identities fitted). When the means do not bring a vague caption
@@ -124,6 +129,13 @@ def _captions_by_split(annotation: Path) -> dict[str, list[tuple[dict, int, int]
     return {k: v for k, v in out.items() if k not in missing}
 
 
+def _train_captions(annotation: Path) -> tuple[list[str], torch.Tensor]:
+    """The training captions of a SynthPedes annotation and the identities each fits."""
+    recs = [r for r in json.loads(annotation.read_text()) if r.get("split") == "train"]
+    return ([c for r in recs for c in r["captions"]],
+            torch.tensor([n for r in recs for n in r["identities_fitted"]], dtype=torch.float32))
+
+
 def identities_fitted(annotation: Path, split: str) -> list[int]:
     """Per caption of ``split``, SynthPedes' count of the identities it fits ([] if the data
     set does not record it)."""
@@ -145,6 +157,26 @@ def text_only_prediction(train: list[tuple[dict, int, int]],
     target = torch.tensor([n for _, n, _ in train], dtype=torch.float64).log()[:, None]
     weights = torch.linalg.lstsq(features(train), target, driver="gelsd").solution
     return (features(test) @ weights).squeeze(1).float()
+
+
+def ridge_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                penalty: float = 1.0) -> torch.Tensor:
+    """Ridge regression of ``train_y`` [N] on ``train_x`` [N, F] (features standardised by
+    the training rows, an unpenalised intercept), read on ``test_x`` [M, F] -> [M]."""
+    x, t = train_x.double(), test_x.double()
+    mean, scale = x.mean(0), x.std(0).clamp_min(1e-6)
+    x, t = (x - mean) / scale, (t - mean) / scale
+    y = train_y.double()
+    w = torch.linalg.solve(x.t() @ x + penalty * torch.eye(x.shape[1], dtype=x.dtype),
+                           x.t() @ (y - y.mean()))
+    return (t @ w + y.mean()).float()
+
+
+@torch.inference_mode()
+def caption_embeddings(module, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The retrieval embedding of each caption [T, E] (float32, on the CPU)."""
+    return torch.cat([module.embed_texts(ids[s:s + batch_size]).float().cpu()
+                      for s in range(0, len(ids), batch_size)])
 
 
 def partial_spearman(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> dict[str, float]:
@@ -181,6 +213,13 @@ def ambiguity(module, dm, matched: tuple[torch.Tensor, torch.Tensor] | None,
     if train:
         predicted = text_only_prediction(train, captions)
         out["stated_attributes_predictor"] = partial_spearman(predicted, count.log(), length)
+        # what the model's own caption embedding holds of vagueness, linearly: a probe taught
+        # the true count on the training captions (σ never sees it), read on the test ones;
+        # the captions as the annotation has them (a noisy run's data module moved some)
+        text, counts = _train_captions(dm.root / dm.benchmark.folder / dm.benchmark.annotation)
+        probe = ridge_probe(caption_embeddings(module, dm.tokenizer.encode(text), batch_size),
+                            counts.log(), caption_embeddings(module, ids, batch_size))
+        out["caption_embedding_probe"] = partial_spearman(probe, count.log(), length)
     # PCME++'s closed form adds Σσ_t² and the means' distance into one per-caption offset;
     # where σ does not follow vagueness, this says whether the means took it
     text, image, same = gaussians
