@@ -89,6 +89,7 @@ class Distributions(_Strict):
     sigma_prior_weight: NonNegativeFloat = 0.0
     sigma_detached: bool = False
     sigma_hidden: NonNegativeInt = 0
+    sigma_on_sphere: bool = False
 
 
 class PairWeights(_Strict):

@@ -22,25 +22,40 @@ import torch
 from torch import nn
 
 from ..types import EncoderOutput, Gaussian, RetrievalInput
-from .gaussian import GaussianEmbedding, kl_to_standard_normal, variance_prior
+from .gaussian import GaussianEmbedding, kl_to_standard_normal, on_sphere, variance_prior
 
 
 @dataclass
 class Distributions:
-    """The batch's Gaussians, float32: means [B, D] and log-variances [B, D]."""
+    """The batch's Gaussians, float32: means [B, D] and log-variances [B, D] (what the
+    sampling heads draw from); ``sigma_on_sphere``: what ``shown`` hands the match."""
 
     image_mean: torch.Tensor
     image_logvar: torch.Tensor
     text_mean: torch.Tensor
     text_logvar: torch.Tensor
+    sigma_on_sphere: bool = False
+
+    def shown(self, gaussian: Gaussian) -> Gaussian:
+        """The Gaussian the match, ranking and uncertainty read: as drawn from, or with
+        ``sigma_on_sphere`` the spread of its samples once l2-normalised, σ/‖μ‖ (PCL draws
+        around the raw feature and normalises; DCL compares normalised means)."""
+        return _shown(gaussian, self.sigma_on_sphere)
+
+
+def _shown(gaussian: Gaussian, sigma_on_sphere: bool) -> Gaussian:
+    if not sigma_on_sphere:
+        return gaussian
+    return Gaussian(gaussian.mean, on_sphere(gaussian.mean, gaussian.logvar))
 
 
 class ModalityDistributions(nn.Module):
     def __init__(self, dim: int, variance_from: Literal["tokens", "global"] = "tokens",
                  init_logvar: float = -4.0, kl_weight: float = 1e-4,
                  sigma_prior_weight: float = 0.0, sigma_detached: bool = False,
-                 sigma_hidden: int = 0) -> None:
+                 sigma_hidden: int = 0, sigma_on_sphere: bool = False) -> None:
         super().__init__()
+        self.sigma_on_sphere = sigma_on_sphere
         self.variance_from, self.kl_weight = variance_from, kl_weight
         self.sigma_prior_weight = sigma_prior_weight
         self.image, self.text = (GaussianEmbedding(dim, init_logvar=init_logvar,
@@ -57,7 +72,7 @@ class ModalityDistributions(nn.Module):
         else:
             mu_v, lv_v = self.image(encoded.image_global)
             mu_t, lv_t = self.text(encoded.text_global)
-        return Distributions(mu_v, lv_v, mu_t, lv_t)
+        return Distributions(mu_v, lv_v, mu_t, lv_t, self.sigma_on_sphere)
 
     def regularisers(self, d: Distributions) -> dict[str, torch.Tensor]:
         """Weighted loss terms of the distributions themselves, and their mean σ."""
@@ -72,11 +87,14 @@ class ModalityDistributions(nn.Module):
                 "sigma_text": d.text_logvar.detach().mul(0.5).exp().mean()}
 
     def distribution(self, modality: str, inputs: RetrievalInput) -> Gaussian:
-        """The Gaussian of each item of a batch as training reads it (``forward``), from the
-        inputs ranking reads (``TBPSModule.image_side`` / ``text_side``)."""
+        """The Gaussian of each item of a batch as training's match reads it (``forward``,
+        ``Distributions.shown``), from the inputs ranking reads (``TBPSModule.image_side`` /
+        ``text_side``)."""
         if modality == "image":
             patches = inputs.tokens[:, 1:] if self.variance_from == "tokens" else None
-            return Gaussian(*self.image(inputs.global_feature, patches))
-        if self.variance_from == "tokens":
-            return Gaussian(*self.text(inputs.global_feature, inputs.tokens, inputs.mask))
-        return Gaussian(*self.text(inputs.global_feature))
+            found = self.image(inputs.global_feature, patches)
+        elif self.variance_from == "tokens":
+            found = self.text(inputs.global_feature, inputs.tokens, inputs.mask)
+        else:
+            found = self.text(inputs.global_feature)
+        return _shown(Gaussian(*found), self.sigma_on_sphere)

@@ -83,6 +83,13 @@ class GaussianEmbedding(nn.Module):
         return self.mean(x), self.logvar(self.hidden(v)).clamp(*self.logvar_range)
 
 
+def on_sphere(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log σ² of the spread a sample μ + σε drawn around the raw feature has once
+    l2-normalised: σ/‖μ‖ to first order, so log σ² − log ‖μ‖² (the norm detached: what reads
+    this does not train the norm). σ alone can be cancelled by a growing feature norm."""
+    return logvar - mean.detach().float().pow(2).sum(-1, keepdim=True).clamp_min(1e-12).log()
+
+
 def sample(mean: torch.Tensor, logvar: torch.Tensor, num_samples: int,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Reparameterised samples [S, B, D]: mean + exp(logvar / 2) * eps, eps ~ N(0, I)."""

@@ -91,7 +91,7 @@ class DCLHead(AlignmentHead):
         mu_v, lv_v = gather_with_grad(d.image_mean), gather_with_grad(d.image_logvar)
         mu_t, lv_t = gather_with_grad(d.text_mean), gather_with_grad(d.text_logvar)
         pid = gather_with_grad(batch["pid"])
-        text, image = Gaussian(mu_t, lv_t), Gaussian(mu_v, lv_v)
+        text, image = d.shown(Gaussian(mu_t, lv_t)), d.shown(Gaussian(mu_v, lv_v))
         w = batch.get("pair_weight")
         if self.objective == "pcme":
             loss, logits = self.match.loss(text, image, pid,
@@ -128,8 +128,8 @@ class DCLHead(AlignmentHead):
     @torch.no_grad()
     def pair_confidence(self, encoded, batch):
         d = batch["distributions"]
-        return self.match.probability(Gaussian(d.text_mean, d.text_logvar),
-                                      Gaussian(d.image_mean, d.image_logvar)).diagonal()
+        return self.match.probability(d.shown(Gaussian(d.text_mean, d.text_logvar)),
+                                      d.shown(Gaussian(d.image_mean, d.image_logvar))).diagonal()
 
     def claims_retrieval(self, modality):
         """With ``rank_by: distribution``, ranking is by the expected distance between the

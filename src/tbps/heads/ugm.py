@@ -36,8 +36,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..components.gaussian import (GaussianEmbedding, kl_to_standard_normal, sample,
-                                   variance_prior)
+from ..components.gaussian import (GaussianEmbedding, kl_to_standard_normal, on_sphere,
+                                   sample, variance_prior)
 from ..components.matching import (ProbabilisticMatch, check_match_estimate,
                                    expected_distance_embedding)
 from ..components.pair_weights import weighted_mean
@@ -166,10 +166,7 @@ class UGMHead(AlignmentHead):
         σ/‖μ‖ to first order, so that is the uncertainty the sampled loss acts on, and on
         the scale of the unit means the match compares (σ alone can be cancelled by the
         norm). The norm is detached: the match reads it, the sampled loss trains it."""
-        if self.sigma_on_sphere:
-            logvar = logvar - mean.detach().float().pow(2).sum(-1, keepdim=True).clamp_min(
-                1e-12).log()
-        return Gaussian(mean, logvar)
+        return Gaussian(mean, on_sphere(mean, logvar) if self.sigma_on_sphere else logvar)
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         mem = batch["memory"]
