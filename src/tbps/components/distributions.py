@@ -9,8 +9,11 @@ on the means ranks on the features and costs nothing extra. The variance reads t
 token sequence (``variance_from: tokens``, UCFA's PROPOSAL: attention pooling + a residual
 from the global token) or the global feature alone (``global``). The KL regulariser to
 N(0, I) (β = ``kl_weight``, PCME++'s vib_beta 1e-4) belongs here, not to any one head, so
-that it stays when a head is ablated. ``sigma_detached`` (ours): σ reads the features
-without passing gradient to the encoder (``components/gaussian.py``).
+that it stays when a head is ablated. Ours, off by default: ``sigma_detached`` (σ reads the
+features without passing gradient to the encoder) and ``sigma_hidden`` (a hidden layer before
+log σ², ``components/gaussian.py``); ``sigma_on_sphere``: the match, ranking and uncertainty
+read σ/‖μ‖ (``Distributions.shown``), the spread PCL's samples drawn around the raw feature
+have once normalised, while the sampling heads draw with σ itself.
 """
 
 from __future__ import annotations
