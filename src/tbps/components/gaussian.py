@@ -9,7 +9,7 @@ that bf16 training cannot overflow ``exp``. With ``variance_from="tokens"`` (UCF
 log-variance reads the whole token sequence: attention pooling (one learned query) over
 the tokens, plus the global feature as a residual, then the linear layer. With
 ``sigma_detached`` (ours) the variance reads the features detached: what trains σ reaches the
-σ layers only, never the encoder, so an objective on σ cannot cost the means' retrieval.
+σ layers only, never the encoder (σ still shapes the sampled losses the means learn from).
 """
 
 from __future__ import annotations
