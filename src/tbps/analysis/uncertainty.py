@@ -129,11 +129,11 @@ def _captions_by_split(annotation: Path) -> dict[str, list[tuple[dict, int, int]
     return {k: v for k, v in out.items() if k not in missing}
 
 
-def _train_captions(annotation: Path) -> tuple[list[str], torch.Tensor]:
-    """The training captions of a SynthPedes annotation and the identities each fits."""
-    recs = [r for r in json.loads(annotation.read_text()) if r.get("split") == "train"]
-    return ([c for r in recs for c in r["captions"]],
-            torch.tensor([n for r in recs for n in r["identities_fitted"]], dtype=torch.float32))
+def _caption_texts(annotation: Path, split: str) -> list[str]:
+    """The captions of ``split`` as the annotation has them, in ``_captions_by_split``'s
+    order."""
+    return [c for r in json.loads(annotation.read_text()) if r.get("split") == split
+            for c in r["captions"]]
 
 
 def identities_fitted(annotation: Path, split: str) -> list[int]:
@@ -216,7 +216,8 @@ def ambiguity(module, dm, matched: tuple[torch.Tensor, torch.Tensor] | None,
         # what the model's own caption embedding holds of vagueness, linearly: a probe taught
         # the true count on the training captions (σ never sees it), read on the test ones;
         # the captions as the annotation has them (a noisy run's data module moved some)
-        text, counts = _train_captions(dm.root / dm.benchmark.folder / dm.benchmark.annotation)
+        text = _caption_texts(dm.root / dm.benchmark.folder / dm.benchmark.annotation, "train")
+        counts = torch.tensor([n for _, n, _ in train], dtype=torch.float32)
         probe = ridge_probe(caption_embeddings(module, dm.tokenizer.encode(text), batch_size),
                             counts.log(), caption_embeddings(module, ids, batch_size))
         out["caption_embedding_probe"] = partial_spearman(probe, count.log(), length)
