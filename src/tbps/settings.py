@@ -90,6 +90,7 @@ class Distributions(_Strict):
     sigma_detached: bool = False
     sigma_hidden: NonNegativeInt = 0
     sigma_on_sphere: bool = False
+    samples_train_sigma: bool = True
 
 
 class PairWeights(_Strict):

@@ -13,7 +13,9 @@ that it stays when a head is ablated. Ours, off by default: ``sigma_detached`` (
 features without passing gradient to the encoder) and ``sigma_hidden`` (a hidden layer before
 log σ², ``components/gaussian.py``); ``sigma_on_sphere``: the match, ranking and uncertainty
 read σ/‖μ‖ (``Distributions.shown``), the spread PCL's samples drawn around the raw feature
-have once normalised, while the sampling heads draw with σ itself.
+have once normalised, while the sampling heads draw with σ itself; ``samples_train_sigma:
+false``: the sampling heads draw with σ as given (``Distributions.drawn``, detached), so σ
+is trained only by the match, the ordering term and the KL, not by what its samples cost.
 """
 
 from __future__ import annotations
@@ -38,12 +40,19 @@ class Distributions:
     text_mean: torch.Tensor
     text_logvar: torch.Tensor
     sigma_on_sphere: bool = False
+    samples_train_sigma: bool = True
 
     def shown(self, gaussian: Gaussian) -> Gaussian:
         """The Gaussian the match, ranking and uncertainty read: as drawn from, or with
         ``sigma_on_sphere`` the spread of its samples once l2-normalised, σ/‖μ‖ (PCL draws
         around the raw feature and normalises; DCL compares normalised means)."""
         return _shown(gaussian, self.sigma_on_sphere)
+
+    def drawn(self, logvar: torch.Tensor) -> torch.Tensor:
+        """The log-variance the sampling heads (PCL, UAMLR, the sampled ID loss) draw with:
+        the one that is trained, or with ``samples_train_sigma: false`` the same values
+        detached, so that a loss paid on the samples moves the means and never σ."""
+        return logvar if self.samples_train_sigma else logvar.detach()
 
 
 def _shown(gaussian: Gaussian, sigma_on_sphere: bool) -> Gaussian:
@@ -56,9 +65,10 @@ class ModalityDistributions(nn.Module):
     def __init__(self, dim: int, variance_from: Literal["tokens", "global"] = "tokens",
                  init_logvar: float = -4.0, kl_weight: float = 1e-4,
                  sigma_prior_weight: float = 0.0, sigma_detached: bool = False,
-                 sigma_hidden: int = 0, sigma_on_sphere: bool = False) -> None:
+                 sigma_hidden: int = 0, sigma_on_sphere: bool = False,
+                 samples_train_sigma: bool = True) -> None:
         super().__init__()
-        self.sigma_on_sphere = sigma_on_sphere
+        self.sigma_on_sphere, self.samples_train_sigma = sigma_on_sphere, samples_train_sigma
         self.variance_from, self.kl_weight = variance_from, kl_weight
         self.sigma_prior_weight = sigma_prior_weight
         self.image, self.text = (GaussianEmbedding(dim, init_logvar=init_logvar,
@@ -75,7 +85,8 @@ class ModalityDistributions(nn.Module):
         else:
             mu_v, lv_v = self.image(encoded.image_global)
             mu_t, lv_t = self.text(encoded.text_global)
-        return Distributions(mu_v, lv_v, mu_t, lv_t, self.sigma_on_sphere)
+        return Distributions(mu_v, lv_v, mu_t, lv_t, self.sigma_on_sphere,
+                             self.samples_train_sigma)
 
     def regularisers(self, d: Distributions) -> dict[str, torch.Tensor]:
         """Weighted loss terms of the distributions themselves, and their mean σ."""

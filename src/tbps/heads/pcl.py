@@ -85,9 +85,9 @@ class PCLHead(AlignmentHead):
         w = batch.get("pair_weight")
         w = None if w is None else gather_with_grad(w)
         z_v = F.normalize(sample(self._centre(gather_with_grad(d.image_mean)),
-                                 gather_with_grad(d.image_logvar), self.num_samples), dim=-1)
+                                 gather_with_grad(d.drawn(d.image_logvar)), self.num_samples), dim=-1)
         z_t = F.normalize(sample(self._centre(gather_with_grad(d.text_mean)),
-                                 gather_with_grad(d.text_logvar), self.num_samples), dim=-1)
+                                 gather_with_grad(d.drawn(d.text_logvar)), self.num_samples), dim=-1)
         inter = inter_modal_loss(z_v, z_t, pid, self.temperature, w)
         intra = 0.5 * (intra_modal_loss(z_v, pid, self.temperature, w)
                        + intra_modal_loss(z_t, pid, self.temperature, w))

@@ -48,9 +48,9 @@ class SampledIDHead(IDHead):
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
         d, pid, w = batch["distributions"], batch["pid"], batch.get("pair_weight")
-        image = sampled_identity_nll(self.classifier, d.image_mean, d.image_logvar, pid,
+        image = sampled_identity_nll(self.classifier, d.image_mean, d.drawn(d.image_logvar), pid,
                                      self.num_samples)
-        text = sampled_identity_nll(self.classifier, d.text_mean, d.text_logvar, pid,
+        text = sampled_identity_nll(self.classifier, d.text_mean, d.drawn(d.text_logvar), pid,
                                     self.num_samples)
         loss = (weighted_mean(image, w) + weighted_mean(text, w)) / 2
         with torch.no_grad():

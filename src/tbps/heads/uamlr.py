@@ -103,7 +103,7 @@ class UAMLRHead(MLMHead):
         if self.uncertainty != "points":
             return tokens
         d = batch["distributions"]
-        points = sample(d.image_mean, d.image_logvar, self.num_samples)      # [K, B, D]
+        points = sample(d.image_mean, d.drawn(d.image_logvar), self.num_samples)      # [K, B, D]
         return torch.cat([tokens, rearrange(points, "k b d -> b k d").to(tokens.dtype)], dim=1)
 
     def forward(self, encoded: EncoderOutput, batch: dict) -> dict[str, torch.Tensor]:
@@ -119,7 +119,8 @@ class UAMLRHead(MLMHead):
             b = labels.shape[0]
             per_row = torch.zeros(b, device=logits.device).index_add(0, row, token_loss)
             n = torch.zeros(b, device=logits.device).index_add(0, row, torch.ones_like(token_loss))
-            conf = b * torch.softmax(-batch["distributions"].image_logvar.mean(1), dim=0)
+            d = batch["distributions"]
+            conf = b * torch.softmax(-d.drawn(d.image_logvar).mean(1), dim=0)
             has = n > 0
             loss = (conf * per_row / n.clamp(min=1) * has).sum() / has.sum().clamp(min=1)
         elif batch.get("pair_weight") is not None:
