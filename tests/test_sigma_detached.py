@@ -86,3 +86,41 @@ def test_a_hidden_layer_before_log_sigma_starts_where_the_linear_one_does():
     assert emb.hidden[0].weight.grad.abs().sum() > 0 and x.grad is None
     # 0 keeps the linear head and its checkpoint keys
     assert set(GaussianEmbedding(8).state_dict()) == {"logvar.weight", "logvar.bias"}
+
+
+def test_global_and_tokens_reads_both_side_by_side_with_their_own_weights():
+    """``variance_from: global_and_tokens``: log σ² = W [x; pool(tokens)], against that
+    formula by hand, where ``tokens`` adds the two under one W; both parts learn."""
+    x, tokens = _inputs(4)
+    emb = GaussianEmbedding(8, variance_from="global_and_tokens")
+    with torch.no_grad():  # a weight on both halves, so that each half's part shows
+        emb.logvar.weight.normal_(std=0.3)
+    _, logvar = emb(x, tokens)
+    pooled = emb.pool(tokens, None)
+    expected = torch.cat([x, pooled], -1) @ emb.logvar.weight.t() + emb.logvar.bias
+    torch.testing.assert_close(logvar, expected.clamp(*emb.logvar_range))
+    # the token half has weights of its own: the global half alone gives another answer
+    alone = x @ emb.logvar.weight[:, :8].t() + emb.logvar.bias
+    assert (logvar - alone).abs().max() > 1e-3
+    logvar.sum().backward()
+    assert emb.pool.query.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="pass tokens"):
+        emb(x)
+
+
+def test_inference_reads_the_side_by_side_variance_training_read():
+    """What ranking and ``tbps uncertainty`` read (``distribution``) is the Gaussian the heads
+    trained on, for both modalities (the image's class token left out of its pool)."""
+    from tbps.types import RetrievalInput
+
+    x, tokens = _inputs(5)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    dist = ModalityDistributions(8, "global_and_tokens")
+    with torch.no_grad():
+        d = dist(EncoderOutput(image_tokens=tokens, text_tokens=tokens, image_global=x,
+                               text_global=x, text_mask=mask))
+        text = dist.distribution("text", RetrievalInput(tokens, x, None, None, mask))
+        image = dist.distribution("image", RetrievalInput(tokens, x, None))
+    torch.testing.assert_close(text.logvar, d.text_logvar)
+    torch.testing.assert_close(image.logvar, d.image_logvar)
+    assert not torch.allclose(d.text_logvar, d.image_logvar)  # each modality its own layers

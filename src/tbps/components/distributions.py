@@ -7,7 +7,8 @@ each modality's global feature becomes a diagonal Gaussian through the shared
 ``GaussianEmbedding`` component, with the global feature itself as the mean, so inference
 on the means ranks on the features and costs nothing extra. The variance reads the whole
 token sequence (``variance_from: tokens``, UCFA's PROPOSAL: attention pooling + a residual
-from the global token) or the global feature alone (``global``). The KL regulariser to
+from the global token), the global feature alone (``global``), or both side by side, each
+with its own weights (``global_and_tokens``, ours). The KL regulariser to
 N(0, I) (β = ``kl_weight``, PCME++'s vib_beta 1e-4) belongs here, not to any one head, so
 that it stays when a head is ablated. Ours, off by default: ``sigma_detached`` (σ reads the
 features without passing gradient to the encoder) and ``sigma_hidden`` (a hidden layer before
@@ -62,7 +63,8 @@ def _shown(gaussian: Gaussian, sigma_on_sphere: bool) -> Gaussian:
 
 
 class ModalityDistributions(nn.Module):
-    def __init__(self, dim: int, variance_from: Literal["tokens", "global"] = "tokens",
+    def __init__(self, dim: int,
+                 variance_from: Literal["tokens", "global", "global_and_tokens"] = "tokens",
                  init_logvar: float = -4.0, kl_weight: float = 1e-4,
                  sigma_prior_weight: float = 0.0, sigma_detached: bool = False,
                  sigma_hidden: int = 0, sigma_on_sphere: bool = False,
@@ -78,7 +80,7 @@ class ModalityDistributions(nn.Module):
                                  for _ in range(2))
 
     def forward(self, encoded: EncoderOutput) -> Distributions:
-        if self.variance_from == "tokens":
+        if self.variance_from != "global":
             # image: the patch tokens (the class token is the residual); text: real tokens only
             mu_v, lv_v = self.image(encoded.image_global, encoded.image_tokens[:, 1:])
             mu_t, lv_t = self.text(encoded.text_global, encoded.text_tokens, encoded.text_mask)
@@ -105,9 +107,9 @@ class ModalityDistributions(nn.Module):
         ``Distributions.shown``), from the inputs ranking reads (``TBPSModule.image_side`` /
         ``text_side``)."""
         if modality == "image":
-            patches = inputs.tokens[:, 1:] if self.variance_from == "tokens" else None
+            patches = inputs.tokens[:, 1:] if self.variance_from != "global" else None
             found = self.image(inputs.global_feature, patches)
-        elif self.variance_from == "tokens":
+        elif self.variance_from != "global":
             found = self.text(inputs.global_feature, inputs.tokens, inputs.mask)
         else:
             found = self.text(inputs.global_feature)

@@ -7,7 +7,9 @@ default (so inference, which uses the mean, is unchanged and costs nothing extra
 log-variance comes from a linear layer; log σ² is predicted for stability and clamped so
 that bf16 training cannot overflow ``exp``. With ``variance_from="tokens"`` (UCFA, §4) the
 log-variance reads the whole token sequence: attention pooling (one learned query) over
-the tokens, plus the global feature as a residual, then the linear layer. With
+the tokens, plus the global feature as a residual, then the linear layer; with
+``"global_and_tokens"`` (ours) the pooled tokens and the global feature sit side by side
+(concatenated), each with its own weights, instead of summed into one. With
 ``sigma_detached`` (ours) the variance reads the features detached: what trains σ reaches the
 σ layers only, never the encoder (σ still shapes the sampled losses the means learn from).
 """
@@ -45,20 +47,25 @@ class AttentionPool(nn.Module):
 class GaussianEmbedding(nn.Module):
     def __init__(self, dim: int, learned_mean: bool = False, init_logvar: float = -4.0,
                  logvar_range: tuple[float, float] = (-12.0, LOGVAR_MAX),
-                 variance_from: Literal["global", "tokens"] = "global",
+                 variance_from: Literal["global", "tokens", "global_and_tokens"] = "global",
                  sigma_detached: bool = False, sigma_hidden: int = 0) -> None:
         super().__init__()
         self.sigma_detached = sigma_detached
         self.mean = nn.Linear(dim, dim) if learned_mean else nn.Identity()
         # sigma_hidden > 0: one hidden layer before log σ² (PFE's uncertainty module is two
         # layers): how vague a caption is need not be linear in its feature
-        self.hidden = (nn.Sequential(nn.Linear(dim, sigma_hidden), nn.GELU())
+        # global_and_tokens: the pooled tokens beside the global feature, not added to it, so
+        # that σ weighs what the tokens say (which attributes a caption states) apart from
+        # what the retrieval feature keeps
+        self.side_by_side = variance_from == "global_and_tokens"
+        width = 2 * dim if self.side_by_side else dim
+        self.hidden = (nn.Sequential(nn.Linear(width, sigma_hidden), nn.GELU())
                        if sigma_hidden else nn.Identity())
-        self.logvar = nn.Linear(sigma_hidden or dim, dim)
-        nn.init.normal_(self.logvar.weight, std=(sigma_hidden or dim) ** -0.5 * 0.1)
+        self.logvar = nn.Linear(sigma_hidden or width, dim)
+        nn.init.normal_(self.logvar.weight, std=(sigma_hidden or width) ** -0.5 * 0.1)
         nn.init.constant_(self.logvar.bias, init_logvar)  # start nearly deterministic
         self.logvar_range = logvar_range
-        self.pool = AttentionPool(dim) if variance_from == "tokens" else None
+        self.pool = AttentionPool(dim) if variance_from != "global" else None
 
     @property
     def mean_projection(self) -> nn.Module:
@@ -68,8 +75,8 @@ class GaussianEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, D] -> (mean [B, D], log-variance [B, D]), both float32. With
-        ``variance_from="tokens"``, ``tokens`` [B, N, D] (and ``mask`` [B, N], True at real
-        tokens) feed the variance."""
+        ``variance_from="tokens"`` or ``"global_and_tokens"``, ``tokens`` [B, N, D] (and
+        ``mask`` [B, N], True at real tokens) feed the variance."""
         x = x.float()
         # sigma_detached: σ's layers read the features without passing gradient back, so the
         # terms that train σ shape σ and never the encoder (the means keep their gradient)
@@ -79,7 +86,8 @@ class GaussianEmbedding(nn.Module):
                 raise ValueError("this Gaussian embedding reads its variance from the tokens: "
                                  "pass tokens")
             tokens = tokens.detach() if self.sigma_detached else tokens
-            v = v + self.pool(tokens.float(), mask)
+            pooled = self.pool(tokens.float(), mask)
+            v = torch.cat([v, pooled], -1) if self.side_by_side else v + pooled
         return self.mean(x), self.logvar(self.hidden(v)).clamp(*self.logvar_range)
 
 
