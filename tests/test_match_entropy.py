@@ -192,3 +192,23 @@ def test_a_queue_saved_before_it_kept_identities_loads_and_own_rank_leaves_its_i
     # with the identities kept, the same remembered images do count
     assert not torch.allclose(entropy_order_loss(text, images, 0.1, old, target="own_rank",
                                                  pid=pid + 10), got)
+
+
+def test_the_heads_report_the_ordering_term_apart_from_the_match():
+    """``loss_dcl_order`` / ``loss_ugm_match_order``: the term on its own key (logged, and read
+    by ``analysis.sigma_signal``), the match's key without it, the sum unchanged."""
+    from tbps.components.distributions import Distributions
+
+    g = torch.Generator().manual_seed(6)
+    parts = [torch.randn(6, 6, generator=g) * s + m for s, m in ((1, 0), (1, -3), (1, 0), (1, -3))]
+    pid = torch.tensor([0, 0, 1, 2, 2, 3])
+    dist = Distributions(*parts)
+    plain = DCLHead(CTX, init_shift=2.0).train()(None, {"distributions": dist, "pid": pid})
+    head = DCLHead(CTX, weight=2.0, init_shift=2.0, match_entropy_weight=0.5,
+                   match_entropy_target="own_rank").train()
+    out = head(None, {"distributions": dist, "pid": pid})
+    text, image = Gaussian(parts[2], parts[3]), Gaussian(parts[0], parts[1])
+    want = 2.0 * 0.5 * entropy_order_loss(text, image.mean, 0.1, target="own_rank", pid=pid)
+    torch.testing.assert_close(out["loss_dcl_order"], want)
+    torch.testing.assert_close(out["loss_dcl"], 2.0 * plain["loss_dcl"])
+    assert "loss_dcl_mls" not in out and "loss_dcl_order" not in plain

@@ -367,14 +367,14 @@ def test_what_each_loss_term_teaches_sigma(ucfa_run, tiny_run):
     its rows must be the captions' own identities-fitted counts, and a model without
     distributions gets a clear error."""
     from tbps.analysis.sigma_signal import caption_directions, sigma_signal
-    from tbps.analysis.uncertainty import _captions_by_split, _data
+    from tbps.analysis.uncertainty import _captions_by_split, _data, partial_spearman
     from tbps.errors import TBPSError
     from tbps.model.checkpoint import load_checkpoint
 
     module = load_checkpoint(str(ucfa_run / "checkpoints" / "best.ckpt"))
     dm = _data(module)
     dm.set_tokenizer(module.tokenizer, module.caption_annotations)
-    directions, logvar, log_fitted = caption_directions(module, dm, batches=2)
+    directions, logvar, log_fitted, length = caption_directions(module, dm, batches=2)
     beta = module.distributions.kl_weight
     sizes = [min(len(logvar) - k, dm.batch_size) for k in range(0, len(logvar), dm.batch_size)]
     per_element = torch.cat([torch.full((n,), 1.0 / (n * logvar.shape[1])) for n in sizes])
@@ -383,9 +383,13 @@ def test_what_each_loss_term_teaches_sigma(ucfa_run, tiny_run):
     counts = {n for _, n, _ in _captions_by_split(
         dm.root / dm.benchmark.folder / dm.benchmark.annotation)["train"]}
     assert set(log_fitted.exp().round().int().tolist()) <= counts
+    assert len(length) == len(log_fitted) and length.min() >= 1
     assert "loss_dcl" in directions and directions["loss_dcl"].abs().sum() > 0
     got = sigma_signal(module, dm, batches=2)
     assert set(got["terms"]) == set(directions) | {"all_terms"}
+    # the partial given length, against partial_spearman on the same three columns
+    kl = got["terms"]["loss_kl"]["partial_given_length"]
+    assert kl == partial_spearman(directions["loss_kl"], log_fitted, length)["partial_given_length"]
     with pytest.raises(TBPSError, match="no distributions"):
         plain = load_checkpoint(str(tiny_run / "checkpoints" / "best.ckpt"))
         caption_directions(plain, _data(plain), batches=1)

@@ -6,8 +6,10 @@ forward passes over a few shuffled training batches and takes, for every loss te
 reaches the captions' log-variances, the direction one step of gradient descent would move
 each caption's log σ² (minus the gradient, averaged over dimensions). Printed per term as
 JSON: Spearman's ρ of that direction with log(identities the caption fits) (SynthPedes'
-record; > 0: the term raises σ for vague captions, which is what σ is meant to learn), and
-the direction's mean and mean magnitude (which term dominates). Nothing is updated.
+record; > 0: the term raises σ for vague captions, which is what σ is meant to learn), the
+same with the caption's length held fixed (the partial ρ ``tbps uncertainty`` reads σ by),
+and the direction's mean and mean magnitude (which term dominates). The ordering term and
+PFE's term come on their own keys (``loss_dcl_order``, ``loss_dcl_mls``). Nothing is updated.
 
     python -m tbps.analysis.sigma_signal runs/ucfa_synthetic/<time>/checkpoints/best.ckpt
 """
@@ -23,14 +25,16 @@ from torchmetrics.functional import spearman_corrcoef
 
 from ..errors import TBPSError
 from .features import checkpoint_data
-from .uncertainty import _captions_by_split
+from .uncertainty import _captions_by_split, partial_spearman
 
 
 def caption_directions(module, dm, batches: int = 12, seed: int = 0
-                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor,
+                                  torch.Tensor]:
     """Per loss term, the descent direction of each caption's log σ² over ``batches``
     shuffled training batches [N] (minus the gradient, averaged over dimensions); the
-    captions' log σ² [N, D] and their log(identities fitted) [N], in the same order."""
+    captions' log σ² [N, D], their log(identities fitted) [N] and their lengths in tokens
+    [N], in the same order."""
     if module.distributions is None:
         raise TBPSError("this checkpoint's model has no distributions (`distributions:` in "
                         "its config: UCFA's), so no caption σ to read")
@@ -42,7 +46,7 @@ def caption_directions(module, dm, batches: int = 12, seed: int = 0
     torch.manual_seed(seed)
     module.train()
     directions: dict[str, list[torch.Tensor]] = {}
-    logvars, fitted = [], []
+    logvars, fitted, lengths = [], [], []
     for step, batch in enumerate(dm.train_dataloader()):
         if step == batches:
             break
@@ -56,24 +60,28 @@ def caption_directions(module, dm, batches: int = 12, seed: int = 0
                 directions.setdefault(name, []).append(-grad.detach().mean(1))
         logvars.append(logvar.detach())
         fitted.append(log_fitted[caption_of_pair[batch["index"]]])
+        lengths.append(module.encoder.text_mask(batch["caption_ids"]).sum(1).float())
     module.zero_grad(set_to_none=True)
     return ({k: torch.cat(v) for k, v in directions.items()}, torch.cat(logvars),
-            torch.cat(fitted))
+            torch.cat(fitted), torch.cat(lengths))
 
 
 def sigma_signal(module, dm, batches: int = 12, seed: int = 0) -> dict:
     """The per-term figures of the module docstring (``all_terms``: their sum, the step σ
     takes), and where σ stands: its ρ with log(identities fitted) on the same captions."""
-    directions, logvar, y = caption_directions(module, dm, batches, seed)
+    directions, logvar, y, length = caption_directions(module, dm, batches, seed)
     directions["all_terms"] = sum(directions.values())
     sigma = logvar.mul(0.5).exp().mean(1)
     out = {"captions": len(y),
            "sigma_spearman_with_log_identities_fitted":
                round(float(spearman_corrcoef(sigma, y)), 4),
+           "sigma_partial_given_length": partial_spearman(sigma, y, length)[
+               "partial_given_length"],
            "terms": {}}
     for name, d in directions.items():
         out["terms"][name] = {
             "spearman_with_log_identities_fitted": round(float(spearman_corrcoef(d, y)), 4),
+            "partial_given_length": partial_spearman(d, y, length)["partial_given_length"],
             "mean": float(f"{float(d.mean()):.3e}"),
             "mean_magnitude": float(f"{float(d.abs().mean()):.3e}")}
     return out

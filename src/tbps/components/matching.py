@@ -212,12 +212,21 @@ class ProbabilisticMatch(nn.Module):
 
     def loss(self, text: Gaussian, image: Gaussian, pid: torch.Tensor,
              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(PCME++'s matching loss over every pair of a batch whose i-th caption and image
-        have identity ``pid[i]``, caption rows weighted by ``weights``; the logits [B, B]),
-        plus ``mls_weight`` × PFE's σ term over the same person's pairs (``mls_pairs:
-        soft``: and every other pair, weighted by its detached P(match)), plus
-        ``entropy_weight`` × the term that orders captions' σ like their match entropy
-        (``components.match_entropy``)."""
+        """(the sum of ``loss_terms``, the logits [B, B])."""
+        terms, logits = self.loss_terms(text, image, pid, weights)
+        return sum(terms.values()), logits
+
+    def loss_terms(self, text: Gaussian, image: Gaussian, pid: torch.Tensor,
+                   weights: torch.Tensor | None = None
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """({"match": PCME++'s matching loss over every pair of a batch whose i-th caption
+        and image have identity ``pid[i]``, caption rows weighted by ``weights``; "mls":
+        ``mls_weight`` × PFE's σ term over the same person's pairs (``mls_pairs: soft``: and
+        every other pair, weighted by its detached P(match)); "order": ``entropy_weight`` ×
+        the term that orders captions' σ like their match entropy or own rank
+        (``components.match_entropy``); the last two only when on}, the logits [B, B]).
+        Apart, so that the heads log each and ``analysis.sigma_signal`` reads what each
+        teaches σ."""
         own = (text, image)  # PFE's term trains σ even where the match only reads it
         if not self.trains_sigma:
             # the match reads σ but leaves its learning to the other terms
@@ -230,22 +239,26 @@ class ProbabilisticMatch(nn.Module):
             if bool(self.shift_pending):
                 self._start_shift(text, image, pid)
         logits = self.logits(text, image)
-        extra = self._mls(*own, pid, logits) if self.mls_weight > 0 else 0.0
-        if self.entropy_weight > 0:
-            extra = extra + self.entropy_weight * entropy_order_loss(
-                own[0], own[1].mean, self.entropy_temperature, self.entropy_queue,
-                remember=self.training, target=self.entropy_target, pid=pid)
+        terms = {}
         if self.memory_size == 0:
-            return pcme_matching_loss(logits, pid, pid, weights) + extra, logits
-        remembered_text = Gaussian(self.memory_text_mean, self.memory_text_logvar)
-        remembered_image = Gaussian(self.memory_image_mean, self.memory_image_logvar)
-        loss = (memory_matching_loss(logits, self.logits(text, remembered_image), pid, pid,
+            terms["match"] = pcme_matching_loss(logits, pid, pid, weights)
+        else:
+            remembered_text = Gaussian(self.memory_text_mean, self.memory_text_logvar)
+            remembered_image = Gaussian(self.memory_image_mean, self.memory_image_logvar)
+            terms["match"] = (
+                memory_matching_loss(logits, self.logits(text, remembered_image), pid, pid,
                                      self.memory_pid, weights)
                 + memory_matching_loss(logits.t(), self.logits(remembered_text, image).t(),
                                        pid, pid, self.memory_pid, weights))
-        if self.training:
+        if self.mls_weight > 0:
+            terms["mls"] = self._mls(*own, pid, logits)
+        if self.entropy_weight > 0:
+            terms["order"] = self.entropy_weight * entropy_order_loss(
+                own[0], own[1].mean, self.entropy_temperature, self.entropy_queue,
+                remember=self.training, target=self.entropy_target, pid=pid)
+        if self.training and self.memory_size > 0:
             self._remember(text, image, pid)
-        return loss + extra, logits
+        return terms, logits
 
     def _mls(self, text: Gaussian, image: Gaussian, pid: torch.Tensor,
              logits: torch.Tensor) -> torch.Tensor:

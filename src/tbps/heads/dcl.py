@@ -94,16 +94,19 @@ class DCLHead(AlignmentHead):
         text, image = d.shown(Gaussian(mu_t, lv_t)), d.shown(Gaussian(mu_v, lv_v))
         w = batch.get("pair_weight")
         if self.objective == "pcme":
-            loss, logits = self.match.loss(text, image, pid,
-                                           None if w is None else gather_with_grad(w))
+            parts, logits = self.match.loss_terms(text, image, pid,
+                                                  None if w is None else gather_with_grad(w))
         else:
             logits = self.match.logits(text, image)
-            loss = sdm_from_logits(logits.t(), pid,
-                                   weights=None if w is None else gather_with_grad(w))
+            parts = {"match": sdm_from_logits(logits.t(), pid,
+                                              weights=None if w is None else gather_with_grad(w))}
         positive = (pid[:, None] == pid[None, :]).float()
         prob = torch.sigmoid(logits.detach().float())
         # masked means, not boolean indexing: no data-dependent shape in a compiled step
-        return {"loss_dcl": self.weight * loss, "dcl_scale": self.match.scale.detach(),
+        # the σ terms apart (loss_dcl_mls, loss_dcl_order), so each is logged and read alone
+        losses = {"loss_dcl" + ("" if k == "match" else "_" + k): self.weight * v
+                  for k, v in parts.items()}
+        return {**losses, "dcl_scale": self.match.scale.detach(),
                 "dcl_shift": self.match.shift.detach(),
                 "dcl_match_prob": (prob * positive).sum() / positive.sum().clamp(min=1),
                 "dcl_nonmatch_prob": (prob * (1 - positive)).sum()

@@ -198,11 +198,13 @@ class UGMHead(AlignmentHead):
                 variance_prior(lv_v) + variance_prior(lv_t))
         if self.match_weight > 0:
             pid = gather_with_grad(batch["pid"])
-            match, _ = self.match.loss(
+            parts, _ = self.match.loss_terms(
                 self._shown(gather_with_grad(mu_t), gather_with_grad(lv_t)),
                 self._shown(gather_with_grad(mu_v), gather_with_grad(lv_v)), pid,
                 None if w is None else gather_with_grad(w))
-            out["loss_ugm_match"] = self.match_weight * match
+            # the σ terms apart (loss_ugm_match_mls, loss_ugm_match_order)
+            out |= {"loss_ugm_match" + ("" if k == "match" else "_" + k): self.match_weight * v
+                    for k, v in parts.items()}
             out["ugm_shift"] = self.match.shift.detach()
         return out
 
