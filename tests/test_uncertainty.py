@@ -208,6 +208,19 @@ def test_tbps_uncertainty_measures_what_it_says(ucfa_run, tmp_path, capsys):
     assert abs(cp["spearman"] - spearmanr(probe, fitted).statistic) < 2e-3
     assert abs(cp["partial_given_length"]
                - np.corrcoef(resid(rankdata(probe)), resid(rf))[0, 1]) < 2e-3
+    # the same two on the training captions themselves: the ridge in-sample, and σ
+    text_ids = dm.tokenizer.encode([c for r in recs if r["split"] == "train" for c in r["captions"]])
+    rl_train = rankdata(module.encoder.text_mask(text_ids).sum(1).numpy())
+    resid_train = lambda y: y - np.polyval(np.polyfit(rl_train, y, 1), rl_train)  # noqa: E731
+    rf_train = resid_train(rankdata(np.log([n for _, n, _ in rows["train"]])))
+    tc = got["ambiguity"]["training_captions"]
+    inside = ridge.predict((emb["train"] - mu) / sd)
+    assert abs(tc["caption_embedding_probe_in_sample"]["partial_given_length"]
+               - np.corrcoef(resid_train(rankdata(inside)), rf_train)[0, 1]) < 2e-3
+    s_train = torch.cat([module.uncertainty(ids=text_ids[k:k + 1]).text_sigma
+                         for k in range(len(text_ids))]).numpy()
+    assert abs(tc["sigma_vs_log_identities_fitted"]["partial_given_length"]
+               - np.corrcoef(resid_train(rankdata(s_train)), rf_train)[0, 1]) < 2e-3
 
     # calibration: P(match) of every test caption with every test image, binned by hand
     rec = dm.records["test"]

@@ -179,6 +179,13 @@ def caption_embeddings(module, ids: torch.Tensor, batch_size: int = 256) -> torc
                       for s in range(0, len(ids), batch_size)])
 
 
+@torch.inference_mode()
+def _caption_sigma(module, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Each caption's σ as ``tbps uncertainty`` reads it [T] (float32, on the CPU)."""
+    return torch.cat([module.uncertainty(ids=ids[s:s + batch_size]).text_sigma.float().cpu()
+                      for s in range(0, len(ids), batch_size)])
+
+
 def partial_spearman(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> dict[str, float]:
     """Spearman's ρ of x with y, and the partial rank correlation with z held fixed."""
     xy, xz, yz = (float(spearman_corrcoef(a.float(), b.float())) for a, b in
@@ -202,8 +209,7 @@ def ambiguity(module, dm, matched: tuple[torch.Tensor, torch.Tensor] | None,
                            "does, since generator version 4)"}
     fitted = [n for _, n, _ in captions]
     ids = dm._caption_ids[split]
-    sigma = torch.cat([module.uncertainty(ids=ids[s:s + batch_size]).text_sigma.float().cpu()
-                       for s in range(0, len(ids), batch_size)])
+    sigma = _caption_sigma(module, ids, batch_size)
     length = module.encoder.text_mask(ids).sum(1).float()
     count = torch.tensor(fitted, dtype=torch.float32)
     out = {"split": split, "captions": len(sigma),
@@ -218,9 +224,18 @@ def ambiguity(module, dm, matched: tuple[torch.Tensor, torch.Tensor] | None,
         # the captions as the annotation has them (a noisy run's data module moved some)
         text = _caption_texts(dm.root / dm.benchmark.folder / dm.benchmark.annotation, "train")
         counts = torch.tensor([n for _, n, _ in train], dtype=torch.float32)
-        probe = ridge_probe(caption_embeddings(module, dm.tokenizer.encode(text), batch_size),
-                            counts.log(), caption_embeddings(module, ids, batch_size))
+        train_ids = dm.tokenizer.encode(text)
+        train_x = caption_embeddings(module, train_ids, batch_size)
+        probe = ridge_probe(train_x, counts.log(), caption_embeddings(module, ids, batch_size))
         out["caption_embedding_probe"] = partial_spearman(probe, count.log(), length)
+        # the same two read on the training captions themselves (the probe in-sample): how
+        # much of σ's and the probe's reading holds from the training identities to new ones
+        train_length = module.encoder.text_mask(train_ids).sum(1).float()
+        out["training_captions"] = {
+            "sigma_vs_log_identities_fitted": partial_spearman(
+                _caption_sigma(module, train_ids, batch_size), counts.log(), train_length),
+            "caption_embedding_probe_in_sample": partial_spearman(
+                ridge_probe(train_x, counts.log(), train_x), counts.log(), train_length)}
     # PCME++'s closed form adds Σσ_t² and the means' distance into one per-caption offset;
     # where σ does not follow vagueness, this says whether the means took it
     text, image, same = gaussians
