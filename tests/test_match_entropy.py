@@ -195,8 +195,9 @@ def test_a_queue_saved_before_it_kept_identities_loads_and_own_rank_leaves_its_i
 
 
 def test_the_heads_report_the_ordering_term_apart_from_the_match():
-    """``loss_dcl_order`` / ``loss_ugm_match_order``: the term on its own key (logged, and read
-    by ``analysis.sigma_signal``), the match's key without it, the sum unchanged."""
+    """``loss_dcl_order``: the term on its own key (logged, and read by
+    ``analysis.sigma_signal``), the match's key without it, the sum unchanged (UGM's
+    ``loss_ugm_match_order`` comes from the same ``ProbabilisticMatch.loss_terms``)."""
     from tbps.components.distributions import Distributions
 
     g = torch.Generator().manual_seed(6)
