@@ -90,8 +90,7 @@ def test_the_pass_divides_by_the_heads_match_and_training_weighs_by_it(tiny_synt
             item = pairs[k]
             batch = {"image": item["image"][None], "caption_ids": item["caption_ids"][None],
                      "pid": torch.tensor([item["pid"]]), "index": torch.tensor([k])}
-            encoded = module.encoder(batch["image"], batch["caption_ids"], None,
-                                     module._attention)
+            encoded = module.encode(batch["image"], batch["caption_ids"])
             if module.distributions is not None:
                 batch["distributions"] = module.distributions(encoded)
             p = float(module.pair_confidence(encoded, batch)[0])

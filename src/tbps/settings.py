@@ -83,7 +83,8 @@ class TextAugment(_Strict):
 
 
 class Distributions(_Strict):
-    variance_from: Literal["tokens", "global", "global_and_tokens"] = "tokens"
+    variance_from: Literal["tokens", "global", "global_and_tokens", "words",
+                           "global_and_words"] = "tokens"
     init_logvar: float = -4.0
     kl_weight: NonNegativeFloat = 1e-4
     sigma_prior_weight: NonNegativeFloat = 0.0

@@ -27,6 +27,9 @@ class EncoderOutput:
     # [EOT] over the caption [B, L] (zero after the end-of-text token).
     image_attention: torch.Tensor | None = None
     text_attention: torch.Tensor | None = None
+    # The caption's input word embeddings in the joint space [B, L, D], when the shared
+    # distributions read σ from them (``DualEncoder.encode_text_words``)
+    text_words: torch.Tensor | None = None
 
 
 @dataclass
@@ -41,6 +44,8 @@ class RetrievalInput:
     mask: torch.Tensor | None = None  # [B, L] True at real tokens (text only)
     # the shared distributions' Gaussian of each item, when the model has them (UCFA)
     gaussian: "Gaussian | None" = None
+    # [B, L, D] the captions' input word embeddings, when the distributions read them (text)
+    words: torch.Tensor | None = None
 
 
 @dataclass

@@ -8,7 +8,9 @@ each modality's global feature becomes a diagonal Gaussian through the shared
 on the means ranks on the features and costs nothing extra. The variance reads the whole
 token sequence (``variance_from: tokens``, UCFA's PROPOSAL: attention pooling + a residual
 from the global token), the global feature alone (``global``), or both side by side, each
-with its own weights (``global_and_tokens``, ours). The KL regulariser to
+with its own weights (``global_and_tokens``, ours); for captions, the mean of the caption's
+input word embeddings alone or beside the global feature (``words``, ``global_and_words``,
+ours; images then read their global feature). The KL regulariser to
 N(0, I) (β = ``kl_weight``, PCME++'s vib_beta 1e-4) belongs here, not to any one head, so
 that it stays when a head is ablated. Ours, off by default: ``sigma_detached`` (σ reads the
 features without passing gradient to the encoder) and ``sigma_hidden`` (a hidden layer before
@@ -22,13 +24,12 @@ is trained only by the match, the ordering term and the KL, not by what its samp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import nn
 
 from ..types import EncoderOutput, Gaussian, RetrievalInput
-from .gaussian import GaussianEmbedding, kl_to_standard_normal, on_sphere, variance_prior
+from .gaussian import (READS_WORDS, GaussianEmbedding, VarianceFrom, kl_to_standard_normal,
+                       on_sphere, variance_prior)
 
 
 @dataclass
@@ -63,30 +64,33 @@ def _shown(gaussian: Gaussian, sigma_on_sphere: bool) -> Gaussian:
 
 
 class ModalityDistributions(nn.Module):
-    def __init__(self, dim: int,
-                 variance_from: Literal["tokens", "global", "global_and_tokens"] = "tokens",
+    def __init__(self, dim: int, variance_from: VarianceFrom = "tokens",
                  init_logvar: float = -4.0, kl_weight: float = 1e-4,
                  sigma_prior_weight: float = 0.0, sigma_detached: bool = False,
                  sigma_hidden: int = 0, sigma_on_sphere: bool = False,
                  samples_train_sigma: bool = True) -> None:
         super().__init__()
         self.sigma_on_sphere, self.samples_train_sigma = sigma_on_sphere, samples_train_sigma
-        self.variance_from, self.kl_weight = variance_from, kl_weight
-        self.sigma_prior_weight = sigma_prior_weight
+        self.kl_weight, self.sigma_prior_weight = kl_weight, sigma_prior_weight
+        # an image has no words: with a word variant its σ reads the global feature
+        self.reads_words = variance_from in READS_WORDS
+        self.image_reads_tokens = variance_from in ("tokens", "global_and_tokens")
+        self.text_reads_sequence = variance_from != "global"
         self.image, self.text = (GaussianEmbedding(dim, init_logvar=init_logvar,
-                                                   variance_from=variance_from,
+                                                   variance_from=source,
                                                    sigma_detached=sigma_detached,
                                                    sigma_hidden=sigma_hidden)
-                                 for _ in range(2))
+                                 for source in ("global" if self.reads_words else variance_from,
+                                                variance_from))
 
     def forward(self, encoded: EncoderOutput) -> Distributions:
-        if self.variance_from != "global":
-            # image: the patch tokens (the class token is the residual); text: real tokens only
-            mu_v, lv_v = self.image(encoded.image_global, encoded.image_tokens[:, 1:])
-            mu_t, lv_t = self.text(encoded.text_global, encoded.text_tokens, encoded.text_mask)
-        else:
-            mu_v, lv_v = self.image(encoded.image_global)
-            mu_t, lv_t = self.text(encoded.text_global)
+        # image: the patch tokens (the class token is the residual); text: real tokens only,
+        # or the caption's input word embeddings (the encoder adds them when ``reads_words``)
+        patches = encoded.image_tokens[:, 1:] if self.image_reads_tokens else None
+        mu_v, lv_v = self.image(encoded.image_global, patches)
+        sequence = encoded.text_words if self.reads_words else encoded.text_tokens
+        mu_t, lv_t = (self.text(encoded.text_global, sequence, encoded.text_mask)
+                      if self.text_reads_sequence else self.text(encoded.text_global))
         return Distributions(mu_v, lv_v, mu_t, lv_t, self.sigma_on_sphere,
                              self.samples_train_sigma)
 
@@ -107,10 +111,11 @@ class ModalityDistributions(nn.Module):
         ``Distributions.shown``), from the inputs ranking reads (``TBPSModule.image_side`` /
         ``text_side``)."""
         if modality == "image":
-            patches = inputs.tokens[:, 1:] if self.variance_from != "global" else None
+            patches = inputs.tokens[:, 1:] if self.image_reads_tokens else None
             found = self.image(inputs.global_feature, patches)
-        elif self.variance_from != "global":
-            found = self.text(inputs.global_feature, inputs.tokens, inputs.mask)
+        elif self.text_reads_sequence:
+            sequence = inputs.words if self.reads_words else inputs.tokens
+            found = self.text(inputs.global_feature, sequence, inputs.mask)
         else:
             found = self.text(inputs.global_feature)
         return _shown(Gaussian(*found), self.sigma_on_sphere)

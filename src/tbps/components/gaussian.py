@@ -9,7 +9,10 @@ that bf16 training cannot overflow ``exp``. With ``variance_from="tokens"`` (UCF
 log-variance reads the whole token sequence: attention pooling (one learned query) over
 the tokens, plus the global feature as a residual, then the linear layer; with
 ``"global_and_tokens"`` (ours) the pooled tokens and the global feature sit side by side
-(concatenated), each with its own weights, instead of summed into one. With
+(concatenated), each with its own weights, instead of summed into one. With ``"words"`` and
+``"global_and_words"`` (ours, text only) it reads the caption's words as the text tower takes
+them in, before any layer mixes them (``DualEncoder.encode_text_words``), averaged over the
+caption: a bag of words, alone or beside the global feature. With
 ``sigma_detached`` (ours) the variance reads the features detached: what trains σ reaches the
 σ layers only, never the encoder (σ still shapes the sampled losses the means learn from).
 """
@@ -26,6 +29,8 @@ from .rng import generator_kwargs
 
 
 LOGVAR_MAX = 6.0  # log σ² is clamped below this (bf16 cannot overflow exp); ranking bounds on it
+VarianceFrom = Literal["global", "tokens", "global_and_tokens", "words", "global_and_words"]
+READS_WORDS = ("words", "global_and_words")
 
 
 class AttentionPool(nn.Module):
@@ -44,10 +49,16 @@ class AttentionPool(nn.Module):
         return self.attn(q, x, x, key_padding_mask=pad, need_weights=False)[0][:, 0]
 
 
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of each sequence's real tokens: [B, N, D], mask [B, N] -> [B, D]."""
+    weight = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weight).sum(1) / weight.sum(1).clamp_min(1)
+
+
 class GaussianEmbedding(nn.Module):
     def __init__(self, dim: int, learned_mean: bool = False, init_logvar: float = -4.0,
                  logvar_range: tuple[float, float] = (-12.0, LOGVAR_MAX),
-                 variance_from: Literal["global", "tokens", "global_and_tokens"] = "global",
+                 variance_from: VarianceFrom = "global",
                  sigma_detached: bool = False, sigma_hidden: int = 0) -> None:
         super().__init__()
         self.sigma_detached = sigma_detached
@@ -57,7 +68,11 @@ class GaussianEmbedding(nn.Module):
         # global_and_tokens: the pooled tokens beside the global feature, not added to it, so
         # that σ weighs what the tokens say (which attributes a caption states) apart from
         # what the retrieval feature keeps
-        self.side_by_side = variance_from == "global_and_tokens"
+        # words: the mean of the caption's input word embeddings, what a bag of words knows; a
+        # linear read of it carries vagueness to new identities where the contextual features
+        # keep less of it (docs/results.md, "σ from the caption's words")
+        self.side_by_side = variance_from in ("global_and_tokens", "global_and_words")
+        self.reads_global = variance_from != "words"
         width = 2 * dim if self.side_by_side else dim
         self.hidden = (nn.Sequential(nn.Linear(width, sigma_hidden), nn.GELU())
                        if sigma_hidden else nn.Identity())
@@ -65,7 +80,8 @@ class GaussianEmbedding(nn.Module):
         nn.init.normal_(self.logvar.weight, std=(sigma_hidden or width) ** -0.5 * 0.1)
         nn.init.constant_(self.logvar.bias, init_logvar)  # start nearly deterministic
         self.logvar_range = logvar_range
-        self.pool = AttentionPool(dim) if variance_from != "global" else None
+        self.pool = AttentionPool(dim) if variance_from in ("tokens", "global_and_tokens") else None
+        self.words = variance_from in READS_WORDS
 
     @property
     def mean_projection(self) -> nn.Module:
@@ -76,18 +92,24 @@ class GaussianEmbedding(nn.Module):
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, D] -> (mean [B, D], log-variance [B, D]), both float32. With
         ``variance_from="tokens"`` or ``"global_and_tokens"``, ``tokens`` [B, N, D] (and
-        ``mask`` [B, N], True at real tokens) feed the variance."""
+        ``mask`` [B, N], True at real tokens) feed the variance; with ``"words"`` or
+        ``"global_and_words"``, ``tokens`` are the caption's input word embeddings."""
         x = x.float()
         # sigma_detached: σ's layers read the features without passing gradient back, so the
         # terms that train σ shape σ and never the encoder (the means keep their gradient)
         v = x.detach() if self.sigma_detached else x
-        if self.pool is not None:
-            if tokens is None:
-                raise ValueError("this Gaussian embedding reads its variance from the tokens: "
-                                 "pass tokens")
+        if self.pool is not None or self.words:
+            if tokens is None or (self.words and mask is None):
+                raise ValueError("this Gaussian embedding reads its variance from the "
+                                 + ("words: pass them and their mask" if self.words
+                                    else "tokens: pass tokens"))
             tokens = tokens.detach() if self.sigma_detached else tokens
-            pooled = self.pool(tokens.float(), mask)
-            v = torch.cat([v, pooled], -1) if self.side_by_side else v + pooled
+            pooled = (masked_mean(tokens.float(), mask) if self.words
+                      else self.pool(tokens.float(), mask))
+            if self.side_by_side:
+                v = torch.cat([v, pooled], -1)
+            else:
+                v = v + pooled if self.reads_global else pooled
         return self.mean(x), self.logvar(self.hidden(v)).clamp(*self.logvar_range)
 
 

@@ -74,6 +74,12 @@ class DualEncoder(nn.Module):
             return self.text_proj(self.text(input_ids=ids).last_hidden_state)
         return self.text_proj(self._bert_tokens(ids))
 
+    def encode_text_words(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] token ids -> the words as the text tower takes them in, before any layer
+        mixes them (its input embedding table, no position), projected into the joint space
+        [B, L, D]: what a caption says word by word, whoever it describes."""
+        return self.text_proj(self.text.get_input_embeddings()(ids))
+
     def _bert_tokens(self, ids: torch.Tensor, groups: int = 4) -> torch.Tensor:
         """BERT's last hidden states [B, L, H], the padding zeros. BERT masks the padding, so
         a caption's tokens do not depend on how far it is padded: the batch runs in
@@ -197,9 +203,10 @@ class DualEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor,
                 extra_text: dict[str, torch.Tensor] | None = None,
-                attention: bool = False) -> EncoderOutput:
+                attention: bool = False, words: bool = False) -> EncoderOutput:
         """Both towers on a batch; ``attention``: also the global tokens' last-layer attention
-        rows (``EncoderOutput.image_attention`` / ``text_attention``)."""
+        rows (``EncoderOutput.image_attention`` / ``text_attention``); ``words``: also the
+        caption's input word embeddings (``EncoderOutput.text_words``)."""
         img_attn = txt_attn = None
         if attention:
             img_tokens, img_attn = self.encode_image_tokens_attention(images)
@@ -210,7 +217,8 @@ class DualEncoder(nn.Module):
         return EncoderOutput(image_tokens=img_tokens, text_tokens=txt_tokens,
                              image_global=img_tokens[:, 0], text_global=self.text_global(txt_tokens, ids),
                              text_mask=self.text_mask(ids), extra_text=extra,
-                             image_attention=img_attn, text_attention=txt_attn)
+                             image_attention=img_attn, text_attention=txt_attn,
+                             text_words=self.encode_text_words(ids) if words else None)
 
 
 def _bottleneck(dim: int) -> nn.BatchNorm1d:

@@ -65,9 +65,10 @@ class InferencePath:
             tokens, attention = self.encoder.encode_text_tokens_attention(ids)
         else:
             tokens, attention = self.encoder.encode_text_tokens(ids), None
+        words = self.encoder.encode_text_words(ids) if self._words else None
         return self._with_gaussian("text", RetrievalInput(
             tokens, self.encoder.text_global(tokens, ids), attention, ids,
-            self.encoder.text_mask(ids)))
+            self.encoder.text_mask(ids), words=words))
 
     def _with_gaussian(self, modality: str, side: RetrievalInput) -> RetrievalInput:
         """The shared distributions' Gaussian of each item, for a head that ranks by it."""

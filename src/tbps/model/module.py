@@ -27,6 +27,7 @@ from ..distributed import world_size
 from ..errors import ConfigError, DivergedError
 from ..heads.base import HeadContext
 from ..heads.mlm import replacement_ids
+from ..types import EncoderOutput
 from ..metrics import TextToImageRetrieval
 from .compile import compile_step, mark_token_dim_dynamic
 from .encoder import build_dual_encoder
@@ -105,6 +106,8 @@ class TBPSModule(InferencePath, L.LightningModule):
         self._retrieval = {m: self._claimed_retrieval(m) for m in ("image", "text")}
         # the encoder computes the global tokens' attention rows only when a head reads them
         self._attention = any(h.needs_attention for h in self.heads.values())
+        # and the captions' input word embeddings only when the distributions read σ from them
+        self._words = self.distributions is not None and self.distributions.reads_words
         self._checked_losses = False
         # compile: true -> the training step (encoder, heads, shared parts) through
         # torch.compile, after a first eager step (tbps.model.compile)
@@ -214,6 +217,11 @@ class TBPSModule(InferencePath, L.LightningModule):
             return self._compiled(batch)
         return self._losses(batch)
 
+    def encode(self, images: torch.Tensor, ids: torch.Tensor,
+               extra: dict[str, torch.Tensor] | None = None) -> EncoderOutput:
+        """Both towers on a training batch, with what the heads and distributions read."""
+        return self.encoder(images, ids, extra, self._attention, self._words)
+
     def _losses(self, batch: dict, check: bool = False
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.memory is not None:
@@ -223,7 +231,7 @@ class TBPSModule(InferencePath, L.LightningModule):
         for head in self.heads.values():
             batch.update(head.extra_inputs(batch))
         extra = {k: v for k, v in batch.items() if k.endswith("_ids") and k != "caption_ids"}
-        encoded = self.encoder(batch["image"], batch["caption_ids"], extra, self._attention)
+        encoded = self.encode(batch["image"], batch["caption_ids"], extra)
         terms: dict[str, torch.Tensor] = {}
         if self.distributions is not None:
             batch["distributions"] = self.distributions(encoded)

@@ -47,8 +47,7 @@ def prepare_heads(module, epoch: int) -> dict[str, float]:
                          for k, v in batch.items()}
                 if augment and module.text_augment is not None:  # what training sees
                     batch["caption_ids"] = module.text_augment(batch["caption_ids"])
-                encoded = module.encoder(batch["image"], batch["caption_ids"], None,
-                                         module._attention)
+                encoded = module.encode(batch["image"], batch["caption_ids"])
                 index = gather_with_grad(batch["index"]).cpu()
                 noisy[index] = gather_with_grad(batch["noisy"].long()).cpu().bool()
                 seen[index] = True
