@@ -208,6 +208,22 @@ def test_tbps_uncertainty_measures_what_it_says(ucfa_run, tmp_path, capsys):
     assert abs(cp["spearman"] - spearmanr(probe, fitted).statistic) < 2e-3
     assert abs(cp["partial_given_length"]
                - np.corrcoef(resid(rankdata(probe)), resid(rf))[0, 1]) < 2e-3
+    # and from the mean of each caption's input word embeddings (the tower's table through
+    # the text projection), the padding left out, by the same ridge
+    table = module.encoder.text.get_input_embeddings().weight.detach().double().numpy()
+    proj = module.encoder.text_proj.weight.detach().double().numpy()
+
+    def word_means(split):
+        ids = dm.tokenizer.encode([c for r in recs if r["split"] == split for c in r["captions"]])
+        mask = module.encoder.text_mask(ids).numpy()
+        return np.stack([table[row[m]].mean(0) @ proj.T for row, m in zip(ids.numpy(), mask)])
+
+    wm = {split: word_means(split) for split in ("train", "test")}
+    wmu, wsd = wm["train"].mean(0), np.maximum(wm["train"].std(0, ddof=1), 1e-6)
+    words = Ridge(alpha=1.0).fit((wm["train"] - wmu) / wsd, np.log([n for _, n, _ in rows["train"]]))
+    wp = got["ambiguity"]["caption_words_probe"]
+    assert abs(wp["partial_given_length"] - np.corrcoef(
+        resid(rankdata(words.predict((wm["test"] - wmu) / wsd))), resid(rf))[0, 1]) < 2e-3
     # the same two on the training captions themselves: the ridge in-sample, and σ
     text_ids = dm.tokenizer.encode([c for r in recs if r["split"] == "train" for c in r["captions"]])
     rl_train = rankdata(module.encoder.text_mask(text_ids).sum(1).numpy())

@@ -55,6 +55,7 @@ from torchmetrics.functional import spearman_corrcoef
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
 from ..data.datamodule import collate_trimmed
+from ..components.gaussian import masked_mean
 from ..components.match_entropy import match_entropy
 from ..heads.rde import tal_per_pair
 from ..data.transforms import eval_transform
@@ -180,6 +181,18 @@ def caption_embeddings(module, ids: torch.Tensor, batch_size: int = 256) -> torc
 
 
 @torch.inference_mode()
+def caption_word_means(module, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The mean of each caption's input word embeddings in the joint space [T, D] (float32,
+    on the CPU): what the caption says word by word, before the text tower mixes it."""
+    out = []
+    for s in range(0, len(ids), batch_size):
+        rows = ids[s:s + batch_size]
+        out.append(masked_mean(module.encoder.encode_text_words(rows).float(),
+                               module.encoder.text_mask(rows)).cpu())
+    return torch.cat(out)
+
+
+@torch.inference_mode()
 def _caption_sigma(module, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Each caption's σ as ``tbps uncertainty`` reads it [T] (float32, on the CPU)."""
     return torch.cat([module.uncertainty(ids=ids[s:s + batch_size]).text_sigma.float().cpu()
@@ -228,6 +241,11 @@ def ambiguity(module, dm, matched: tuple[torch.Tensor, torch.Tensor] | None,
         train_x = caption_embeddings(module, train_ids, batch_size)
         probe = ridge_probe(train_x, counts.log(), caption_embeddings(module, ids, batch_size))
         out["caption_embedding_probe"] = partial_spearman(probe, count.log(), length)
+        # the same from the mean of the caption's input words (a bag of words in the tower's
+        # own table): what carries to new identities before the layers mix the words
+        words = ridge_probe(caption_word_means(module, train_ids, batch_size), counts.log(),
+                            caption_word_means(module, ids, batch_size))
+        out["caption_words_probe"] = partial_spearman(words, count.log(), length)
         # the same two read on the training captions themselves (the probe in-sample): how
         # much of σ's and the probe's reading holds from the training identities to new ones
         train_length = module.encoder.text_mask(train_ids).sum(1).float()
