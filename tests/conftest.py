@@ -132,3 +132,21 @@ def ucfa_run(tiny_synth, tmp_path_factory):
                  "heads.uamlr.num_heads=2", "heads.uamlr.depth=1", "trainer.max_epochs=1",
                  "trainer.log_every_n_steps=1"]) == 0
     return run
+
+
+def step_distributions(module, batch: dict, progress: float = 1.0):
+    """One ``compute_losses`` on ``batch``: (its loss, its terms, the shared distributions the
+    step drew, still in the autograd graph), for tests that follow σ's gradients."""
+    seen = {}
+    forward = module.distributions.forward
+
+    def keep(encoded):
+        seen["d"] = forward(encoded)
+        return seen["d"]
+
+    module.distributions.forward = keep
+    try:
+        loss, terms = module.compute_losses(batch, progress=progress)
+    finally:
+        del module.distributions.forward  # back to the class's method
+    return loss, terms, seen["d"]

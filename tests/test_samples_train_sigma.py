@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_module
+from conftest import step_distributions, tiny_module
 
 
 def _step(tiny_synth, run_dir, trains: str):
@@ -23,16 +23,7 @@ def _step(tiny_synth, run_dir, trains: str):
 
 def _sigma_gradients(module, batch) -> dict[str, tuple[float, float]]:
     """Per loss term: (|∂term/∂ caption log σ²| + |∂term/∂ image log σ²|, |∂term/∂ means|)."""
-    seen = {}
-    forward = module.distributions.forward
-
-    def keep(encoded):
-        seen["d"] = forward(encoded)
-        return seen["d"]
-
-    module.distributions.forward = keep
-    _, terms = module.compute_losses(batch, progress=1.0)
-    d = seen["d"]
+    _, terms, d = step_distributions(module, batch)
     out = {}
     for name, term in terms.items():
         if not name.startswith("loss_") or not term.requires_grad:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tbps.components.gaussian import GaussianEmbedding
-from conftest import tiny_module
+from conftest import step_distributions, tiny_module
 
 
 def _words(seed: int = 0):
@@ -75,17 +75,8 @@ def test_training_and_inference_read_the_same_sigma_and_train_the_words(tiny_syn
     assert module.distributions.reads_words and module.distributions.image.pool is None
     batch = next(iter(dm.train_dataloader()))
     module.eval()  # no dropout: the training path and the inference path see the same features
-    seen = {}
-    forward = module.distributions.forward
-
-    def keep(encoded):
-        seen["d"] = forward(encoded)
-        return seen["d"]
-
-    module.distributions.forward = keep
     torch.manual_seed(0)
-    loss, _ = module.compute_losses(dict(batch), progress=1.0)
-    d = seen["d"]
+    loss, _, d = step_distributions(module, dict(batch))
     with torch.no_grad():
         text = module.uncertainty(ids=batch["caption_ids"])
     torch.testing.assert_close(text.text_sigma, d.text_logvar.detach().mul(0.5).exp().mean(-1))
