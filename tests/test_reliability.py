@@ -60,7 +60,7 @@ BAD_SETTINGS = [
     ("crue_synthetic", "heads.ugm.num_samples=0", "heads.ugm.num_samples=0"),
     ("ucfa_synthetic", "heads.dcl.distance=kl", "'w2' or 'csd'"),
     ("ucfa_synthetic", "heads.uamlr.uncertainty=both", "'points', 'weight' or 'none'"),
-    ("ucfa_synthetic", "distributions.variance_from=patches", "'global' or 'global_and_tokens'"),
+    ("ucfa_synthetic", "distributions.variance_from=patches", "'words' or 'global_and_words'"),
     ("ucfa_synthetic", "heads.pcl.num_samples=0", "heads.pcl.num_samples=0"),
     ("ucfa_synthetic", "heads.uamlr.num_samples=0", "heads.uamlr.num_samples=0"),
     ("ucfa_synthetic", "heads.uamlr.mask_prob=0", "heads.uamlr.mask_prob=0"),
