@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ConfigError
 from ..metrics.retrieval import fuse
-from ..types import Explanation, RetrievalInput, Uncertainty
+from ..types import EncoderOutput, Explanation, RetrievalInput, Uncertainty
 
 
 class InferencePath:
@@ -45,6 +45,12 @@ class InferencePath:
         """Named slices of the retrieval embedding that evaluation also ranks by alone."""
         head = self._embedding_head("image")
         return {} if head is None else dict(head.retrieval_parts())
+
+    def encode(self, images: torch.Tensor, ids: torch.Tensor,
+               extra: dict[str, torch.Tensor] | None = None) -> EncoderOutput:
+        """Both towers on a training batch, with what the heads and distributions read (the
+        attention rows, the captions' input words) and nothing more."""
+        return self.encoder(images, ids, extra, self._attention, self._words)
 
     # --- the one path from inputs to retrieval embeddings ----------------------------------
     def image_side(self, images: torch.Tensor) -> RetrievalInput:

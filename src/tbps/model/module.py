@@ -27,7 +27,6 @@ from ..distributed import world_size
 from ..errors import ConfigError, DivergedError
 from ..heads.base import HeadContext
 from ..heads.mlm import replacement_ids
-from ..types import EncoderOutput
 from ..metrics import TextToImageRetrieval
 from .compile import compile_step, mark_token_dim_dynamic
 from .encoder import build_dual_encoder
@@ -216,11 +215,6 @@ class TBPSModule(InferencePath, L.LightningModule):
             mark_token_dim_dynamic(batch)
             return self._compiled(batch)
         return self._losses(batch)
-
-    def encode(self, images: torch.Tensor, ids: torch.Tensor,
-               extra: dict[str, torch.Tensor] | None = None) -> EncoderOutput:
-        """Both towers on a training batch, with what the heads and distributions read."""
-        return self.encoder(images, ids, extra, self._attention, self._words)
 
     def _losses(self, batch: dict, check: bool = False
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
