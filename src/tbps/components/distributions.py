@@ -74,8 +74,6 @@ class ModalityDistributions(nn.Module):
         self.kl_weight, self.sigma_prior_weight = kl_weight, sigma_prior_weight
         # an image has no words: with a word variant its σ reads the global feature
         self.reads_words = variance_from in READS_WORDS
-        self.image_reads_tokens = variance_from in ("tokens", "global_and_tokens")
-        self.text_reads_sequence = variance_from != "global"
         self.image, self.text = (GaussianEmbedding(dim, init_logvar=init_logvar,
                                                    variance_from=source,
                                                    sigma_detached=sigma_detached,
@@ -86,11 +84,11 @@ class ModalityDistributions(nn.Module):
     def forward(self, encoded: EncoderOutput) -> Distributions:
         # image: the patch tokens (the class token is the residual); text: real tokens only,
         # or the caption's input word embeddings (the encoder adds them when ``reads_words``)
-        patches = encoded.image_tokens[:, 1:] if self.image_reads_tokens else None
+        patches = encoded.image_tokens[:, 1:] if self.image.reads_sequence else None
         mu_v, lv_v = self.image(encoded.image_global, patches)
         sequence = encoded.text_words if self.reads_words else encoded.text_tokens
         mu_t, lv_t = (self.text(encoded.text_global, sequence, encoded.text_mask)
-                      if self.text_reads_sequence else self.text(encoded.text_global))
+                      if self.text.reads_sequence else self.text(encoded.text_global))
         return Distributions(mu_v, lv_v, mu_t, lv_t, self.sigma_on_sphere,
                              self.samples_train_sigma)
 
@@ -111,9 +109,9 @@ class ModalityDistributions(nn.Module):
         ``Distributions.shown``), from the inputs ranking reads (``TBPSModule.image_side`` /
         ``text_side``)."""
         if modality == "image":
-            patches = inputs.tokens[:, 1:] if self.image_reads_tokens else None
+            patches = inputs.tokens[:, 1:] if self.image.reads_sequence else None
             found = self.image(inputs.global_feature, patches)
-        elif self.text_reads_sequence:
+        elif self.text.reads_sequence:
             sequence = inputs.words if self.reads_words else inputs.tokens
             found = self.text(inputs.global_feature, sequence, inputs.mask)
         else:

@@ -84,6 +84,11 @@ class GaussianEmbedding(nn.Module):
         self.words = variance_from in READS_WORDS
 
     @property
+    def reads_sequence(self) -> bool:
+        """Whether the variance reads a sequence (tokens or words) beside the feature."""
+        return self.pool is not None or self.words
+
+    @property
     def mean_projection(self) -> nn.Module:
         """Feature -> mean, as inference ranks on it (float32, like ``forward``)."""
         return _Float32(self.mean)
@@ -98,7 +103,7 @@ class GaussianEmbedding(nn.Module):
         # sigma_detached: σ's layers read the features without passing gradient back, so the
         # terms that train σ shape σ and never the encoder (the means keep their gradient)
         v = x.detach() if self.sigma_detached else x
-        if self.pool is not None or self.words:
+        if self.reads_sequence:
             if tokens is None or (self.words and mask is None):
                 raise ValueError("this Gaussian embedding reads its variance from the "
                                  + ("words: pass them and their mask" if self.words
